@@ -1,0 +1,85 @@
+"""The ``callkit`` command: demo, serve, usersig."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+
+DEFAULT_SDK_APP_ID = 1400000001
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from signaling import SignalingServer
+
+    async def run() -> None:
+        server = SignalingServer(args.sdk_app_id, args.secret_key)
+        url = await server.start(args.host, args.port)
+        print(f"callkit signaling on {url} (sdkAppId {args.sdk_app_id})", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _usersig(args: argparse.Namespace) -> int:
+    from signaling.usersig import gen_user_sig
+
+    print(gen_user_sig(args.sdk_app_id, args.secret_key, args.user_id, args.expire))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``callkit``."""
+    parser = argparse.ArgumentParser(prog="callkit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run real calls between in-process engines")
+    demo.add_argument("--seconds", type=float, default=4.0, help="talk time per call")
+    demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="run the signaling service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
+    serve.add_argument("--secret-key", default=None,
+                       help="UserSig secret (default: a random one, printed)")
+    serve.set_defaults(func=_serve)
+
+    usersig = sub.add_parser("usersig", help="print a UserSig for USER_ID")
+    usersig.add_argument("user_id")
+    usersig.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
+    usersig.add_argument("--secret-key", required=True)
+    usersig.add_argument("--expire", type=int, default=15552000, help="seconds (default 180 d)")
+    usersig.set_defaults(func=_usersig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``callkit`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "secret_key", "") is None:
+        args.secret_key = secrets.token_hex(32)
+        print(f"secret key: {args.secret_key}", file=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

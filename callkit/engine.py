@@ -1,0 +1,511 @@
+"""CallEngine: TUICallKit's engine API over the signaling service and aiortc media."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCIceServer
+
+from media.netsim import NetworkConditions, NetworkShaper
+from media.peer import PeerSession
+from media.sources import AudioSource, VideoSource
+from media.tracks import LocalAudio, LocalVideo
+from signaling import protocol as p
+from signaling.codes import CallMediaType, CallRole, ErrorCode
+
+from .client import SignalingClient
+from .errors import CallError
+from .events import EventEmitter, EventName, Listener
+from .params import CallParams
+
+log = logging.getLogger("callkit.engine")
+
+MAX_CALLEES = 8
+
+
+class CallState(enum.Enum):
+    """Where the local user is: idle, calling out, ringing in, or in a connected call."""
+
+    IDLE = "idle"
+    CALLING = "calling"
+    RINGING = "ringing"
+    CONNECTED = "connected"
+
+
+@dataclass
+class CallContext:
+    """What the engine knows of its current call (mirrors the server's snapshot)."""
+
+    call_id: str
+    room_id: int
+    group_id: str
+    media_type: CallMediaType
+    role: CallRole
+    state: CallState
+    members: dict[str, str] = field(default_factory=dict)  # userId -> "ringing" | "joined"
+
+    def update(self, snapshot: dict[str, Any] | None) -> None:
+        if not snapshot:
+            return
+        self.room_id = int(snapshot.get("roomID", self.room_id))
+        self.media_type = CallMediaType(snapshot.get("callMediaType", self.media_type))
+        self.members = {m["userId"]: m["state"] for m in snapshot.get("members", [])}
+
+    def joined(self) -> list[str]:
+        return [u for u, s in self.members.items() if s == "joined"]
+
+
+class CallEngine:
+    """A TUICallKit-style call engine for one user.
+
+    ``await init(...)`` logs in; ``call`` / ``accept`` / ``hangup`` ... drive calls; events
+    reach listeners added with :meth:`add_event_listener`. Several engines may share a loop.
+    """
+
+    def __init__(self, url: str, *, audio_source: AudioSource | None = None,
+                 video_source: VideoSource | None = None,
+                 ice_servers: list[RTCIceServer] | None = None,
+                 ice_addresses: list[str] | None = None,
+                 network: NetworkConditions | None = None,
+                 volume_interval: float = 0.3, quality_interval: float = 2.0) -> None:
+        if volume_interval < 0.1:
+            raise ValueError(f"volume_interval must be >= 0.1 s, got {volume_interval!r}")
+        self.url = url
+        self.user_id: str | None = None
+        self.sdk_app_id: int | None = None
+        self._events = EventEmitter()
+        self._client: SignalingClient | None = None
+        self._call: CallContext | None = None
+        self._local_audio = LocalAudio(audio_source)
+        self._local_video = LocalVideo(video_source) if video_source is not None else None
+        self._video_source = video_source
+        self._ice_servers = ice_servers
+        self._ice_addresses = ice_addresses
+        self._shaper = NetworkShaper(network or NetworkConditions())
+        self._peers: dict[str, PeerSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._call_tasks: set[asyncio.Task[Any]] = set()
+        self._volume_interval = volume_interval
+        self._quality_interval = quality_interval
+        self._busy: set[str] = set()  # requests in flight, for REQUEST_REPEATED
+        self._destroyed = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def call_state(self) -> CallState:
+        """IDLE, CALLING, RINGING or CONNECTED."""
+        return self._call.state if self._call is not None else CallState.IDLE
+
+    @property
+    def call_id(self) -> str | None:
+        return self._call.call_id if self._call is not None else None
+
+    @property
+    def room_id(self) -> int | None:
+        return self._call.room_id if self._call is not None else None
+
+    @property
+    def peers(self) -> dict[str, PeerSession]:
+        """Open peer sessions by remote user id (read-only view for tests and tools)."""
+        return dict(self._peers)
+
+    # ------------------------------------------------------------------ listeners
+
+    def add_event_listener(self, event: EventName, fn: Listener) -> None:
+        """Call ``fn(res: dict)`` on ``event`` (one of the 17 TUICallKit event names)."""
+        self._events.add(event, fn)
+
+    def remove_event_listener(self, event: EventName, fn: Listener) -> None:
+        """Stop calling ``fn`` on ``event``."""
+        self._events.remove(event, fn)
+
+    # ------------------------------------------------------------------ login
+
+    async def init(self, sdk_app_id: int, user_id: str, user_sig: str) -> None:
+        """Log in to the signaling service; raises CallError(-1201) on failure."""
+        if not isinstance(user_id, str) or not user_id or not isinstance(user_sig, str) \
+                or isinstance(sdk_app_id, bool) or not isinstance(sdk_app_id, int):
+            raise CallError(ErrorCode.PARAM_INVALID, "init needs sdk_app_id: int, user_id: str, "
+                                                     "user_sig: str")
+        if self._client is not None:
+            await self._logout()
+        self._destroyed = False
+        client = SignalingClient(self.url, self._on_push, self._on_link_closed)
+        await client.connect()
+        try:
+            await client.request(p.Login, sdk_app_id=sdk_app_id, user_id=user_id,
+                                 user_sig=user_sig)
+        except CallError as exc:
+            await client.close()
+            raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
+        self._client = client
+        self.user_id = user_id
+        self.sdk_app_id = sdk_app_id
+
+    def _require_init(self) -> SignalingClient:
+        if self._client is None or self.user_id is None:
+            raise CallError(ErrorCode.INIT_FAIL, "call init() first")
+        return self._client
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, user_id: str, media_type: CallMediaType | int,
+                   params: CallParams | None = None) -> None:
+        """Place a 1v1 call to ``user_id``."""
+        if not isinstance(user_id, str) or not user_id:
+            raise CallError(ErrorCode.PARAM_INVALID, "user_id must be a non-empty string")
+        await self._start([user_id], "", media_type, params)
+
+    async def group_call(self, user_id_list: list[str], group_id: str,
+                         media_type: CallMediaType | int,
+                         params: CallParams | None = None) -> None:
+        """Place a group call to up to 8 users."""
+        if not isinstance(group_id, str):
+            raise CallError(ErrorCode.PARAM_INVALID, "group_id must be a string")
+        await self._start(user_id_list, group_id, media_type, params)
+
+    def _check_ids(self, ids: Any) -> list[str]:
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise CallError(ErrorCode.PARAM_INVALID, "user id list must be a non-empty list")
+        if any(not isinstance(u, str) or not u for u in ids):
+            raise CallError(ErrorCode.PARAM_INVALID, "user ids must be non-empty strings")
+        if self.user_id in ids:
+            raise CallError(ErrorCode.PARAM_INVALID, "cannot call yourself")
+        if len(set(ids)) != len(ids):
+            raise CallError(ErrorCode.PARAM_INVALID, "duplicate user ids")
+        if len(ids) > MAX_CALLEES:
+            raise CallError(ErrorCode.PARAM_INVALID, f"at most {MAX_CALLEES} callees")
+        return list(ids)
+
+    @staticmethod
+    def _media(media_type: Any) -> CallMediaType:
+        if isinstance(media_type, bool) or media_type not in (1, 2):
+            raise CallError(ErrorCode.PARAM_INVALID,
+                            f"media type must be AUDIO (1) or VIDEO (2), got {media_type!r}")
+        return CallMediaType(media_type)
+
+    async def _start(self, ids: Any, group_id: str, media_type: Any,
+                     params: CallParams | None) -> None:
+        client = self._require_init()
+        callees = self._check_ids(ids)
+        media = self._media(media_type)
+        params = params if params is not None else CallParams()
+        if not isinstance(params, CallParams):
+            raise CallError(ErrorCode.PARAM_INVALID, "params must be a CallParams")
+        if self._call is not None:
+            raise CallError(ErrorCode.REQUEST_REFUSED, f"already {self._call.state.value}")
+
+        def on_reply(data: dict[str, Any]) -> None:
+            snap = data["call"]
+            ctx = CallContext(call_id=snap["callId"], room_id=snap["roomID"],
+                              group_id=snap["groupId"], media_type=media, role=CallRole.CALLER,
+                              state=CallState.CALLING)
+            ctx.update(snap)
+            self._call = ctx
+
+        await self._once("call", client.request(
+            p.Call, on_reply=on_reply, callees=callees, media_type=int(media),
+            group_id=group_id, timeout=float(params.timeout), user_data=params.user_data))
+
+    async def _once(self, name: str, coro: Any) -> Any:
+        """Run a request unless the same one is already running (REQUEST_REPEATED)."""
+        if name in self._busy:
+            coro.close()
+            raise CallError(ErrorCode.REQUEST_REPEATED, f"{name} is already in progress")
+        self._busy.add(name)
+        try:
+            return await coro
+        finally:
+            self._busy.discard(name)
+
+    def _require_call(self, *states: CallState) -> tuple[SignalingClient, CallContext]:
+        client = self._require_init()
+        if self._call is None or (states and self._call.state not in states):
+            now = self._call.state.value if self._call is not None else "idle"
+            raise CallError(ErrorCode.REQUEST_REFUSED, f"not allowed while {now}")
+        return client, self._call
+
+    async def accept(self) -> None:
+        """Accept the ringing incoming call."""
+        if "accept" in self._busy:
+            raise CallError(ErrorCode.REQUEST_REPEATED, "accept is already in progress")
+        client, ctx = self._require_call(CallState.RINGING, CallState.CONNECTED)
+        if ctx.state is CallState.CONNECTED:
+            raise CallError(ErrorCode.REQUEST_REPEATED, "the call is already accepted")
+        await self._once("accept", client.request(p.Accept, call_id=ctx.call_id))
+
+    async def reject(self) -> None:
+        """Reject the ringing incoming call."""
+        client, ctx = self._require_call(CallState.RINGING)
+        await self._once("reject", client.request(p.Reject, call_id=ctx.call_id))
+
+    async def ignore(self) -> None:
+        """Stop ringing without rejecting (the caller sees line busy)."""
+        client, ctx = self._require_call(CallState.RINGING)
+        await self._once("ignore", client.request(p.Ignore, call_id=ctx.call_id))
+
+    async def hangup(self) -> None:
+        """Cancel an outgoing call, reject a ringing one, or leave a connected one."""
+        client, ctx = self._require_call()
+        await self._once("hangup", client.request(p.Hangup, call_id=ctx.call_id))
+
+    async def invite_user(self, user_id_list: list[str], params: CallParams | None = None) -> None:
+        """Invite more users into the current call."""
+        client, ctx = self._require_call(CallState.CALLING, CallState.CONNECTED)
+        callees = self._check_ids(user_id_list)
+        timeout = (params or CallParams()).timeout
+        await client.request(p.Invite, call_id=ctx.call_id, callees=callees,
+                             timeout=float(timeout))
+
+    async def join_in_group_call(self, room_id: int, group_id: str,
+                                 media_type: CallMediaType | int) -> None:
+        """Join a running group call by its room id."""
+        client = self._require_init()
+        if isinstance(room_id, bool) or not isinstance(room_id, int) or room_id <= 0:
+            raise CallError(ErrorCode.PARAM_INVALID, f"room_id must be a positive int, "
+                                                     f"got {room_id!r}")
+        media = self._media(media_type)
+        if self._call is not None:
+            raise CallError(ErrorCode.REQUEST_REFUSED, f"already {self._call.state.value}")
+
+        def on_reply(data: dict[str, Any]) -> None:
+            if self._call is None:  # onCallBegin for the join may already have made it
+                snap = data["call"]
+                self._call = CallContext(call_id=snap["callId"], room_id=snap["roomID"],
+                                         group_id=snap["groupId"], media_type=media,
+                                         role=CallRole.CALLED, state=CallState.CONNECTED)
+                self._call.update(snap)
+
+        await self._once("join", client.request(p.Join, on_reply=on_reply, room_id=room_id,
+                                                group_id=group_id, media_type=int(media)))
+
+    # ------------------------------------------------------------------ media control
+
+    def set_audio_source(self, source: AudioSource | None) -> None:
+        """Use ``source`` for outgoing audio from now on (None: silence), mid-call too."""
+        self._local_audio.set_source(source)
+
+    def set_video_source(self, source: VideoSource | None) -> None:
+        """Use ``source`` for outgoing video from now on, mid-call too."""
+        self._video_source = source
+        if self._local_video is not None:
+            self._local_video.set_source(source)
+
+    def set_network_conditions(self, conditions: NetworkConditions) -> None:
+        """Simulate a network on every datagram this engine sends (mid-call too)."""
+        if not isinstance(conditions, NetworkConditions):
+            raise CallError(ErrorCode.PARAM_INVALID, "expected NetworkConditions")
+        self._shaper.set_conditions(conditions)
+
+    # ------------------------------------------------------------------ push handling
+
+    def _on_push(self, message: p.Message) -> None:
+        if isinstance(message, p.Event):
+            self._on_event(message)
+        elif isinstance(message, p.Relayed):
+            self._spawn(self._on_relayed(message), call=True)
+        elif isinstance(message, p.Kicked):
+            self._end_locally()
+            self._drop_client()
+            self._events.emit("onKickedOffline", {})
+        elif isinstance(message, p.SigExpired):
+            self._end_locally()
+            self._drop_client()
+            self._events.emit("onUserSigExpired", {})
+
+    def _on_event(self, ev: p.Event) -> None:
+        name, payload, ctx = ev.event, ev.payload, self._call
+        if name == "onCallReceived":
+            if ctx is not None and ctx.call_id != ev.call_id:
+                log.warning("%s: ignoring a second incoming call while %s", self.user_id,
+                            ctx.state.value)
+                return
+            ctx = CallContext(call_id=ev.call_id, room_id=0, group_id=payload["groupId"],
+                              media_type=CallMediaType(payload["callMediaType"]),
+                              role=CallRole.CALLED, state=CallState.RINGING)
+            self._call = ctx
+        elif ctx is None or ctx.call_id != ev.call_id:
+            if name == "onCallBegin" and ev.call:  # join_in_group_call before its reply
+                ctx = CallContext(call_id=ev.call_id, room_id=payload["roomID"],
+                                  group_id=ev.call.get("groupId", ""),
+                                  media_type=CallMediaType(payload["callMediaType"]),
+                                  role=CallRole(payload["callRole"]), state=CallState.RINGING)
+                self._call = ctx
+            else:
+                log.debug("%s: dropping %s for call %s", self.user_id, name, ev.call_id)
+                return
+        ctx.update(ev.call)
+        if name == "onCallBegin":
+            ctx.state = CallState.CONNECTED
+            ctx.role = CallRole(payload["callRole"])
+            self._begin_media(ctx)
+        elif name == "onUserLeave":
+            self._close_peer(payload["userId"])
+        elif name == "onCallMediaTypeChanged":
+            ctx.media_type = CallMediaType(payload["newCallMediaType"])
+        self._events.emit(name, payload)
+        if name in ("onCallEnd", "onCallCancelled") and self._call is ctx:
+            self._end_locally()
+
+    # ------------------------------------------------------------------ media
+
+    def _begin_media(self, ctx: CallContext) -> None:
+        if ctx.media_type is CallMediaType.VIDEO and self._local_video is None:
+            from media.sources import TestPatternSource
+            self._local_video = LocalVideo(self._video_source or TestPatternSource())
+        self._spawn(self._volume_loop(ctx), call=True)
+        if ctx.role is CallRole.CALLED:  # the later joiner offers to everyone already in
+            for user in ctx.joined():
+                if user != self.user_id:
+                    self._spawn(self._offer(ctx, user), call=True)
+
+    def _new_peer(self, ctx: CallContext, user: str) -> PeerSession:
+        old = self._peers.pop(user, None)
+        if old is not None:
+            self._spawn(old.close())
+        session = PeerSession(
+            user, local_audio=self._local_audio,
+            local_video=self._local_video if ctx.media_type is CallMediaType.VIDEO else None,
+            ice_servers=self._ice_servers, host_addresses=self._ice_addresses,
+            shaper=self._shaper, on_failed=self._on_peer_failed)
+        self._peers[user] = session
+        return session
+
+    async def _offer(self, ctx: CallContext, user: str) -> None:
+        session = self._new_peer(ctx, user)
+        offer = await session.create_offer()
+        await self._relay(ctx, user, "offer", offer)
+
+    async def _on_relayed(self, msg: p.Relayed) -> None:
+        ctx = self._call
+        if ctx is None or ctx.call_id != msg.call_id or ctx.state is not CallState.CONNECTED:
+            log.debug("%s: dropping %s from %s", self.user_id, msg.kind, msg.from_user)
+            return
+        try:
+            if msg.kind == "offer":
+                session = self._new_peer(ctx, msg.from_user)
+                answer = await session.handle_offer(msg.data)
+                await self._relay(ctx, msg.from_user, "answer", answer)
+            elif msg.kind == "answer":
+                session = self._peers.get(msg.from_user)
+                if session is not None:
+                    await session.handle_answer(msg.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._emit_error(ErrorCode.MEDIA_FAILED,
+                             f"bad {msg.kind} from {msg.from_user}: {exc}")
+
+    async def _relay(self, ctx: CallContext, to: str, kind: str, data: dict[str, Any]) -> None:
+        if self._client is None or self._call is not ctx:
+            return
+        try:
+            await self._client.request(p.Relay, call_id=ctx.call_id, to=to, kind=kind, data=data)
+        except CallError as exc:
+            log.info("%s: relay of %s to %s failed: %s", self.user_id, kind, to, exc)
+
+    def _on_peer_failed(self, session: PeerSession, reason: str) -> None:
+        if self._peers.get(session.remote_user) is not session:
+            return
+        self._emit_error(ErrorCode.MEDIA_FAILED, reason)
+        ctx = self._call
+        if ctx is not None and len(ctx.joined()) <= 2 and self._client is not None:
+            self._spawn(self._hangup_quietly())
+
+    async def _hangup_quietly(self) -> None:
+        try:
+            await self.hangup()
+        except CallError as exc:
+            log.info("%s: hangup after media failure: %s", self.user_id, exc)
+
+    def _close_peer(self, user: str) -> None:
+        session = self._peers.pop(user, None)
+        if session is not None:
+            self._spawn(session.close())
+
+    async def _volume_loop(self, ctx: CallContext) -> None:
+        self._local_audio.take_volume()
+        while self._call is ctx:
+            await asyncio.sleep(self._volume_interval)
+            if self._call is not ctx:
+                break
+            volumes: dict[str, int] = {str(self.user_id): self._local_audio.take_volume()}
+            for user in ctx.joined():
+                if user == self.user_id:
+                    continue
+                session = self._peers.get(user)
+                remote = session.remote_audio if session is not None else None
+                volumes[user] = remote.take_volume() if remote is not None else 0
+            self._events.emit("onUserVoiceVolumeChanged", {"volumeMap": volumes})
+
+    def _end_locally(self) -> None:
+        """Forget the call and tear its media down (after onCallEnd / cancel / loss)."""
+        self._call = None
+        for task in list(self._call_tasks):
+            task.cancel()
+        for user in list(self._peers):
+            self._close_peer(user)
+
+    def _emit_error(self, code: int, msg: str) -> None:
+        self._events.emit("onError", {"code": int(code), "msg": msg})
+
+    def _spawn(self, coro: Any, *, call: bool = False) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        if call:
+            self._call_tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._call_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task failed", self.user_id, exc_info=task.exception())
+
+    # ------------------------------------------------------------------ link loss / teardown
+
+    def _on_link_closed(self, reason: str) -> None:
+        if self._destroyed or self._client is None:
+            return
+        had_call = self._call is not None
+        self._end_locally()
+        self._drop_client()
+        self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, f"signaling lost: {reason}"
+                         + ("; the call ended" if had_call else ""))
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            self._spawn(client.close())
+
+    async def _logout(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            if self._call is not None:
+                try:
+                    await client.request(p.Hangup, call_id=self._call.call_id)
+                except CallError:
+                    pass
+            self._end_locally()
+            await client.close()
+
+    async def destroy(self) -> None:
+        """Hang up, close media and log out; idempotent."""
+        self._destroyed = True
+        await self._logout()
+        self._end_locally()
+        tasks = list(self._tasks)
+        for task in tasks:
+            if task in self._call_tasks:
+                task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._local_audio.stop()
+        if self._local_video is not None:
+            await self._local_video.stop()
+        await self._events.aclose()
+        self.user_id = None

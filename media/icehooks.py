@@ -1,0 +1,185 @@
+"""Per-peer-connection hooks into aioice.
+
+aiortc creates :class:`aioice.ice.Connection` objects internally (one per ICE transport of an
+``RTCPeerConnection``) and offers no way to choose the local addresses to gather on or to
+intercept outgoing datagrams. This module adds both, per connection:
+
+* **host addresses**: ``aioice.ice.get_host_addresses`` is wrapped; while a registered
+  ``Connection.gather_candidates`` runs (tracked with a :class:`contextvars.ContextVar`), the
+  wrapper returns the registered list instead of the machine's interfaces. This is how tests
+  gather on ``127.0.0.1`` only (aioice itself always skips ``127.0.0.1``).
+* **shaping**: ``StunProtocol.connection_made`` is wrapped so that the protocol's transport is
+  replaced by a thin proxy whose ``sendto`` hands every datagram to the
+  :class:`media.netsim.NetworkShaper` registered for ``protocol.receiver`` (the Connection).
+  ICE checks, DTLS, RTP and RTCP all leave through that ``sendto``
+  (``StunProtocol.send_stun`` / ``send_data`` in aioice 0.13). The shaper is looked up on every
+  datagram, so :func:`attach` may also be called on a running connection.
+
+Registrations are kept in a :class:`weakref.WeakKeyDictionary` keyed by Connection, so they
+die with the connection. The patches are installed once, at import time, and are inert for
+connections that were never registered.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aioice.ice
+from aioice.ice import Connection, StunProtocol
+
+if TYPE_CHECKING:
+    from aiortc import RTCPeerConnection
+
+    from media.netsim import NetworkShaper
+
+__all__ = ["attach", "connections", "install", "selected_pairs"]
+
+_MARK = "_callkit_icehook"
+
+
+@dataclass
+class _Registration:
+    host_addresses: list[str] | None
+    shaper: NetworkShaper | None
+
+
+_registry: weakref.WeakKeyDictionary[Connection, _Registration] = weakref.WeakKeyDictionary()
+_gathering: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "callkit_gathering_connection", default=None
+)
+
+
+class _ShapedTransport:
+    """Proxy around a datagram transport that routes ``sendto`` through a shaper."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: Any, protocol: StunProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        reg = _registry.get(self._protocol.receiver)
+        shaper = reg.shaper if reg is not None else None
+        if shaper is None:
+            self._transport.sendto(data, addr)
+        else:
+            shaper.send(self._transport, data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def __repr__(self) -> str:
+        return f"<shaped {self._transport!r}>"
+
+
+def install() -> None:
+    """Install the aioice patches (idempotent; done automatically at import)."""
+    orig_get = aioice.ice.get_host_addresses
+    if not getattr(orig_get, _MARK, False):
+
+        @functools.wraps(orig_get)
+        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            conn = _gathering.get()
+            if conn is not None:
+                reg = _registry.get(conn)
+                if reg is not None and reg.host_addresses is not None:
+                    return list(reg.host_addresses)
+            return orig_get(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+
+        setattr(get_host_addresses, _MARK, True)
+        aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[assignment]
+
+    orig_gather = Connection.gather_candidates
+    if not getattr(orig_gather, _MARK, False):
+
+        @functools.wraps(orig_gather)
+        async def gather_candidates(self: Connection) -> None:
+            token = _gathering.set(self)
+            try:
+                await orig_gather(self)
+            finally:
+                _gathering.reset(token)
+
+        setattr(gather_candidates, _MARK, True)
+        Connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
+
+    orig_made = StunProtocol.connection_made
+    if not getattr(orig_made, _MARK, False):
+
+        @functools.wraps(orig_made)
+        def connection_made(self: StunProtocol, transport: Any) -> None:
+            orig_made(self, transport)
+            if not isinstance(self.transport, _ShapedTransport):
+                self.transport = _ShapedTransport(self.transport, self)  # type: ignore
+
+        setattr(connection_made, _MARK, True)
+        StunProtocol.connection_made = connection_made  # type: ignore[method-assign]
+
+
+def connections(pc: RTCPeerConnection) -> list[Connection]:
+    """Return the distinct aioice Connections currently under ``pc``.
+
+    Covers every transceiver's sender/receiver transport, the SCTP transport if any, and the
+    peer connection's own set of ICE transports (private in aiortc, used when present).
+    """
+    found: dict[int, Connection] = {}
+
+    def add_dtls(dtls: Any) -> None:
+        ice = getattr(dtls, "transport", None)
+        gatherer = getattr(ice, "iceGatherer", None)
+        conn = getattr(gatherer, "_connection", None)
+        if isinstance(conn, Connection):
+            found.setdefault(id(conn), conn)
+
+    for t in pc.getTransceivers():
+        add_dtls(t.sender.transport)
+        add_dtls(t.receiver.transport)
+    sctp = pc.sctp
+    if sctp is not None:
+        add_dtls(sctp.transport)
+    for ice in getattr(pc, "_RTCPeerConnection__iceTransports", ()) or ():
+        conn = getattr(getattr(ice, "iceGatherer", None), "_connection", None)
+        if isinstance(conn, Connection):
+            found.setdefault(id(conn), conn)
+    return list(found.values())
+
+
+def attach(
+    pc: RTCPeerConnection,
+    *,
+    host_addresses: list[str] | None = None,
+    shaper: NetworkShaper | None = None,
+) -> None:
+    """Register host addresses and a shaper for every ICE connection of ``pc``.
+
+    Call after the transceivers / data channels exist and before ``setLocalDescription``
+    (gathering happens there). Calling it again is harmless: the registration of each
+    connection is replaced by the latest arguments, and connections created since (e.g. by
+    renegotiation) are picked up. ``host_addresses=None`` keeps aioice's default interface
+    enumeration; ``[]`` gathers no host candidates. ``shaper=None`` sends unshaped. When aiortc
+    later bundles transports, the surviving (primary) connection is one of those registered.
+    """
+    install()
+    addrs = list(host_addresses) if host_addresses is not None else None
+    for conn in connections(pc):
+        _registry[conn] = _Registration(host_addresses=addrs, shaper=shaper)
+
+
+def selected_pairs(pc: RTCPeerConnection) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """Return ``(local_addr, remote_addr)`` of each nominated ICE pair under ``pc``.
+
+    Reads aioice's private ``Connection._nominated``; empty before ICE completes.
+    """
+    pairs = []
+    for conn in connections(pc):
+        for pair in getattr(conn, "_nominated", {}).values():
+            pairs.append((pair.local_addr, pair.remote_addr))
+    return pairs
+
+
+install()

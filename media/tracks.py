@@ -1,0 +1,546 @@
+"""aiortc glue: fan-out of local sources to peer connections, consumers of remote tracks.
+
+Local side: one :class:`LocalAudio` / :class:`LocalVideo` per engine reads its source on a
+real-time schedule (one pump task) and pushes each frame to every subscriber track, one per
+``RTCPeerConnection`` of the full mesh. Sources can be switched, the microphone muted and the
+camera disabled at any time.
+
+Remote side: every remote track must be read, or aiortc queues its frames without bound;
+:class:`RemoteAudio` and :class:`RemoteVideo` consume one track each, meter the audio and
+count the video.
+
+Nothing here blocks the event loop: per-frame work is a few numpy operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .sources import AudioSource, VideoSource
+from .volume import LevelMeter, audio_level_dbov
+
+__all__ = ["VIDEO_CLOCK_RATE", "LocalAudio", "LocalVideo", "RemoteAudio", "RemoteVideo"]
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90000
+"""RTP clock rate of video; LocalVideo frames carry pts in this clock."""
+_VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+
+QUEUE_SIZE = 10
+"""Frames a subscriber queue holds before the oldest is dropped."""
+MAX_CATCH_UP = 3
+"""Frames the pump may produce back-to-back after a stall before it skips ahead."""
+_IDLE_VIDEO_PERIOD = 0.1  # pump tick while there is no video source
+
+
+class _SubscriberTrack(MediaStreamTrack):
+    """One peer connection's view of a local source: a bounded queue fed by the pump.
+
+    ``max_backlog`` bounds the latency a slow start of the consumer can leave behind: when
+    ``recv`` finds more queued frames than that, it drops the oldest, so a queue that filled
+    up before the sender started does not become a permanent delay.
+    """
+
+    def __init__(self, owner: _Fanout, kind: str, max_backlog: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self._owner: _Fanout | None = owner
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
+        self._max_backlog = max_backlog
+        self.dropped = 0
+
+    def _put(self, item: Any) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    def _end(self) -> None:
+        """Mark ended and wake a pending ``recv`` (called by the owner)."""
+        self._owner = None
+        if self.readyState == "live":
+            super().stop()
+            self._put(None)
+
+    async def recv(self) -> Any:
+        """Next frame; raises ``MediaStreamError`` once the track or its owner stopped."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        owner = self._owner
+        if owner is not None:
+            owner._ensure_pump()
+        while self._queue.qsize() > self._max_backlog:
+            if self._queue.get_nowait() is None:
+                raise MediaStreamError
+            self.dropped += 1
+        item = await self._queue.get()
+        if item is None:
+            raise MediaStreamError
+        return item
+
+    def stop(self) -> None:
+        """Stop this track and unsubscribe it from its source."""
+        owner = self._owner
+        if owner is not None:
+            owner.unsubscribe(self)
+        self._end()
+
+
+class _Fanout:
+    """Subscriber bookkeeping and the lifetime of the pump task (shared by audio and video)."""
+
+    _kind = "unknown"
+    _max_backlog = 3
+
+    def __init__(self) -> None:
+        self._subscribers: list[_SubscriberTrack] = []
+        self._explicit = False
+        self._task: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    # -- subscribers ---------------------------------------------------------------------
+    def subscribe(self) -> MediaStreamTrack:
+        """A new track for one peer connection; starts the pump if a loop is running."""
+        track = _SubscriberTrack(self, self._kind, self._max_backlog)
+        self._subscribers.append(track)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # the pump starts on the track's first recv()
+        else:
+            self._ensure_pump()
+        return track
+
+    def unsubscribe(self, track: MediaStreamTrack) -> None:
+        """End ``track`` and stop feeding it; unknown tracks are ignored."""
+        if track in self._subscribers:
+            self._subscribers.remove(track)  # type: ignore[arg-type]
+            assert isinstance(track, _SubscriberTrack)
+            track._end()
+        if not self._subscribers and not self._explicit:
+            self._stop_pump()
+
+    @property
+    def subscriber_count(self) -> int:
+        """Number of live subscriber tracks."""
+        return len(self._subscribers)
+
+    @property
+    def running(self) -> bool:
+        """Whether the pump task is running."""
+        return self._task is not None and not self._task.done()
+
+    # -- pump lifetime -------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the pump even without subscribers (e.g. to meter the local source)."""
+        self._explicit = True
+        self._ensure_pump()
+
+    async def stop(self) -> None:
+        """Stop the pump and end every subscriber track; the object may be started again."""
+        self._explicit = False
+        subs, self._subscribers = self._subscribers, []
+        for track in subs:
+            track._end()
+        self._stop_pump()
+        if self._retired:
+            await asyncio.gather(*list(self._retired), return_exceptions=True)
+
+    def _ensure_pump(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    def _stop_pump(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    def _push(self, make: Callable[[], Any]) -> None:
+        for track in list(self._subscribers):
+            track._put(make())
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        while True:  # ends by cancellation
+            period = self._period()
+            delay = next_t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > MAX_CATCH_UP * period:
+                # stalled: produce at most MAX_CATCH_UP frames back-to-back, skip the rest
+                skipped = int(-delay // period)
+                next_t += skipped * period
+                self._skip(skipped)
+            try:
+                self._tick(next_t)
+            except Exception:  # a bad source must not kill the pump
+                log.exception("%s pump: frame production failed", self._kind)
+            next_t += period
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def _period(self) -> float:
+        raise NotImplementedError
+
+    def _tick(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _skip(self, frames: int) -> None:
+        """Account for ``frames`` periods skipped after a stall."""
+
+
+class _AudioConverter:
+    """Reads a source and returns mono int16 at the output rate, exactly ``n`` per call.
+
+    Channels are averaged with numpy; a different rate goes through ``av.AudioResampler``
+    (libswresample) with a small FIFO absorbing its delay.
+    """
+
+    def __init__(self, source: AudioSource, out_rate: int) -> None:
+        self.source = source
+        self.out_rate = out_rate
+        self.in_rate = int(source.sample_rate)
+        self._resampler = (None if self.in_rate == out_rate else
+                           av.AudioResampler(format="s16", layout="mono", rate=out_rate))
+        self._fifo = np.zeros(0, dtype=np.int16)
+
+    def _read_mono(self, n: int) -> np.ndarray:
+        x = np.asarray(self.source.read(n))
+        if x.dtype.kind == "f":
+            x = np.clip(np.rint(x * 32767.0), -32768, 32767)
+        if x.ndim == 2 and x.shape[1] > 1:
+            x = np.rint(x.mean(axis=1, dtype=np.float64))
+        x = x.reshape(-1).astype(np.int16, copy=False)
+        if x.size < n:
+            x = np.concatenate([x, np.zeros(n - x.size, dtype=np.int16)])
+        return x[:n]
+
+    def read(self, n: int) -> np.ndarray:
+        if self._resampler is None:
+            return self._read_mono(n)
+        chunks = [self._fifo]
+        have = self._fifo.size
+        for _ in range(8):  # the resampler's delay is a few ms; this always suffices
+            if have >= n:
+                break
+            m = math.ceil((n - have) * self.in_rate / self.out_rate) + 1
+            frame = av.AudioFrame.from_ndarray(self._read_mono(m).reshape(1, -1),
+                                               format="s16", layout="mono")
+            frame.sample_rate = self.in_rate
+            for out in self._resampler.resample(frame):
+                data = out.to_ndarray().reshape(-1)
+                chunks.append(data)
+                have += data.size
+        buf = np.concatenate(chunks)
+        if buf.size < n:
+            buf = np.concatenate([buf, np.zeros(n - buf.size, dtype=np.int16)])
+        self._fifo = buf[n:]
+        return buf[:n]
+
+
+class LocalAudio(_Fanout):
+    """The local microphone/source, paced in real time and fanned out to peer connections.
+
+    Every ``frame_ms`` the pump reads one frame from the source (converted to mono s16 at
+    ``sample_rate``), feeds the volume meter and pushes an ``av.AudioFrame`` (format s16,
+    pts = sample count, time_base 1/sample_rate) to each subscriber. Muted -> digital silence
+    is sent and the local volume is 0. With no source, silence is sent.
+
+    Frames are packed *stereo* by default (``channels=2``, the mono signal in both channels):
+    aiortc's Opus encoder always encodes stereo and upmixes mono input with libswresample,
+    which attenuates it by 3 dB, so mono frames would arrive 3 dB quieter than sent.
+    ``channels=1`` sends mono frames anyway.
+
+    The pump runs while there is at least one subscriber, or after :meth:`start` until
+    :meth:`stop`. Subscriber tracks end (``recv`` raises ``MediaStreamError``) on
+    :meth:`unsubscribe`, their own ``stop()`` or :meth:`stop`. The caller owns the sources:
+    switching or stopping never closes one.
+    """
+
+    _kind = "audio"
+    _max_backlog = 3  # at most 60 ms of queued audio when the consumer (re)starts
+
+    def __init__(self, source: AudioSource | None = None, *, frame_ms: int = 20,
+                 sample_rate: int = 48000, channels: int = 2) -> None:
+        super().__init__()
+        if channels not in (1, 2) or isinstance(channels, bool):
+            raise ValueError(f"channels must be 1 or 2, got {channels!r}")
+        if isinstance(frame_ms, bool) or not isinstance(frame_ms, int) or not 10 <= frame_ms <= 120:
+            raise ValueError(f"frame_ms must be an int in [10, 120], got {frame_ms!r}")
+        if sample_rate * frame_ms % 1000:
+            raise ValueError(f"frame_ms={frame_ms} is not a whole number of samples at "
+                             f"{sample_rate!r} Hz")
+        self.frame_ms = frame_ms
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self._layout = "mono" if channels == 1 else "stereo"
+        self.samples_per_frame = self.sample_rate * frame_ms // 1000
+        self._time_base = fractions.Fraction(1, self.sample_rate)
+        self._meter = LevelMeter()
+        self._muted = False
+        self._pts = 0
+        self._source: AudioSource | None = None
+        self._converter: _AudioConverter | None = None
+        self.frames_sent = 0
+        self.frames_skipped = 0
+        self.last_level_dbov = 127
+        """RFC 6464 level (0 loudest .. 127 silence) of the last frame sent."""
+        self.set_source(source)
+
+    @property
+    def source(self) -> AudioSource | None:
+        """The current source (None -> silence)."""
+        return self._source
+
+    def set_source(self, source: AudioSource | None) -> None:
+        """Switch the source at any time; the next frame comes from it. None -> silence."""
+        if source is not None and not isinstance(source, AudioSource):
+            raise TypeError(f"expected an AudioSource or None, got {type(source).__name__}")
+        self._source = source
+        self._converter = None if source is None else _AudioConverter(source, self.sample_rate)
+
+    @property
+    def muted(self) -> bool:
+        """Muted sends digital silence (the source keeps being read in real time)."""
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = bool(value)
+
+    def take_volume(self) -> int:
+        """Volume (0..100) of what was sent since the last take; muted or idle -> 0."""
+        return self._meter.take_volume()
+
+    def _period(self) -> float:
+        return self.frame_ms / 1000.0
+
+    def _skip(self, frames: int) -> None:
+        self.frames_skipped += frames
+        self._pts += frames * self.samples_per_frame
+
+    def _tick(self, deadline: float) -> None:
+        n = self.samples_per_frame
+        samples: np.ndarray | None = None
+        if self._converter is not None:
+            try:
+                samples = self._converter.read(n)
+            except Exception:
+                log.exception("audio source %r failed; sending silence", self._source)
+                self.set_source(None)
+        if self._muted or samples is None:
+            samples = np.zeros(n, dtype=np.int16)
+            self._meter.add_silence(n)
+            self.last_level_dbov = 127
+        else:
+            self._meter.add(samples)
+            self.last_level_dbov = audio_level_dbov(samples)
+        if self.channels == 1:
+            data = samples.reshape(1, n)
+        else:  # packed: L R L R ...
+            data = np.repeat(samples, self.channels).reshape(1, n * self.channels)
+        pts = self._pts
+        rate = self.sample_rate
+        tb = self._time_base
+        layout = self._layout
+
+        def make() -> av.AudioFrame:
+            frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = pts
+            frame.time_base = tb
+            return frame
+
+        self._push(make)
+        self._pts += n
+        self.frames_sent += 1
+
+
+class LocalVideo(_Fanout):
+    """The local camera/source, paced at the source's fps and fanned out to peer connections.
+
+    Frames carry pts in the 90 kHz clock, derived from the pump's schedule (so gaps while
+    disabled show as time gaps). Disabled, or with no source, nothing is read or sent: a
+    closed camera sends no video. One ``av.VideoFrame`` object is shared by all subscribers
+    (aiortc's encoders only read it). ``frames_sent`` counts frames produced.
+    """
+
+    _kind = "video"
+    _max_backlog = 1  # video: only the newest frame or two matter
+
+    def __init__(self, source: VideoSource | None = None, *, enabled: bool = True) -> None:
+        super().__init__()
+        self._source: VideoSource | None = None
+        self._enabled = bool(enabled)
+        self._t0: float | None = None
+        self.frames_sent = 0
+        self.set_source(source)
+
+    @property
+    def source(self) -> VideoSource | None:
+        """The current source (None -> no video)."""
+        return self._source
+
+    def set_source(self, source: VideoSource | None) -> None:
+        """Switch the source at any time (None -> no frames); the pace follows its fps."""
+        if source is not None and not isinstance(source, VideoSource):
+            raise TypeError(f"expected a VideoSource or None, got {type(source).__name__}")
+        self._source = source
+
+    @property
+    def enabled(self) -> bool:
+        """False -> no frames are read or pushed at all."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+
+    def _period(self) -> float:
+        src = self._source
+        return 1.0 / src.fps if src is not None else _IDLE_VIDEO_PERIOD
+
+    def _tick(self, deadline: float) -> None:
+        if self._t0 is None:
+            self._t0 = deadline
+        src = self._source
+        if not self._enabled or src is None:
+            return
+        try:
+            frame = src.read()
+        except Exception:
+            log.exception("video source %r failed; sending no video", src)
+            self._source = None
+            return
+        frame.pts = round((deadline - self._t0) * VIDEO_CLOCK_RATE)
+        frame.time_base = _VIDEO_TIME_BASE
+        self._push(lambda: frame)
+        self.frames_sent += 1
+
+
+def _audio_to_int16(frame: av.AudioFrame) -> np.ndarray:
+    """Samples of a decoded frame as int16 of shape (samples, channels)."""
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels) or 1
+    if frame.format.is_planar:
+        arr = arr.T  # (channels, n) -> (n, channels)
+    else:
+        arr = arr.reshape(-1, channels)
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "f":
+        arr = np.clip(np.rint(arr * 32767.0), -32768, 32767).astype(np.int16)
+    elif kind == "i" and size == 4:
+        arr = (arr >> 16).astype(np.int16)
+    elif kind == "u" and size == 1:
+        arr = ((arr.astype(np.int16) - 128) << 8).astype(np.int16)
+    elif arr.dtype != np.int16:
+        arr = arr.astype(np.int16)
+    return np.ascontiguousarray(arr)
+
+
+class _RemoteConsumer:
+    """Reads one remote track in a task until it ends or :meth:`stop`."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.track = track
+        self.frames_received = 0
+        self.last_frame_at: float | None = None
+        """``loop.time()`` of the last frame, None before the first."""
+        self.ended = False
+        """True once the track ended (the remote side or the connection stopped it)."""
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start consuming (idempotent); needs a running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop consuming and wait for the task; idempotent. Does not stop the track."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self.track.recv()
+            except MediaStreamError:
+                self.ended = True
+                return
+            self.frames_received += 1
+            self.last_frame_at = loop.time()
+            try:
+                self._handle(frame)
+            except Exception:
+                log.exception("%s consumer: frame handling failed", self.track.kind)
+
+    def _handle(self, frame: Any) -> None:
+        raise NotImplementedError
+
+
+class RemoteAudio(_RemoteConsumer):
+    """Consumes a remote audio track: meters every decoded sample, optional frame hook.
+
+    ``on_frame(samples, sample_rate)`` gets int16 ``(n, channels)`` arrays (aiortc decodes
+    Opus to 48 kHz stereo); it runs on the event loop and must be quick. Hook exceptions are
+    logged, never raised.
+    """
+
+    def __init__(self, track: MediaStreamTrack, *,
+                 on_frame: Callable[[np.ndarray, int], None] | None = None) -> None:
+        super().__init__(track)
+        self.on_frame = on_frame
+        self.sample_rate: int | None = None
+        self.channels: int | None = None
+        self._meter = LevelMeter()
+
+    def take_volume(self) -> int:
+        """Volume (0..100) of the audio received since the last take; nothing -> 0."""
+        return self._meter.take_volume()
+
+    def take_dbfs(self) -> float:
+        """dBFS of the audio received since the last take (-inf if none or silent)."""
+        return self._meter.take_dbfs()
+
+    def _handle(self, frame: av.AudioFrame) -> None:
+        samples = _audio_to_int16(frame)
+        self.sample_rate = frame.sample_rate
+        self.channels = samples.shape[1]
+        self._meter.add(samples)
+        if self.on_frame is not None:
+            self.on_frame(samples, frame.sample_rate)
+
+
+class RemoteVideo(_RemoteConsumer):
+    """Consumes a remote video track: counts frames, records size; optional frame hook.
+
+    ``on_frame(frame)`` gets each decoded ``av.VideoFrame`` on the event loop; it must be
+    quick. Hook exceptions are logged, never raised.
+    """
+
+    def __init__(self, track: MediaStreamTrack, *,
+                 on_frame: Callable[[av.VideoFrame], None] | None = None) -> None:
+        super().__init__(track)
+        self.on_frame = on_frame
+        self.last_size: tuple[int, int] | None = None
+        """(width, height) of the last frame, None before the first."""
+
+    def _handle(self, frame: av.VideoFrame) -> None:
+        self.last_size = (frame.width, frame.height)
+        if self.on_frame is not None:
+            self.on_frame(frame)

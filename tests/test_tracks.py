@@ -1,0 +1,276 @@
+"""Tests for media.tracks: pacing, fan-out, and a real aiortc loopback on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.sources import AudioSource, SilenceSource, TestPatternSource, ToneSource
+from media.tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
+from media.volume import rms_dbfs
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ICE may only gather 127.0.0.1 (aioice calls get_host_addresses by name)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda *a, **k: ["127.0.0.1"])
+
+
+# -- pacing and fan-out without peer connections ------------------------------------------
+
+async def _count_frames(track: MediaStreamTrack, seconds: float) -> list[av.AudioFrame]:
+    loop = asyncio.get_running_loop()
+    frames = []
+    end = loop.time() + seconds
+    while True:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.001, end - loop.time()))
+        except asyncio.TimeoutError:
+            return frames
+        frames.append(frame)
+
+
+async def test_audio_pacing_50_frames_per_second() -> None:
+    local = LocalAudio(ToneSource(level_dbfs=-20.0))
+    track = local.subscribe()
+    assert track.kind == "audio"
+    frames = await _count_frames(track, 1.0)
+    await local.stop()
+    assert 47 <= len(frames) <= 53
+    f = frames[0]
+    assert (f.format.name, f.layout.name, f.sample_rate, f.samples) == ("s16", "stereo", 48000, 960)
+    left, right = f.to_ndarray().reshape(-1, 2).T
+    np.testing.assert_array_equal(left, right)
+    assert f.time_base == f.time_base.__class__(1, 48000)
+    pts = [fr.pts for fr in frames]
+    assert all(b - a == 960 for a, b in itertools.pairwise(pts))
+    assert local.take_volume() == 80
+    assert local.last_level_dbov == 20
+
+
+async def test_fanout_same_audio_to_every_subscriber_and_stop_ends_tracks() -> None:
+    local = LocalAudio(ToneSource(level_dbfs=-30.0))
+    t1, t2 = local.subscribe(), local.subscribe()
+    assert local.running and local.subscriber_count == 2
+    f1, f2 = await asyncio.gather(t1.recv(), t2.recv())
+    assert f1 is not f2 and f1.pts == f2.pts
+    np.testing.assert_array_equal(f1.to_ndarray(), f2.to_ndarray())
+    pending = asyncio.ensure_future(t1.recv())
+    await asyncio.sleep(0)
+    await local.stop()
+    with pytest.raises(MediaStreamError):
+        await pending  # a waiting recv wakes up
+    with pytest.raises(MediaStreamError):
+        await t2.recv()
+    assert not local.running and t1.readyState == "ended"
+
+
+async def test_pump_runs_only_with_subscribers_or_explicit_start() -> None:
+    local = LocalAudio(SilenceSource())
+    assert not local.running
+    track = local.subscribe()
+    assert local.running
+    local.unsubscribe(track)
+    assert not local.running and track.readyState == "ended"
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    local.start()
+    assert local.running
+    await asyncio.sleep(0.1)
+    assert local.frames_sent >= 3
+    t2 = local.subscribe()
+    t2.stop()  # a track stopped by its consumer unsubscribes itself
+    assert local.subscriber_count == 0 and local.running
+    await local.stop()
+    assert not local.running
+
+
+async def test_mute_source_switch_and_conversion() -> None:
+    local = LocalAudio(ToneSource(level_dbfs=-20.0))
+    track = local.subscribe()
+    local.muted = True
+    frame = await track.recv()
+    assert not frame.to_ndarray().any() and local.last_level_dbov == 127
+    await asyncio.sleep(0.06)
+    assert local.take_volume() == 0
+    local.muted = False
+    # a 44.1 kHz stereo source is resampled to 48 kHz mono at the same level
+    local.set_source(ToneSource(1000.0, -40.0, sample_rate=44100, channels=2))
+    frames = await _count_frames(track, 0.3)
+    await local.stop()
+    data = np.concatenate([f.to_ndarray().reshape(-1, 2)[:, 0] for f in frames[3:]])
+    assert all(f.samples == 960 for f in frames)
+    assert rms_dbfs(data) == pytest.approx(-40.0, abs=0.3)
+    spectrum = np.abs(np.fft.rfft(data[:9600]))
+    assert np.argmax(spectrum) * 48000 / 9600 == pytest.approx(1000.0, abs=5)
+
+
+async def test_mono_output_option() -> None:
+    local = LocalAudio(ToneSource(level_dbfs=-20.0), channels=1)
+    track = local.subscribe()
+    frame = await track.recv()
+    await local.stop()
+    assert (frame.layout.name, frame.samples, frame.to_ndarray().shape) == ("mono", 960, (1, 960))
+    with pytest.raises(ValueError, match="3"):
+        LocalAudio(channels=3)
+    with pytest.raises(ValueError, match="7"):
+        LocalAudio(frame_ms=7)
+
+
+async def test_failing_source_falls_back_to_silence() -> None:
+    class Broken(AudioSource):
+        def read(self, n: int) -> np.ndarray:
+            raise OSError("device unplugged")
+
+    local = LocalAudio(Broken())
+    track = local.subscribe()
+    frame = await track.recv()
+    await local.stop()
+    assert not frame.to_ndarray().any() and local.source is None
+
+
+async def test_video_pacing_and_disable() -> None:
+    video = LocalVideo(TestPatternSource(160, 120, fps=25))
+    track = video.subscribe()
+    assert track.kind == "video"
+    frames = await _count_frames(track, 0.4)
+    assert 8 <= len(frames) <= 12
+    assert frames[1].pts - frames[0].pts == pytest.approx(90000 / 25, abs=1)
+    assert frames[0].time_base == frames[0].time_base.__class__(1, 90000)
+    video.enabled = False
+    await asyncio.sleep(0.05)
+    sent = video.frames_sent
+    assert len(await _count_frames(track, 0.3)) <= 2  # at most what was queued
+    assert video.frames_sent == sent
+    await video.stop()
+
+
+# -- real loopback through two aiortc peer connections -----------------------------------
+
+@pytest.fixture
+async def pc_pair(
+    loopback_only: None,
+) -> AsyncIterator[tuple[RTCPeerConnection, RTCPeerConnection]]:
+    cfg = RTCConfiguration(iceServers=[])
+    pc1, pc2 = RTCPeerConnection(cfg), RTCPeerConnection(cfg)
+    try:
+        yield pc1, pc2
+    finally:
+        await pc1.close()
+        await pc2.close()
+
+
+async def _connect(pc1: RTCPeerConnection, pc2: RTCPeerConnection) -> None:
+    await pc1.setLocalDescription(await pc1.createOffer())
+    await pc2.setRemoteDescription(pc1.localDescription)
+    await pc2.setLocalDescription(await pc2.createAnswer())
+    await pc1.setRemoteDescription(pc2.localDescription)
+    for sdp in (pc1.localDescription.sdp, pc2.localDescription.sdp):
+        cands = [line for line in sdp.splitlines() if line.startswith("a=candidate")]
+        assert cands and all(" 127.0.0.1 " in c for c in cands), cands
+
+
+async def _window(remote: RemoteAudio, local: LocalAudio | None, settle: float,
+                  window: float) -> tuple[int, int | None]:
+    await asyncio.sleep(settle)
+    remote.take_volume()
+    if local is not None:
+        local.take_volume()
+    await asyncio.sleep(window)
+    return remote.take_volume(), (local.take_volume() if local is not None else None)
+
+
+@pytest.mark.loopback
+async def test_audio_loopback_volume_mute_and_switch(pc_pair) -> None:
+    pc1, pc2 = pc_pair
+    local = LocalAudio(ToneSource(440.0, level_dbfs=-20.0))
+    track = local.subscribe()
+    pc1.addTrack(track)
+    remotes: list[RemoteAudio] = []
+
+    @pc2.on("track")
+    def on_track(t: MediaStreamTrack) -> None:
+        r = RemoteAudio(t)
+        r.start()
+        remotes.append(r)
+
+    await _connect(pc1, pc2)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not (remotes and remotes[0].frames_received) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert remotes and remotes[0].frames_received, "no audio arrived"
+        remote = remotes[0]
+
+        remote_vol, local_vol = await _window(remote, local, 0.3, 1.0)
+        assert local_vol == 80
+        assert abs(remote_vol - 80) <= 4, remote_vol
+        assert remote.sample_rate == 48000 and remote.channels == 2
+        assert loop.time() - remote.last_frame_at < 0.5
+
+        local.muted = True
+        remote_vol, local_vol = await _window(remote, local, 0.3, 0.5)
+        assert (remote_vol, local_vol) == (0, 0)
+
+        local.muted = False
+        local.set_source(ToneSource(440.0, level_dbfs=-40.0))
+        remote_vol, local_vol = await _window(remote, local, 0.3, 0.7)
+        assert local_vol == 40
+        assert abs(remote_vol - 40) <= 4, remote_vol
+    finally:
+        local.unsubscribe(track)
+        await local.stop()
+        for r in remotes:
+            await r.stop()
+
+
+@pytest.mark.loopback
+async def test_video_loopback_and_disable(pc_pair) -> None:
+    pc1, pc2 = pc_pair
+    video = LocalVideo(TestPatternSource(320, 240, fps=15))
+    pc1.addTrack(video.subscribe())
+    remotes: list[RemoteVideo] = []
+    counters: list[int] = []
+
+    @pc2.on("track")
+    def on_track(t: MediaStreamTrack) -> None:
+        r = RemoteVideo(t, on_frame=lambda f: counters.append(TestPatternSource.decode_counter(f)))
+        r.start()
+        remotes.append(r)
+
+    await _connect(pc1, pc2)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not (remotes and remotes[0].frames_received >= 5) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert remotes, "no video track"
+        remote = remotes[0]
+        n0 = remote.frames_received
+        await asyncio.sleep(0.6)
+        assert remote.frames_received > n0 + 4
+        assert remote.last_size == (320, 240)
+        assert counters == sorted(counters) and len(set(counters)) == len(counters)
+
+        video.enabled = False
+        await asyncio.sleep(0.4)  # let frames in flight arrive
+        n1, sent = remote.frames_received, video.frames_sent
+        await asyncio.sleep(0.6)
+        assert remote.frames_received == n1 and video.frames_sent == sent
+
+        video.enabled = True
+        await asyncio.sleep(0.6)
+        assert remote.frames_received > n1
+    finally:
+        await video.stop()
+        for r in remotes:
+            await r.stop()
