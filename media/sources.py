@@ -165,11 +165,24 @@ class VideoSource:
         return f"{type(self).__name__}(width={self.width}, height={self.height}, fps={self.fps})"
 
 
-# SMPTE-like bars: white, yellow, cyan, green, magenta, red, blue, black
-_BAR_COLOURS = np.array([
-    [235, 235, 235], [235, 235, 16], [16, 235, 235], [16, 235, 16],
-    [235, 16, 235], [235, 16, 16], [16, 16, 235], [16, 16, 16],
-], dtype=np.uint8)
+# 75 % colour bars: white, yellow, cyan, green, magenta, red, blue, black
+_BAR_RGB = np.array([
+    [191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0],
+    [191, 0, 191], [191, 0, 0], [0, 0, 191], [0, 0, 0],
+], dtype=np.float64)
+
+
+def _rgb_to_yuv601(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range Y, U, V (uint8) of RGB rows (0..255), as swscale does by default."""
+    r, g, b = (rgb / 255.0).T
+    y = 16 + 219 * (0.299 * r + 0.587 * g + 0.114 * b)
+    u = 128 + 224 * (-0.168736 * r - 0.331264 * g + 0.5 * b)
+    v = 128 + 224 * (0.5 * r - 0.418688 * g - 0.081312 * b)
+    return np.rint(np.stack([y, u, v], axis=1)).astype(np.uint8)
+
+
+_BAR_YUV = _rgb_to_yuv601(_BAR_RGB)
+_Y_GREY, _Y_ON, _Y_OFF, _C_NEUTRAL = 126, 235, 16, 128
 
 
 class TestPatternSource(VideoSource):
@@ -179,6 +192,9 @@ class TestPatternSource(VideoSource):
     (``COUNTER_BITS`` bits, most significant first) sits in the top-left corner on a grey
     strip; read it back from a decoded frame with :meth:`decode_counter` (the blocks are
     large enough to survive VP8 at small resolutions).
+
+    Frames are generated directly in yuv420p (the format aiortc's encoders use), from cached
+    rows with numpy: no colour conversion per frame, here or in the encoders.
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -188,9 +204,11 @@ class TestPatternSource(VideoSource):
     def __init__(self, width: int = 320, height: int = 240, fps: float = 15) -> None:
         super().__init__(width, height, fps)
         self.frames_read = 0
-        bar = np.arange(self.width) * len(_BAR_COLOURS) // self.width
-        self._base = np.ascontiguousarray(
-            np.broadcast_to(_BAR_COLOURS[bar][None, :, :], (self.height, self.width, 3)))
+        w = self.width
+        bar = np.arange(w) * len(_BAR_YUV) // w
+        self._y_row = np.ascontiguousarray(_BAR_YUV[bar, 0])
+        self._u_row = np.ascontiguousarray(_BAR_YUV[bar[::2], 1])
+        self._v_row = np.ascontiguousarray(_BAR_YUV[bar[::2], 2])
         self._block = self._block_size(self.width, self.height)
 
     @classmethod
@@ -198,39 +216,49 @@ class TestPatternSource(VideoSource):
         return max(1, min(width // (cls.COUNTER_BITS + 2), height // 4, 16))
 
     def pattern(self, index: int) -> np.ndarray:
-        """The rgb24 array (height, width, 3) of frame number ``index``."""
-        shift = round(index * self.width / (4.0 * self.fps)) % self.width
-        arr = np.roll(self._base, shift, axis=1)
-        b = self._block
-        bits = self.COUNTER_BITS
-        # grey strip with a block margin, then blocks: white = 1, black = 0
-        arr[: 3 * b, : (bits + 2) * b] = 128
+        """Frame number ``index`` as a yuv420p array of shape (height*3/2, width).
+
+        This is the layout ``av.VideoFrame.from_ndarray(arr, format="yuv420p")`` takes:
+        the Y plane, then the U and V planes flattened.
+        """
+        w, h, b, bits = self.width, self.height, self._block, self.COUNTER_BITS
+        # an even shift keeps the chroma (half horizontal resolution) aligned with luma
+        shift = 2 * round(index * w / (8.0 * self.fps)) % w
+        buf = np.empty((h * 3 // 2, w), dtype=np.uint8)
+        y = buf[:h]
+        chroma = buf[h:].reshape(2, h // 2, w // 2)
+        y[:] = np.roll(self._y_row, shift)
+        chroma[0] = np.roll(self._u_row, shift // 2)
+        chroma[1] = np.roll(self._v_row, shift // 2)
+        # grey strip with a one-block margin, then blocks: white = 1, black = 0
+        y[: 3 * b, : (bits + 2) * b] = _Y_GREY
+        chroma[:, : (3 * b + 1) // 2, : ((bits + 2) * b + 1) // 2] = _C_NEUTRAL
         value = index & ((1 << bits) - 1)
         on = (value >> np.arange(bits - 1, -1, -1)) & 1
-        row = np.repeat(np.where(on, 255, 0).astype(np.uint8), b)
-        arr[b:2 * b, b:(bits + 1) * b] = row[None, :, None]
-        return arr
+        y[b:2 * b, b:(bits + 1) * b] = np.repeat(np.where(on, _Y_ON, _Y_OFF), b).astype(np.uint8)
+        return buf
 
     def read(self) -> av.VideoFrame:
-        """Return the next frame (rgb24) and advance the counter."""
+        """Return the next frame (yuv420p) and advance the counter."""
         arr = self.pattern(self.frames_read)
         self.frames_read += 1
-        return av.VideoFrame.from_ndarray(arr, format="rgb24")
+        return av.VideoFrame.from_ndarray(arr, format="yuv420p")
 
     @classmethod
     def decode_counter(cls, frame: av.VideoFrame | np.ndarray) -> int:
-        """Read the frame counter back from a (possibly decoded) pattern frame.
+        """Read the frame counter back from a (possibly encoded and decoded) pattern frame.
 
-        The value is taken modulo ``2**COUNTER_BITS``.
+        ``frame`` is an ``av.VideoFrame`` of any format, an RGB array (h, w, 3) or a luma
+        array (h, w). The value is taken modulo ``2**COUNTER_BITS``.
         """
         if isinstance(frame, np.ndarray):
-            arr = frame
+            luma = frame.mean(axis=-1) if frame.ndim == 3 else frame
+        elif frame.format.name in ("yuv420p", "yuvj420p"):
+            luma = frame.to_ndarray()[: frame.height]
         else:
-            arr = frame.to_ndarray(format="rgb24")
-        h, w = arr.shape[:2]
+            luma = frame.reformat(format="gray").to_ndarray()
+        h, w = luma.shape[:2]
         b = cls._block_size(w, h)
         centres = b + b * np.arange(cls.COUNTER_BITS) + b // 2
-        lum = arr[b + b // 2, centres].astype(np.int32)
-        lum = lum.mean(axis=-1) if lum.ndim == 2 else lum
-        bits = (lum > 128).astype(np.int64)
+        bits = (np.asarray(luma[b + b // 2, centres], dtype=np.float64) > 128).astype(np.int64)
         return int(np.dot(bits, 1 << np.arange(cls.COUNTER_BITS - 1, -1, -1)))

@@ -253,6 +253,8 @@ class SignalingServer:
                 await self._on_relay(session, msg)
                 return
             now = asyncio.get_running_loop().time()
+            # expire due ring timers first, so accept-vs-timeout is decided by the clock
+            await self._deliver(self.registry.handle_timer(now))
             result = self._handlers[type(msg)](session, msg, now)
             data, notifies = result if isinstance(result, tuple) else ({}, result)
             await session.send(p.Reply(id=msg.id, data=data))
