@@ -12,6 +12,7 @@ from aiortc import RTCIceServer
 
 from media.netsim import NetworkConditions, NetworkShaper
 from media.peer import PeerSession
+from media.qualitymonitor import QualityMonitor
 from media.sources import AudioSource, VideoSource
 from media.tracks import LocalAudio, LocalVideo
 from signaling import protocol as p
@@ -90,9 +91,14 @@ class CallEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._call_tasks: set[asyncio.Task[Any]] = set()
         self._volume_interval = volume_interval
+        self._quality = QualityMonitor()
+        self._multi_device = False
         self._quality_interval = quality_interval
         self._busy: set[str] = set()  # requests in flight, for REQUEST_REPEATED
         self._destroyed = False
+        #: frame taps for bots: {user_id: [fn(samples, sample_rate)]} / {user_id: [fn(frame)]}
+        self._audio_taps: dict[str, list[Any]] = {}
+        self._video_taps: dict[str, list[Any]] = {}
 
     # ------------------------------------------------------------------ properties
 
@@ -139,7 +145,7 @@ class CallEngine:
         await client.connect()
         try:
             await client.request(p.Login, sdk_app_id=sdk_app_id, user_id=user_id,
-                                 user_sig=user_sig)
+                                 user_sig=user_sig, multi_device=self._multi_device)
         except CallError as exc:
             await client.close()
             raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
@@ -151,6 +157,19 @@ class CallEngine:
         if self._client is None or self.user_id is None:
             raise CallError(ErrorCode.INIT_FAIL, "call init() first")
         return self._client
+
+    async def enable_multi_device_ability(self, enable: bool) -> None:
+        """Let every online device of this user ring (applies from the next ``init``)."""
+        if not isinstance(enable, bool):
+            raise CallError(ErrorCode.PARAM_INVALID, "enable must be a bool")
+        self._multi_device = enable
+
+    async def set_self_info(self, nickname: str, avatar_url: str) -> None:
+        """Store this user's nickname and avatar on the service (see docs/events.md)."""
+        client = self._require_init()
+        if not isinstance(nickname, str) or not isinstance(avatar_url, str):
+            raise CallError(ErrorCode.PARAM_INVALID, "nickname and avatar_url must be strings")
+        await client.request(p.SelfInfo, nickname=nickname, avatar_url=avatar_url)
 
     # ------------------------------------------------------------------ calls
 
@@ -359,6 +378,7 @@ class CallEngine:
             from media.sources import TestPatternSource
             self._local_video = LocalVideo(self._video_source or TestPatternSource())
         self._spawn(self._volume_loop(ctx), call=True)
+        self._spawn(self._quality_loop(ctx), call=True)
         if ctx.role is CallRole.CALLED:  # the later joiner offers to everyone already in
             for user in ctx.joined():
                 if user != self.user_id:
@@ -372,7 +392,8 @@ class CallEngine:
             user, local_audio=self._local_audio,
             local_video=self._local_video if ctx.media_type is CallMediaType.VIDEO else None,
             ice_servers=self._ice_servers, host_addresses=self._ice_addresses,
-            shaper=self._shaper, on_failed=self._on_peer_failed)
+            shaper=self._shaper, on_failed=self._on_peer_failed,
+            on_audio_frame=self._tap_audio, on_video_frame=self._tap_video)
         self._peers[user] = session
         return session
 
@@ -421,7 +442,16 @@ class CallEngine:
         except CallError as exc:
             log.info("%s: hangup after media failure: %s", self.user_id, exc)
 
+    def _tap_audio(self, user: str, samples: Any, sample_rate: int) -> None:
+        for fn in list(self._audio_taps.get(user, ())):
+            fn(samples, sample_rate)
+
+    def _tap_video(self, user: str, frame: Any) -> None:
+        for fn in list(self._video_taps.get(user, ())):
+            fn(frame)
+
     def _close_peer(self, user: str) -> None:
+        self._quality.forget(user)
         session = self._peers.pop(user, None)
         if session is not None:
             self._spawn(session.close())
@@ -440,6 +470,20 @@ class CallEngine:
                 remote = session.remote_audio if session is not None else None
                 volumes[user] = remote.take_volume() if remote is not None else 0
             self._events.emit("onUserVoiceVolumeChanged", {"volumeMap": volumes})
+
+    async def _quality_loop(self, ctx: CallContext) -> None:
+        loop = asyncio.get_running_loop()
+        while self._call is ctx:
+            await asyncio.sleep(self._quality_interval)
+            if self._call is not ctx:
+                break
+            others = [u for u in ctx.joined() if u != self.user_id]
+            local, remote = await self._quality.measure(others, self._peers, loop.time())
+            if self._call is not ctx:
+                break
+            entries = [{"userId": str(self.user_id), "quality": local}]
+            entries += [{"userId": u, "quality": q} for u, q in remote.items()]
+            self._events.emit("onUserNetworkQualityChanged", {"networkQualityList": entries})
 
     def _end_locally(self) -> None:
         """Forget the call and tear its media down (after onCallEnd / cancel / loss)."""

@@ -31,7 +31,8 @@ class PeerSession:
                  local_video: LocalVideo | None, ice_servers: list[RTCIceServer] | None = None,
                  host_addresses: list[str] | None = None, shaper: NetworkShaper | None = None,
                  on_failed: Callable[["PeerSession", str], None] | None = None,
-                 on_audio_frame: Callable[[str, Any, int], None] | None = None) -> None:
+                 on_audio_frame: Callable[[str, Any, int], None] | None = None,
+                 on_video_frame: Callable[[str, Any], None] | None = None) -> None:
         self.remote_user = remote_user
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self._local_audio = local_audio
@@ -40,6 +41,7 @@ class PeerSession:
         self._shaper = shaper
         self._on_failed = on_failed
         self._on_audio_frame = on_audio_frame
+        self._on_video_frame = on_video_frame
         self._sent: list[MediaStreamTrack] = []
         self.remote_audio: RemoteAudio | None = None
         self.remote_video: RemoteVideo | None = None
@@ -119,15 +121,16 @@ class PeerSession:
             self._on_failed(self, reason)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        user = self.remote_user
         if track.kind == "audio":
-            self.remote_audio = RemoteAudio(track)
-            if self._on_audio_frame is not None:
-                user = self.remote_user
-                hook = self._on_audio_frame
-                self.remote_audio.on_frame = lambda samples, rate: hook(user, samples, rate)
+            audio_hook = self._on_audio_frame
+            self.remote_audio = RemoteAudio(track, on_frame=None if audio_hook is None else (
+                lambda samples, rate: audio_hook(user, samples, rate)))
             self.remote_audio.start()
         elif track.kind == "video":
-            self.remote_video = RemoteVideo(track)
+            video_hook = self._on_video_frame
+            self.remote_video = RemoteVideo(track, on_frame=None if video_hook is None else (
+                lambda frame: video_hook(user, frame)))
             self.remote_video.start()
 
     async def get_stats(self) -> Any:

@@ -221,28 +221,37 @@ class TestPatternSource(VideoSource):
         This is the layout ``av.VideoFrame.from_ndarray(arr, format="yuv420p")`` takes:
         the Y plane, then the U and V planes flattened.
         """
-        w, h, b, bits = self.width, self.height, self._block, self.COUNTER_BITS
+        h, w = self.height, self.width
+        buf = np.empty((h * 3 // 2, w), dtype=np.uint8)
+        chroma = buf[h:].reshape(2, h // 2, w // 2)
+        self._draw(index, buf[:h], chroma[0], chroma[1])
+        return buf
+
+    def _draw(self, index: int, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        """Draw frame ``index`` into the Y (h, w), U and V (h/2, w/2) planes."""
+        w, b, bits = self.width, self._block, self.COUNTER_BITS
         # an even shift keeps the chroma (half horizontal resolution) aligned with luma
         shift = 2 * round(index * w / (8.0 * self.fps)) % w
-        buf = np.empty((h * 3 // 2, w), dtype=np.uint8)
-        y = buf[:h]
-        chroma = buf[h:].reshape(2, h // 2, w // 2)
         y[:] = np.roll(self._y_row, shift)
-        chroma[0] = np.roll(self._u_row, shift // 2)
-        chroma[1] = np.roll(self._v_row, shift // 2)
+        u[:] = np.roll(self._u_row, shift // 2)
+        v[:] = np.roll(self._v_row, shift // 2)
         # grey strip with a one-block margin, then blocks: white = 1, black = 0
         y[: 3 * b, : (bits + 2) * b] = _Y_GREY
-        chroma[:, : (3 * b + 1) // 2, : ((bits + 2) * b + 1) // 2] = _C_NEUTRAL
+        ch, cw = (3 * b + 1) // 2, ((bits + 2) * b + 1) // 2
+        u[:ch, :cw] = _C_NEUTRAL
+        v[:ch, :cw] = _C_NEUTRAL
         value = index & ((1 << bits) - 1)
         on = (value >> np.arange(bits - 1, -1, -1)) & 1
         y[b:2 * b, b:(bits + 1) * b] = np.repeat(np.where(on, _Y_ON, _Y_OFF), b).astype(np.uint8)
-        return buf
 
     def read(self) -> av.VideoFrame:
         """Return the next frame (yuv420p) and advance the counter."""
-        arr = self.pattern(self.frames_read)
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        y, u, v = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+                   for p in frame.planes)
+        self._draw(self.frames_read, y, u, v)
         self.frames_read += 1
-        return av.VideoFrame.from_ndarray(arr, format="yuv420p")
+        return frame
 
     @classmethod
     def decode_counter(cls, frame: av.VideoFrame | np.ndarray) -> int:
