@@ -92,6 +92,10 @@ class CallEngine:
         self._call_tasks: set[asyncio.Task[Any]] = set()
         self._volume_interval = volume_interval
         self._quality = QualityMonitor()
+        self._signals: asyncio.Queue[p.Relayed] | None = None
+        self._mic_open = True
+        self._camera_open = True
+        self._video_available: dict[str, bool] = {}
         self._multi_device = False
         self._quality_interval = quality_interval
         self._busy: set[str] = set()  # requests in flight, for REQUEST_REPEATED
@@ -305,6 +309,54 @@ class CallEngine:
 
     # ------------------------------------------------------------------ media control
 
+    async def switch_call_media_type(self, media_type: CallMediaType | int) -> None:
+        """Switch the connected call between VIDEO and AUDIO; everyone renegotiates."""
+        media = self._media(media_type)
+        client, ctx = self._require_call(CallState.CONNECTED)
+        if media is ctx.media_type:
+            raise CallError(ErrorCode.REQUEST_REPEATED, f"the call is already {media.name}")
+        await self._once("switch", client.request(p.SwitchMedia, call_id=ctx.call_id,
+                                                  media_type=int(media)))
+
+    def _apply_media_type(self, ctx: CallContext) -> None:
+        video = ctx.media_type is CallMediaType.VIDEO
+        local_video = self._ensure_local_video() if video else self._local_video
+        if video:
+            self._camera_open = True
+            assert local_video is not None
+            local_video.enabled = True
+        self._video_available.clear()
+        for session in self._peers.values():
+            self._spawn(session.set_send_video(video, local_video), call=True)
+
+    async def open_microphone(self) -> None:
+        """Send audio again; the others get onUserAudioAvailable(true)."""
+        await self._set_device(audio=True)
+
+    async def close_microphone(self) -> None:
+        """Send silence; the others get onUserAudioAvailable(false) and hear volume 0."""
+        await self._set_device(audio=False)
+
+    async def open_camera(self) -> None:
+        """Send video again (video calls only, else -1205)."""
+        await self._set_device(video=True)
+
+    async def close_camera(self) -> None:
+        """Stop sending video frames; the others get onUserVideoAvailable(false)."""
+        await self._set_device(video=False)
+
+    async def _set_device(self, *, audio: bool | None = None, video: bool | None = None) -> None:
+        client, ctx = self._require_call(CallState.CALLING, CallState.CONNECTED)
+        if video is not None and ctx.media_type is not CallMediaType.VIDEO:
+            raise CallError(ErrorCode.SCENE_NOT_SUPPORTED, "no camera in an audio call")
+        await client.request(p.Device, call_id=ctx.call_id, audio=audio, video=video)
+        if audio is not None:
+            self._mic_open = audio
+            self._local_audio.muted = not audio
+        if video is not None:
+            self._camera_open = video
+            self._ensure_local_video().enabled = video
+
     def set_audio_source(self, source: AudioSource | None) -> None:
         """Use ``source`` for outgoing audio from now on (None: silence), mid-call too."""
         self._local_audio.set_source(source)
@@ -327,7 +379,7 @@ class CallEngine:
         if isinstance(message, p.Event):
             self._on_event(message)
         elif isinstance(message, p.Relayed):
-            self._spawn(self._on_relayed(message), call=True)
+            self._on_relayed(message)
         elif isinstance(message, p.Kicked):
             self._end_locally()
             self._drop_client()
@@ -367,58 +419,80 @@ class CallEngine:
             self._close_peer(payload["userId"])
         elif name == "onCallMediaTypeChanged":
             ctx.media_type = CallMediaType(payload["newCallMediaType"])
+            self._apply_media_type(ctx)
+        elif name in ("onUserVideoAvailable", "onUserAudioAvailable"):
+            if name == "onUserVideoAvailable":
+                if self._video_available.get(payload["userId"]) == payload["isVideoAvailable"]:
+                    return  # already reported (first frame arrived before the server said so)
+                self._video_available[payload["userId"]] = payload["isVideoAvailable"]
         self._events.emit(name, payload)
         if name in ("onCallEnd", "onCallCancelled") and self._call is ctx:
             self._end_locally()
 
     # ------------------------------------------------------------------ media
 
-    def _begin_media(self, ctx: CallContext) -> None:
-        if ctx.media_type is CallMediaType.VIDEO and self._local_video is None:
+    def _ensure_local_video(self) -> LocalVideo:
+        if self._local_video is None:
             from media.sources import TestPatternSource
             self._local_video = LocalVideo(self._video_source or TestPatternSource())
+        return self._local_video
+
+    def _begin_media(self, ctx: CallContext) -> None:
+        if ctx.media_type is CallMediaType.VIDEO:
+            self._ensure_local_video().enabled = self._camera_open
+        self._local_audio.muted = not self._mic_open
+        self._signals = asyncio.Queue()
+        self._spawn(self._signal_worker(ctx, self._signals), call=True)
         self._spawn(self._volume_loop(ctx), call=True)
         self._spawn(self._quality_loop(ctx), call=True)
         if ctx.role is CallRole.CALLED:  # the later joiner offers to everyone already in
             for user in ctx.joined():
                 if user != self.user_id:
-                    self._spawn(self._offer(ctx, user), call=True)
+                    self._spawn(self._new_peer(ctx, user, offerer=True).start(), call=True)
 
-    def _new_peer(self, ctx: CallContext, user: str) -> PeerSession:
+    def _new_peer(self, ctx: CallContext, user: str, *, offerer: bool) -> PeerSession:
         old = self._peers.pop(user, None)
         if old is not None:
             self._spawn(old.close())
+        video = ctx.media_type is CallMediaType.VIDEO
+
+        async def signal(kind: str, data: dict[str, Any]) -> None:
+            await self._relay(ctx, user, kind, data)
+
         session = PeerSession(
-            user, local_audio=self._local_audio,
-            local_video=self._local_video if ctx.media_type is CallMediaType.VIDEO else None,
+            user, offerer=offerer, signal=signal, local_audio=self._local_audio,
+            local_video=self._local_video if video else None, send_video=video,
             ice_servers=self._ice_servers, host_addresses=self._ice_addresses,
             shaper=self._shaper, on_failed=self._on_peer_failed,
             on_audio_frame=self._tap_audio, on_video_frame=self._tap_video)
         self._peers[user] = session
         return session
 
-    async def _offer(self, ctx: CallContext, user: str) -> None:
-        session = self._new_peer(ctx, user)
-        offer = await session.create_offer()
-        await self._relay(ctx, user, "offer", offer)
+    async def _signal_worker(self, ctx: CallContext, queue: asyncio.Queue[p.Relayed]) -> None:
+        """Apply relayed SDP messages one at a time, in arrival order."""
+        while self._call is ctx:
+            msg = await queue.get()
+            session = self._peers.get(msg.from_user)
+            try:
+                if msg.kind == "offer" and (session is None or not session.offerer):
+                    if session is None:
+                        session = self._new_peer(ctx, msg.from_user, offerer=False)
+                    await session.handle_signal("offer", msg.data)
+                elif msg.kind in ("answer", "renegotiate") and session is not None:
+                    await session.handle_signal(msg.kind, msg.data)
+                else:
+                    log.debug("%s: ignoring %s from %s", self.user_id, msg.kind, msg.from_user)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._emit_error(ErrorCode.MEDIA_FAILED,
+                                 f"bad {msg.kind} from {msg.from_user}: {exc}")
 
-    async def _on_relayed(self, msg: p.Relayed) -> None:
+    def _on_relayed(self, msg: p.Relayed) -> None:
         ctx = self._call
-        if ctx is None or ctx.call_id != msg.call_id or ctx.state is not CallState.CONNECTED:
+        if ctx is None or ctx.call_id != msg.call_id or ctx.state is not CallState.CONNECTED \
+                or self._signals is None:
             log.debug("%s: dropping %s from %s", self.user_id, msg.kind, msg.from_user)
             return
-        try:
-            if msg.kind == "offer":
-                session = self._new_peer(ctx, msg.from_user)
-                answer = await session.handle_offer(msg.data)
-                await self._relay(ctx, msg.from_user, "answer", answer)
-            elif msg.kind == "answer":
-                session = self._peers.get(msg.from_user)
-                if session is not None:
-                    await session.handle_answer(msg.data)
-        except (KeyError, TypeError, ValueError) as exc:
-            self._emit_error(ErrorCode.MEDIA_FAILED,
-                             f"bad {msg.kind} from {msg.from_user}: {exc}")
+        self._signals.put_nowait(msg)
 
     async def _relay(self, ctx: CallContext, to: str, kind: str, data: dict[str, Any]) -> None:
         if self._client is None or self._call is not ctx:
@@ -447,6 +521,12 @@ class CallEngine:
             fn(samples, sample_rate)
 
     def _tap_video(self, user: str, frame: Any) -> None:
+        ctx = self._call
+        if ctx is not None and ctx.media_type is CallMediaType.VIDEO \
+                and user not in self._video_available:
+            # the first decoded frame of a user: their video is available (TRTC semantics)
+            self._video_available[user] = True
+            self._events.emit("onUserVideoAvailable", {"userId": user, "isVideoAvailable": True})
         for fn in list(self._video_taps.get(user, ())):
             fn(frame)
 
@@ -488,6 +568,10 @@ class CallEngine:
     def _end_locally(self) -> None:
         """Forget the call and tear its media down (after onCallEnd / cancel / loss)."""
         self._call = None
+        self._signals = None
+        self._video_available.clear()
+        self._mic_open = self._camera_open = True  # every call starts with both open
+        self._local_audio.muted = False
         for task in list(self._call_tasks):
             task.cancel()
         for user in list(self._peers):

@@ -1,17 +1,24 @@
 """PeerSession: the one module that talks to aiortc's RTCPeerConnection.
 
-One session per remote participant (full mesh). The participant who joined later creates the
-offer; aiortc gathers all candidates before ``setLocalDescription`` returns, so an SDP carries
-its candidates and no trickle ICE is needed.
+One session per remote participant (full mesh). The participant who joined later is the
+*offerer* of the pair and the only side that ever creates offers, so there is no glare:
+the answerer asks for a new offer with a ``renegotiate`` signal instead. aiortc gathers all
+candidates before ``setLocalDescription`` returns, so an SDP carries its candidates.
+
+Every session negotiates one audio and one video transceiver. The video transceiver sends
+(``sendrecv``) only while this side sends video; otherwise it is ``recvonly``, so switching
+an audio call to video (or back) is a real SDP renegotiation, and closing the camera
+detaches the track so no video packets leave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, Callable
 
-from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription)
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from . import icehooks
@@ -23,73 +30,164 @@ log = logging.getLogger("media.peer")
 #: a peer connection that is not "connected" this long after the offer/answer is "failed"
 CONNECT_TIMEOUT = 10.0
 
+Signal = Callable[[str, dict[str, Any]], Awaitable[None]]
+
 
 class PeerSession:
-    """Media to and from one remote user."""
+    """Media to and from one remote user.
 
-    def __init__(self, remote_user: str, *, local_audio: LocalAudio,
-                 local_video: LocalVideo | None, ice_servers: list[RTCIceServer] | None = None,
+    ``signal(kind, data)`` sends ``offer`` / ``answer`` / ``renegotiate`` to the remote side;
+    the owner feeds what comes back into :meth:`handle_signal`.
+    """
+
+    def __init__(self, remote_user: str, *, offerer: bool, signal: Signal,
+                 local_audio: LocalAudio, local_video: LocalVideo | None,
+                 send_video: bool = False, ice_servers: list[RTCIceServer] | None = None,
                  host_addresses: list[str] | None = None, shaper: NetworkShaper | None = None,
                  on_failed: Callable[["PeerSession", str], None] | None = None,
                  on_audio_frame: Callable[[str, Any, int], None] | None = None,
                  on_video_frame: Callable[[str, Any], None] | None = None) -> None:
         self.remote_user = remote_user
+        self.offerer = offerer
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+        self._signal = signal
         self._local_audio = local_audio
         self._local_video = local_video
+        self._send_video = send_video and local_video is not None
         self._host_addresses = host_addresses
         self._shaper = shaper
         self._on_failed = on_failed
         self._on_audio_frame = on_audio_frame
         self._on_video_frame = on_video_frame
-        self._sent: list[MediaStreamTrack] = []
+        self._audio_track: MediaStreamTrack | None = None
+        self._video_track: MediaStreamTrack | None = None
         self.remote_audio: RemoteAudio | None = None
         self.remote_video: RemoteVideo | None = None
         self.failed = False
         self.connected = asyncio.Event()
+        self.negotiations = 0
+        """Completed offer/answer exchanges (1 after the first; more after renegotiation)."""
+        self._lock = asyncio.Lock()
+        self._awaiting_answer = False
+        self._again = False
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
+    # ------------------------------------------------------------------ local media
+
+    @property
+    def sending_video(self) -> bool:
+        """True while our video transceiver is sendrecv with a track attached."""
+        return self._send_video
+
+    def _video_direction(self) -> str:
+        return "sendrecv" if self._send_video else "recvonly"
+
+    def _attach_tracks(self) -> None:
+        """Put our tracks and directions on the transceivers (creating them as offerer)."""
+        if self._audio_track is None:
+            self._audio_track = self._local_audio.subscribe()
+        want_video = self._send_video and self._local_video is not None
+        if want_video and self._video_track is None:
+            assert self._local_video is not None
+            self._video_track = self._local_video.subscribe()
+        elif not want_video and self._video_track is not None:
+            self._release_video()
+        audio_t = video_t = None
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio" and audio_t is None:
+                audio_t = t
+            elif t.kind == "video" and video_t is None:
+                video_t = t
+        if audio_t is None:
+            audio_t = self.pc.addTransceiver("audio", direction="sendrecv")
+        if video_t is None:
+            video_t = self.pc.addTransceiver("video", direction=self._video_direction())
+        audio_t.direction = "sendrecv"
+        audio_t.sender.replaceTrack(self._audio_track)
+        video_t.direction = self._video_direction()
+        video_t.sender.replaceTrack(self._video_track if want_video else None)
+
+    def _release_video(self) -> None:
+        if self._video_track is not None and self._local_video is not None:
+            self._local_video.unsubscribe(self._video_track)
+        self._video_track = None
+
+    async def set_send_video(self, send: bool, local_video: LocalVideo | None = None) -> None:
+        """Start or stop sending video and renegotiate (media type switch)."""
+        if local_video is not None:
+            self._local_video = local_video
+        send = send and self._local_video is not None
+        if send == self._send_video:
+            return
+        self._send_video = send
+        await self.renegotiate()
+
+    def pause_video(self, paused: bool) -> None:
+        """Camera closed/opened: detach/attach the video track without renegotiating."""
+        for t in self.pc.getTransceivers():
+            if t.kind == "video":
+                t.sender.replaceTrack(None if paused else self._video_track)
+
     # ------------------------------------------------------------------ negotiation
 
-    def _add_local_tracks(self) -> None:
-        audio = self._local_audio.subscribe()
-        self._sent.append(audio)
-        self.pc.addTrack(audio)
-        if self._local_video is not None:
-            video = self._local_video.subscribe()
-            self._sent.append(video)
-            self.pc.addTrack(video)
+    async def start(self) -> None:
+        """As offerer: send the first offer."""
+        await self.renegotiate()
 
-    def _attach_hooks(self) -> None:
-        icehooks.attach(self.pc, host_addresses=self._host_addresses, shaper=self._shaper)
+    async def renegotiate(self) -> None:
+        """Offerer: send a new offer (after the pending answer). Answerer: ask for one."""
+        if self._closed:
+            return
+        if not self.offerer:
+            await self._signal("renegotiate", {})
+            return
+        async with self._lock:
+            if self._awaiting_answer:
+                self._again = True
+                return
+            self._attach_tracks()
+            offer = await self.pc.createOffer()
+            icehooks.attach(self.pc, host_addresses=self._host_addresses, shaper=self._shaper)
+            await self.pc.setLocalDescription(offer)
+            self._awaiting_answer = True
+            self._start_watchdog()
+            desc = _desc(self.pc.localDescription)
+        await self._signal("offer", desc)
 
-    async def create_offer(self) -> dict[str, str]:
-        """Add our tracks and return the offer (with candidates) to relay."""
-        self._add_local_tracks()
-        offer = await self.pc.createOffer()
-        self._attach_hooks()
-        await self.pc.setLocalDescription(offer)
-        self._start_watchdog()
-        return _desc(self.pc.localDescription)
-
-    async def handle_offer(self, desc: dict[str, Any]) -> dict[str, str]:
-        """Apply a remote offer, add our tracks, and return the answer to relay."""
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=desc["sdp"],
-                                                                 type=desc["type"]))
-        self._add_local_tracks()
-        answer = await self.pc.createAnswer()
-        self._attach_hooks()
-        await self.pc.setLocalDescription(answer)
-        self._start_watchdog()
-        return _desc(self.pc.localDescription)
-
-    async def handle_answer(self, desc: dict[str, Any]) -> None:
-        """Apply the remote answer to our offer."""
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=desc["sdp"],
-                                                                 type=desc["type"]))
+    async def handle_signal(self, kind: str, data: dict[str, Any]) -> None:
+        """Apply an ``offer`` / ``answer`` / ``renegotiate`` from the remote side."""
+        if self._closed:
+            return
+        if kind == "offer":
+            async with self._lock:
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+                self._attach_tracks()
+                answer = await self.pc.createAnswer()
+                icehooks.attach(self.pc, host_addresses=self._host_addresses,
+                                shaper=self._shaper)
+                await self.pc.setLocalDescription(answer)
+                self.negotiations += 1
+                self._start_watchdog()
+                desc = _desc(self.pc.localDescription)
+            await self._signal("answer", desc)
+        elif kind == "answer":
+            async with self._lock:
+                if not self._awaiting_answer:
+                    log.debug("unexpected answer from %s", self.remote_user)
+                    return
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+                self._awaiting_answer = False
+                self.negotiations += 1
+                again, self._again = self._again, False
+            if again:
+                await self.renegotiate()
+        elif kind == "renegotiate" and self.offerer:
+            await self.renegotiate()
 
     # ------------------------------------------------------------------ state
 
@@ -144,12 +242,9 @@ class PeerSession:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for track in self._sent:
-            if isinstance(track, MediaStreamTrack):
-                if track.kind == "audio":
-                    self._local_audio.unsubscribe(track)
-                elif self._local_video is not None:
-                    self._local_video.unsubscribe(track)
+        if self._audio_track is not None:
+            self._local_audio.unsubscribe(self._audio_track)
+        self._release_video()
         await self.pc.close()
         for remote in (self.remote_audio, self.remote_video):
             if remote is not None:

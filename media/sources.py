@@ -203,6 +203,9 @@ class TestPatternSource(VideoSource):
 
     def __init__(self, width: int = 320, height: int = 240, fps: float = 15) -> None:
         super().__init__(width, height, fps)
+        if self.width < self.COUNTER_BITS + 2:
+            raise ValueError(f"width must be at least {self.COUNTER_BITS + 2} to hold the "
+                             f"frame counter, got {width!r}")
         self.frames_read = 0
         w = self.width
         bar = np.arange(w) * len(_BAR_YUV) // w

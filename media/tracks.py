@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.video.reformatter import VideoReformatter
 
 from .sources import AudioSource, VideoSource
 from .volume import LevelMeter, audio_level_dbov
@@ -167,9 +169,10 @@ class _Fanout:
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
 
-    def _push(self, make: Callable[[], Any]) -> None:
-        for track in list(self._subscribers):
-            track._put(make())
+    def _push(self, make: Callable[[int], Any]) -> None:
+        """Queue ``make(i)`` on the i-th subscriber."""
+        for i, track in enumerate(list(self._subscribers)):
+            track._put(make(i))
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +188,9 @@ class _Fanout:
                 next_t += skipped * period
                 self._skip(skipped)
             try:
-                self._tick(next_t)
+                pending = self._tick(next_t)
+                if pending is not None:
+                    await pending
             except Exception:  # a bad source must not kill the pump
                 log.exception("%s pump: frame production failed", self._kind)
             next_t += period
@@ -194,7 +199,8 @@ class _Fanout:
     def _period(self) -> float:
         raise NotImplementedError
 
-    def _tick(self, deadline: float) -> None:
+    def _tick(self, deadline: float) -> Awaitable[None] | None:
+        """Produce and push one frame; may return an awaitable to finish off the loop."""
         raise NotImplementedError
 
     def _skip(self, frames: int) -> None:
@@ -279,6 +285,9 @@ class LocalAudio(_Fanout):
             raise ValueError(f"channels must be 1 or 2, got {channels!r}")
         if isinstance(frame_ms, bool) or not isinstance(frame_ms, int) or not 10 <= frame_ms <= 120:
             raise ValueError(f"frame_ms must be an int in [10, 120], got {frame_ms!r}")
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
+                or not 8000 <= sample_rate <= 192000:
+            raise ValueError(f"sample_rate must be an int in [8000, 192000], got {sample_rate!r}")
         if sample_rate * frame_ms % 1000:
             raise ValueError(f"frame_ms={frame_ms} is not a whole number of samples at "
                              f"{sample_rate!r} Hz")
@@ -356,7 +365,7 @@ class LocalAudio(_Fanout):
         tb = self._time_base
         layout = self._layout
 
-        def make() -> av.AudioFrame:
+        def make(_: int) -> av.AudioFrame:
             frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
             frame.sample_rate = rate
             frame.pts = pts
@@ -373,8 +382,12 @@ class LocalVideo(_Fanout):
 
     Frames carry pts in the 90 kHz clock, derived from the pump's schedule (so gaps while
     disabled show as time gaps). Disabled, or with no source, nothing is read or sent: a
-    closed camera sends no video. One ``av.VideoFrame`` object is shared by all subscribers
-    (aiortc's encoders only read it). ``frames_sent`` counts frames produced.
+    closed camera sends no video. ``frames_sent`` counts frames produced.
+
+    Frames that are not yuv420p (the encoders' format) are converted once, in a worker
+    thread, instead of once per peer connection by aiortc. Each subscriber gets its own
+    ``av.VideoFrame`` object (plane copies after the first), because aiortc's encoders
+    write ``frame.pict_type`` from their worker threads to force keyframes.
     """
 
     _kind = "video"
@@ -385,12 +398,13 @@ class LocalVideo(_Fanout):
         self._source: VideoSource | None = None
         self._enabled = bool(enabled)
         self._t0: float | None = None
+        self._reformatter: VideoReformatter | None = None
         self.frames_sent = 0
         self.set_source(source)
 
     @property
     def source(self) -> VideoSource | None:
-        """The current source (None -> no video)."""
+        """The current source (None -> no frames)."""
         return self._source
 
     def set_source(self, source: VideoSource | None) -> None:
@@ -408,26 +422,59 @@ class LocalVideo(_Fanout):
     def enabled(self, value: bool) -> None:
         self._enabled = bool(value)
 
+    def _ensure_pump(self) -> None:
+        if not self.running:
+            # a fresh converter per pump run: a cancelled run's worker may still hold the old
+            self._reformatter = None
+        super()._ensure_pump()
+
     def _period(self) -> float:
         src = self._source
         return 1.0 / src.fps if src is not None else _IDLE_VIDEO_PERIOD
 
-    def _tick(self, deadline: float) -> None:
+    def _tick(self, deadline: float) -> Awaitable[None] | None:
         if self._t0 is None:
             self._t0 = deadline
         src = self._source
         if not self._enabled or src is None:
-            return
+            return None
         try:
             frame = src.read()
         except Exception:
             log.exception("video source %r failed; sending no video", src)
             self._source = None
-            return
+            return None
+        if frame.format.name != "yuv420p":
+            return self._convert_and_send(frame, deadline)
+        self._send(frame, deadline)
+        return None
+
+    async def _convert_and_send(self, frame: av.VideoFrame, deadline: float) -> None:
+        if self._reformatter is None:
+            self._reformatter = VideoReformatter()
+        convert = functools.partial(self._reformatter.reformat, frame, format="yuv420p")
+        self._send(await asyncio.get_running_loop().run_in_executor(None, convert), deadline)
+
+    def _send(self, frame: av.VideoFrame, deadline: float) -> None:
+        assert self._t0 is not None
         frame.pts = round((deadline - self._t0) * VIDEO_CLOCK_RATE)
         frame.time_base = _VIDEO_TIME_BASE
-        self._push(lambda: frame)
+        self._push(lambda i: frame if i == 0 else _copy_video_frame(frame))
         self.frames_sent += 1
+
+
+def _copy_video_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """A new frame object with copies of ``frame``'s planes, pts and time base."""
+    out = av.VideoFrame(frame.width, frame.height, frame.format.name)
+    for src, dst in zip(frame.planes, out.planes, strict=True):
+        n = min(src.line_size, dst.line_size)
+        rows = min(src.height, dst.height)
+        d = np.frombuffer(dst, dtype=np.uint8).reshape(-1, dst.line_size)
+        s = np.frombuffer(src, dtype=np.uint8).reshape(-1, src.line_size)
+        d[:rows, :n] = s[:rows, :n]
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out
 
 
 def _audio_to_int16(frame: av.AudioFrame) -> np.ndarray:
@@ -480,6 +527,10 @@ class _RemoteConsumer:
             try:
                 frame = await self.track.recv()
             except MediaStreamError:
+                self.ended = True
+                return
+            except Exception:  # e.g. a decoder error surfacing through recv()
+                log.exception("%s consumer: recv failed; stopping", self.track.kind)
                 self.ended = True
                 return
             self.frames_received += 1

@@ -161,7 +161,7 @@ class Relay(Request):
     kind: str = ""
     data: dict[str, Any] = field(default_factory=dict)
 
-    KINDS: ClassVar[tuple[str, ...]] = ("offer", "answer", "candidate")
+    KINDS: ClassVar[tuple[str, ...]] = ("offer", "answer", "candidate", "renegotiate")
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,12 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
     end_b = await rb.wait_for("onCallEnd")
     await quiet(ra, rb)
     assert end_a["totalTime"] == end_b["totalTime"] >= 3
-    assert ra.names() == ["onUserJoin", "onCallBegin", "onCallEnd"]
-    assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave",
-                          "onCallEnd"]
+    # each side learns the other's video is available when its first frame decodes
+    assert ra.names() == ["onUserJoin", "onCallBegin", "onUserVideoAvailable", "onCallEnd"]
+    assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserVideoAvailable",
+                          "onUserLeave", "onCallEnd"]
+    assert ra.of("onUserVideoAvailable") == [{"userId": "bob", "isVideoAvailable": True}]
+    assert rb.of("onUserVideoAvailable") == [{"userId": "alice", "isVideoAvailable": True}]
     assert rb.of("onUserLeave") == [{"userId": "alice"}]
     assert ra.of("onUserJoin") == [{"userId": "bob"}]
     assert rb.of("onUserJoin") == [{"userId": "alice"}]

@@ -103,7 +103,7 @@ def test_pattern_frames_have_size_and_change() -> None:
     for f in frames:
         assert isinstance(f, av.VideoFrame)
         assert (f.width, f.height) == (320, 240)
-        assert f.format.name == "rgb24"
+        assert f.format.name == "yuv420p"  # the encoders' format: no conversion needed
     arrays = [f.to_ndarray() for f in frames]
     for a, b in itertools.pairwise(arrays):
         assert not np.array_equal(a, b)
@@ -114,23 +114,53 @@ def test_pattern_frames_have_size_and_change() -> None:
 def test_pattern_bars_move() -> None:
     src = TestPatternSource(320, 240, 15)
     a, b = src.pattern(0), src.pattern(15)  # one second apart: a quarter of the width
+    assert a.shape == (360, 320) and a.dtype == np.uint8
     row = 200  # below the counter strip
     np.testing.assert_array_equal(np.roll(a[row], 80, axis=0), b[row])
+    # chroma moves with luma (an even shift keeps half-resolution chroma aligned)
+    ua, ub = (x[240:].reshape(2, 120, 160)[0] for x in (a, b))
+    np.testing.assert_array_equal(np.roll(ua[100], 40), ub[100])
 
 
-def test_pattern_counter_survives_yuv_round_trip() -> None:
+def test_pattern_read_equals_pattern_and_looks_like_colour_bars() -> None:
+    src = TestPatternSource(320, 240, 15)
+    src.frames_read = 7
+    frame = src.read()
+    np.testing.assert_array_equal(frame.to_ndarray(), src.pattern(7))
+    rgb = TestPatternSource(320, 240, 15).read().to_ndarray(format="rgb24")
+    row = rgb[200]  # eight bars of 40 px: white, yellow, cyan, green, magenta, red, blue, black
+    centres = row[20::40].astype(int)
+    expected = np.array([[191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0],
+                         [191, 0, 191], [191, 0, 0], [0, 0, 191], [0, 0, 0]])
+    assert np.abs(centres - expected).max() <= 6
+
+
+def test_pattern_counter_survives_conversions() -> None:
     src = TestPatternSource(160, 120, 30)
-    for _ in range(1234):
-        src.frames_read += 1  # skip ahead cheaply
-    frame = src.read().reformat(format="yuv420p").reformat(format="rgb24")
+    src.frames_read = 1234
+    frame = src.read()
     assert TestPatternSource.decode_counter(frame) == 1234
+    rgb = frame.reformat(format="rgb24")
+    assert TestPatternSource.decode_counter(rgb) == 1234
+    assert TestPatternSource.decode_counter(rgb.to_ndarray()) == 1234
+    src.frames_read = (1 << 16) + 5  # wraps modulo 2**16
+    assert TestPatternSource.decode_counter(src.read()) == 5
+
+
+def test_pattern_tiny_and_odd_aligned_sizes() -> None:
+    for w, h in [(18, 16), (34, 22), (322, 242)]:
+        src = TestPatternSource(w, h, 10)
+        src.frames_read = 99
+        frame = src.read()
+        assert (frame.width, frame.height) == (w, h)
+        np.testing.assert_array_equal(frame.to_ndarray(), src.pattern(99))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "bad"),
     [({"width": 0}, "0"), ({"width": 321}, "321"), ({"height": -2}, "-2"),
      ({"height": 240.0}, "240.0"), ({"fps": 0}, "0"), ({"fps": 1000}, "1000"),
-     ({"fps": "15"}, "'15'"), ({"width": 100000}, "100000")],
+     ({"fps": "15"}, "'15'"), ({"width": 100000}, "100000"), ({"width": 16}, "16")],
 )
 def test_pattern_bad_args(kwargs: dict, bad: str) -> None:
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 
 import aioice.ice
@@ -13,7 +14,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.sources import AudioSource, SilenceSource, TestPatternSource, ToneSource
+from media.sources import AudioSource, SilenceSource, TestPatternSource, ToneSource, VideoSource
 from media.tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 from media.volume import rms_dbfs
 
@@ -54,6 +55,21 @@ async def test_audio_pacing_50_frames_per_second() -> None:
     assert all(b - a == 960 for a, b in itertools.pairwise(pts))
     assert local.take_volume() == 80
     assert local.last_level_dbov == 20
+
+
+async def test_pump_skips_ahead_after_a_stall_instead_of_bursting() -> None:
+    local = LocalAudio(SilenceSource())
+    track = local.subscribe()
+    await track.recv()
+    await asyncio.sleep(0.05)
+    time.sleep(0.25)  # noqa: ASYNC251 -- deliberately block the loop: ~12 periods missed
+    await asyncio.sleep(0.005)
+    burst = await _count_frames(track, 0.01)  # what the pump produced right after the stall
+    await local.stop()
+    assert local.frames_skipped >= 8
+    pts = [f.pts for f in burst]
+    assert any(b - a > 960 for a, b in itertools.pairwise(pts))  # the skipped time shows in pts
+    assert local.frames_sent <= 1 + 3 + 1 + 2 + 3  # recv'd, pre-stall, catch-up, slack
 
 
 async def test_fanout_same_audio_to_every_subscriber_and_stop_ends_tracks() -> None:
@@ -151,6 +167,88 @@ async def test_video_pacing_and_disable() -> None:
     assert len(await _count_frames(track, 0.3)) <= 2  # at most what was queued
     assert video.frames_sent == sent
     await video.stop()
+
+
+async def test_video_fanout_gives_each_subscriber_its_own_yuv420p_frame() -> None:
+    class RgbSource(VideoSource):
+        def read(self) -> av.VideoFrame:
+            arr = np.zeros((self.height, self.width, 3), np.uint8)
+            arr[:, : self.width // 2] = (200, 40, 40)
+            return av.VideoFrame.from_ndarray(arr, format="rgb24")
+
+    video = LocalVideo(RgbSource(64, 48, fps=30))
+    t1, t2 = video.subscribe(), video.subscribe()
+    f1, f2 = await asyncio.gather(t1.recv(), t2.recv())
+    await video.stop()
+    assert f1 is not f2 and f1.pts == f2.pts
+    assert f1.format.name == f2.format.name == "yuv420p"  # converted once, off the loop
+    np.testing.assert_array_equal(f1.to_ndarray(), f2.to_ndarray())
+    rgb = f2.to_ndarray(format="rgb24")
+    assert abs(int(rgb[10, 5, 0]) - 200) < 8 and abs(int(rgb[10, 50, 0])) < 8
+    with pytest.raises(MediaStreamError):
+        await t1.recv()
+
+
+class _FakeTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, frames: list) -> None:
+        super().__init__()
+        self._frames = list(frames)
+
+    async def recv(self):  # type: ignore[override]
+        await asyncio.sleep(0)
+        if not self._frames:
+            self.stop()
+            raise MediaStreamError
+        return self._frames.pop(0)
+
+
+async def test_remote_audio_meters_any_sample_format_and_calls_hook() -> None:
+    mono = ToneSource(level_dbfs=-20.0).read(960)[:, 0]
+    stereo = np.stack([mono, mono], axis=1)
+    packed = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
+    planar = av.AudioFrame.from_ndarray(stereo.T.copy(), format="s16p", layout="stereo")
+    floats = np.ascontiguousarray(stereo.T / 32767.0, np.float32)
+    fltp = av.AudioFrame.from_ndarray(floats, format="fltp", layout="stereo")
+    frames = [packed, planar, fltp]
+    for f in frames:
+        f.sample_rate = 48000
+    got: list[tuple[tuple[int, ...], int]] = []
+
+    def hook(samples: np.ndarray, rate: int) -> None:
+        got.append((samples.shape, rate))
+        np.testing.assert_allclose(samples[:, 1], mono, atol=1)
+        if len(got) == 2:
+            raise RuntimeError("a broken hook is logged, not raised")
+
+    remote = RemoteAudio(_FakeTrack(frames), on_frame=hook)
+    remote.start()
+    for _ in range(100):
+        if remote.ended:
+            break
+        await asyncio.sleep(0.001)
+    await remote.stop()
+    assert remote.ended and remote.frames_received == 3
+    assert got == [((960, 2), 48000)] * 3
+    assert remote.take_volume() == 80
+    assert remote.take_volume() == 0
+
+
+async def test_remote_video_counts_and_records_size() -> None:
+    src = TestPatternSource(64, 48, 10)
+    track = _FakeTrack([src.read() for _ in range(4)])
+    track.kind = "video"
+    seen: list[int] = []
+    remote = RemoteVideo(track, on_frame=lambda f: seen.append(TestPatternSource.decode_counter(f)))
+    remote.start()
+    for _ in range(100):
+        if remote.ended:
+            break
+        await asyncio.sleep(0.001)
+    await remote.stop()
+    assert (remote.frames_received, remote.last_size, seen) == (4, (64, 48), [0, 1, 2, 3])
+    assert remote.last_frame_at is not None
 
 
 # -- real loopback through two aiortc peer connections -----------------------------------
