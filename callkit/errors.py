@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
+# The class lives in media.errors (media never imports callkit), so that media's
+# DeviceError(-1101) is a CallError too: `except callkit.CallError` catches it.
+from media.errors import CallError, DeviceError
 from signaling.codes import ErrorCode
 
-
-class CallError(Exception):
-    """A refused or failed engine operation, with TUICallKit's error ``code``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = int(code)
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.message} (code {self.code})"
-
-    def __repr__(self) -> str:
-        return f"CallError({self.code}, {self.message!r})"
-
-
-__all__ = ["CallError", "ErrorCode"]
+__all__ = ["CallError", "DeviceError", "ErrorCode"]

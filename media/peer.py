@@ -86,15 +86,18 @@ class PeerSession:
         return "sendrecv" if self._send_video else "recvonly"
 
     def _attach_tracks(self) -> None:
-        """Put our tracks and directions on the transceivers (creating them as offerer)."""
+        """Put our tracks and directions on the transceivers (creating them as offerer).
+
+        The video track, once made, stays attached for the session's life: aiortc's sender
+        loop ends for good when its track ends, so "not sending video" pauses the track.
+        """
         if self._audio_track is None:
             self._audio_track = self._local_audio.subscribe()
-        want_video = self._send_video and self._local_video is not None
-        if want_video and self._video_track is None:
+        if self._send_video and self._video_track is None:
             assert self._local_video is not None
             self._video_track = self._local_video.subscribe()
-        elif not want_video and self._video_track is not None:
-            self._release_video()
+        if self._video_track is not None and self._local_video is not None:
+            self._local_video.pause(self._video_track, not self._send_video)
         audio_t = video_t = None
         for t in self.pc.getTransceivers():
             if t.kind == "audio" and audio_t is None:
@@ -106,9 +109,11 @@ class PeerSession:
         if video_t is None:
             video_t = self.pc.addTransceiver("video", direction=self._video_direction())
         audio_t.direction = "sendrecv"
-        audio_t.sender.replaceTrack(self._audio_track)
+        if audio_t.sender.track is not self._audio_track:
+            audio_t.sender.replaceTrack(self._audio_track)
         video_t.direction = self._video_direction()
-        video_t.sender.replaceTrack(self._video_track if want_video else None)
+        if self._video_track is not None and video_t.sender.track is not self._video_track:
+            video_t.sender.replaceTrack(self._video_track)
 
     def _release_video(self) -> None:
         if self._video_track is not None and self._local_video is not None:
@@ -117,19 +122,13 @@ class PeerSession:
 
     async def set_send_video(self, send: bool, local_video: LocalVideo | None = None) -> None:
         """Start or stop sending video and renegotiate (media type switch)."""
-        if local_video is not None:
+        if local_video is not None and self._local_video is None:
             self._local_video = local_video
         send = send and self._local_video is not None
         if send == self._send_video:
             return
         self._send_video = send
         await self.renegotiate()
-
-    def pause_video(self, paused: bool) -> None:
-        """Camera closed/opened: detach/attach the video track without renegotiating."""
-        for t in self.pc.getTransceivers():
-            if t.kind == "video":
-                t.sender.replaceTrack(None if paused else self._video_track)
 
     # ------------------------------------------------------------------ negotiation
 

@@ -106,6 +106,7 @@ class _Fanout:
 
     def __init__(self) -> None:
         self._subscribers: list[_SubscriberTrack] = []
+        self._paused: set[_SubscriberTrack] = set()
         self._explicit = False
         self._task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
@@ -125,12 +126,24 @@ class _Fanout:
 
     def unsubscribe(self, track: MediaStreamTrack) -> None:
         """End ``track`` and stop feeding it; unknown tracks are ignored."""
+        self._paused.discard(track)  # type: ignore[arg-type]
         if track in self._subscribers:
             self._subscribers.remove(track)  # type: ignore[arg-type]
             assert isinstance(track, _SubscriberTrack)
             track._end()
         if not self._subscribers and not self._explicit:
             self._stop_pump()
+
+    def pause(self, track: MediaStreamTrack, paused: bool = True) -> None:
+        """Stop (or resume) feeding one subscriber without ending it.
+
+        Ending a track would end aiortc's sender loop for good; a paused track simply has
+        no frames, so its sender sends nothing until it is resumed.
+        """
+        if paused and track in self._subscribers:
+            self._paused.add(track)  # type: ignore[arg-type]
+        else:
+            self._paused.discard(track)  # type: ignore[arg-type]
 
     @property
     def subscriber_count(self) -> int:
@@ -152,6 +165,7 @@ class _Fanout:
         """Stop the pump and end every subscriber track; the object may be started again."""
         self._explicit = False
         subs, self._subscribers = self._subscribers, []
+        self._paused.clear()
         for track in subs:
             track._end()
         self._stop_pump()
@@ -171,7 +185,8 @@ class _Fanout:
 
     def _push(self, make: Callable[[int], Any]) -> None:
         """Queue ``make(i)`` on the i-th subscriber."""
-        for i, track in enumerate(list(self._subscribers)):
+        live = [t for t in self._subscribers if t not in self._paused]
+        for i, track in enumerate(live):
             track._put(make(i))
 
     async def _pump(self) -> None:
