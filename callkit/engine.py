@@ -22,6 +22,7 @@ from .client import SignalingClient
 from .errors import CallError
 from .events import EventEmitter, EventName, Listener
 from .params import CallParams
+from .streams import StreamsMixin
 
 log = logging.getLogger("callkit.engine")
 
@@ -60,7 +61,7 @@ class CallContext:
         return [u for u, s in self.members.items() if s == "joined"]
 
 
-class CallEngine:
+class CallEngine(StreamsMixin):
     """A TUICallKit-style call engine for one user.
 
     ``await init(...)`` logs in; ``call`` / ``accept`` / ``hangup`` ... drive calls; events

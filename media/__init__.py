@@ -4,16 +4,44 @@ from __future__ import annotations
 
 import logging
 
+from .bot import MixSource, PushAudioSource, PushVideoSource
+from .devices import (
+    AudioDevice,
+    CameraDevice,
+    CameraSource,
+    MicrophoneSource,
+    SpeakerSink,
+    list_audio_devices,
+    list_cameras,
+)
+from .errors import DeviceError
+from .files import FileAudioSource, FileSource, FileVideoSource, RecordedFiles, RecorderSink
 from .netsim import NetworkConditions
 from .sources import AudioSource, SilenceSource, TestPatternSource, ToneSource, VideoSource
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "AudioDevice",
     "AudioSource",
+    "CameraDevice",
+    "CameraSource",
+    "DeviceError",
+    "FileAudioSource",
+    "FileSource",
+    "FileVideoSource",
+    "MicrophoneSource",
+    "MixSource",
     "NetworkConditions",
+    "PushAudioSource",
+    "PushVideoSource",
+    "RecordedFiles",
+    "RecorderSink",
     "SilenceSource",
+    "SpeakerSink",
     "TestPatternSource",
     "ToneSource",
     "VideoSource",
+    "list_audio_devices",
+    "list_cameras",
 ]

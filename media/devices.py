@@ -24,13 +24,14 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import av
 import numpy as np
 
 from .errors import DeviceError
-from .pcm import PcmConverter, SampleFifo
+from .convert import PcmConverter, SampleFifo, black_frame, fresh_frame
 from .sources import AudioSource, VideoSource
 
 __all__ = [
@@ -398,12 +399,9 @@ class CameraSource(VideoSource):
             frame, handed = self._latest, self._handed_out
             self._handed_out = True
         if frame is None:
-            black = av.VideoFrame(self.width, self.height, "yuv420p")
-            for plane, value in zip(black.planes, (16, 128, 128)):
-                np.frombuffer(plane, dtype=np.uint8)[:] = value
-            return black
+            return black_frame(self.width, self.height)
         if handed:  # the engine stamps pts on what it gets: never hand one object out twice
-            return av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+            return fresh_frame(frame)
         return frame
 
     def close(self) -> None:

@@ -41,3 +41,30 @@ def test_console_script_help() -> None:
     assert proc.returncode == 0
     for command in ("demo", "serve", "usersig"):
         assert command in proc.stdout
+
+
+async def test_serve_command_runs_a_standalone_service() -> None:
+    import asyncio
+    import json
+
+    import aiohttp
+
+    from signaling.usersig import gen_user_sig
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callkit.cli", "serve", "--port", "0", "--secret-key", "k",
+        "--sdk-app-id", "1400000009", stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.split()[3]
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/ws"), line
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.send_str(json.dumps({"type": "login", "id": 1, "sdkAppId": 1400000009,
+                                          "userId": "alice",
+                                          "userSig": gen_user_sig(1400000009, "k", "alice")}))
+            reply = json.loads((await ws.receive(timeout=10)).data)
+            assert reply["type"] == "ok" and reply["data"]["userId"] == "alice"
+    finally:
+        proc.terminate()
+        await proc.wait()

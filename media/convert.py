@@ -1,9 +1,10 @@
-"""PCM plumbing shared by devices, files and bots: format conversion and a sample FIFO.
+"""Conversions shared by devices, files and bots: PCM format, a sample FIFO, frame helpers.
 
 :class:`PcmConverter` turns int16 (or float) samples of any rate and channel count into
 int16 ``(n, channels)`` at one output rate (numpy for channels, libswresample for the rate).
 :class:`SampleFifo` is a bounded, thread-safe FIFO of samples (numpy ring buffer) for the
 hand-over between an audio device's callback thread and the event loop.
+:func:`black_frame` and :func:`fresh_frame` serve the video sources.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import av
 import numpy as np
 
-__all__ = ["PcmConverter", "SampleFifo", "as_int16"]
+__all__ = [
+    "PcmConverter", "SampleFifo", "as_int16", "black_frame", "fresh_frame", "remix",
+]
 
 
 def as_int16(samples: Any) -> np.ndarray:
@@ -173,3 +176,20 @@ class SampleFifo:
         with self._lock:
             self._start = self._size = 0
             self._primed = self.prebuffer == 0
+
+
+def black_frame(width: int, height: int) -> av.VideoFrame:
+    """A black yuv420p frame (limited range: Y=16, U=V=128)."""
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, value in zip(frame.planes, (16, 128, 128), strict=True):
+        np.frombuffer(plane, dtype=np.uint8)[:] = value
+    return frame
+
+
+def fresh_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """A new yuv420p frame object with a copy of ``frame``'s pixels.
+
+    The engine stamps ``pts`` on every frame a source returns, so a source that repeats an
+    image must hand out a new object each time.
+    """
+    return av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")

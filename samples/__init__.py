@@ -1,0 +1,1 @@
+"""Runnable programs built on callkit's public API (see samples/README.md)."""

@@ -1,0 +1,131 @@
+"""What every sample shares: login options, auto-answering, running until Ctrl-C.
+
+Only callkit's public API is used here (``callkit``, ``media``, ``signaling`` names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from callkit import CallEngine, CallError
+from signaling import gen_user_sig
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"   # where `callkit serve` listens by default
+DEFAULT_SDK_APP_ID = 1400000001
+
+
+def add_login_args(parser: argparse.ArgumentParser, user: str) -> None:
+    """--url, --sdk-app-id, --user, --secret-key / --usersig and --ice-address."""
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"signaling URL ({DEFAULT_URL})")
+    parser.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
+    parser.add_argument("--user", default=user, help=f"user id to log in as ({user})")
+    auth = parser.add_mutually_exclusive_group(required=True)
+    auth.add_argument("--secret-key", help="the server's secret: a UserSig is made from it")
+    auth.add_argument("--usersig", help="a UserSig for --user (e.g. from `callkit usersig`)")
+    parser.add_argument("--ice-address", action="append", metavar="ADDR",
+                        help="use only this local address for media (repeatable; e.g. "
+                             "127.0.0.1 for calls within one machine)")
+
+
+async def login(args: argparse.Namespace, **engine_kwargs: Any) -> CallEngine:
+    """A CallEngine logged in as ``args.user`` (raises CallError(-1201) if refused)."""
+    sig = args.usersig or gen_user_sig(args.sdk_app_id, args.secret_key, args.user)
+    if args.ice_address:
+        engine_kwargs.setdefault("ice_addresses", args.ice_address)
+    engine = CallEngine(args.url, **engine_kwargs)
+    try:
+        await engine.init(args.sdk_app_id, args.user, sig)
+    except BaseException:
+        await engine.destroy()
+        raise
+    return engine
+
+
+class AutoAnswer:
+    """Accepts every incoming call and tells who is in it.
+
+    ``on_user(user_id)`` runs once per remote participant and call: for the caller as soon
+    as the call rings (so a bot can open its streams before any audio arrives), for everyone
+    else when they join. ``on_begin(res)`` / ``on_end(res)`` follow onCallBegin and the end
+    of the call (onCallEnd or onCallCancelled). Callbacks may be coroutines.
+    """
+
+    def __init__(self, engine: CallEngine, *,
+                 on_user: Callable[[str], Any] | None = None,
+                 on_begin: Callable[[dict[str, Any]], Any] | None = None,
+                 on_end: Callable[[dict[str, Any]], Any] | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.engine = engine
+        self.users: set[str] = set()
+        self.calls_answered = 0
+        self._on_user, self._on_begin, self._on_end = on_user, on_begin, on_end
+        self._say = say
+        engine.add_event_listener("onCallReceived", self._received)
+        engine.add_event_listener("onUserJoin", self._joined)
+        engine.add_event_listener("onCallBegin", self._begin)
+        engine.add_event_listener("onCallEnd", self._ended)
+        engine.add_event_listener("onCallCancelled", self._ended)
+
+    async def _received(self, res: dict[str, Any]) -> None:
+        self._say(f"call from {res['callerId']} (media type {res['callMediaType']}): accepting")
+        await self._user(res["callerId"])
+        try:
+            await self.engine.accept()
+            self.calls_answered += 1
+        except CallError as exc:  # cancelled meanwhile, or busy
+            self._say(f"could not accept: {exc}")
+
+    async def _joined(self, res: dict[str, Any]) -> None:
+        await self._user(res["userId"])
+
+    async def _user(self, user: str) -> None:
+        if user not in self.users and user != self.engine.user_id:
+            self.users.add(user)
+            await _call(self._on_user, user)
+
+    async def _begin(self, res: dict[str, Any]) -> None:
+        self._say(f"call {res['roomID']} connected")
+        await _call(self._on_begin, res)
+
+    async def _ended(self, res: dict[str, Any]) -> None:
+        self.users.clear()
+        self._say("call ended")
+        await _call(self._on_end, res)
+
+
+async def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
+    if fn is not None:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            await result
+
+
+async def run_until_stopped(engine: CallEngine, stop: asyncio.Event | None = None) -> None:
+    """Wait for ``stop`` (or Ctrl-C / SIGTERM), then hang up and log out."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if sys.platform != "win32":
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await engine.destroy()
+
+
+def run(coro: Awaitable[int]) -> int:
+    """``asyncio.run`` for a sample's main coroutine; Ctrl-C exits quietly with 130."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        return 130
+    except CallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
