@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
+	@# PortAudio for sounddevice (microphone / speaker); the device tests use it
+	@if [ "$$(uname)" = Linux ] && ! ldconfig -p | grep -q libportaudio; then \
+	  if command -v apt-get >/dev/null; then \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -qq && apt-get install -y -qq libportaudio2'; \
+	  else echo "install PortAudio (libportaudio2) for the device tests" >&2; fi; fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,devices]' ruff

@@ -1,4 +1,4 @@
-"""The ``callkit`` command: demo, serve, usersig."""
+"""The ``callkit`` command: demo, serve, usersig, phone, bot."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.seconds)
 
 
+def _sample(name: str):  # type: ignore[no-untyped-def]
+    """The runnable sample ``samples/<name>.py`` (installed with callkit)."""
+    import importlib
+
+    return importlib.import_module(f"samples.{name}")
+
+
+def _phone(args: argparse.Namespace) -> int:
+    return int(_sample("softphone").main(args.args, prog="callkit phone"))
+
+
+def _bot(args: argparse.Namespace) -> int:
+    module = {"echo": "echo_bot", "record": "record_bot", "tone": "tone_bot"}[args.kind]
+    return int(_sample(module).main(args.args, prog=f"callkit bot {args.kind}"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``callkit``."""
     parser = argparse.ArgumentParser(prog="callkit", description=__doc__)
@@ -67,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     usersig.add_argument("--secret-key", required=True)
     usersig.add_argument("--expire", type=int, default=15552000, help="seconds (default 180 d)")
     usersig.set_defaults(func=_usersig)
+
+    # the sample parses its own options: prefix_chars="+" makes this parser take "--user"
+    # etc. as plain words for REMAINDER (which refuses a leading "--option" otherwise)
+    phone = sub.add_parser("phone", add_help=False, prefix_chars="+",
+                           help="interactive terminal softphone (samples/softphone.py; --help)")
+    phone.add_argument("args", nargs=argparse.REMAINDER)
+    phone.set_defaults(func=_phone)
+
+    bot = sub.add_parser("bot", help="run a bot: echo, record or tone (samples/*_bot.py)")
+    bot.add_argument("kind", choices=["echo", "record", "tone"])
+    bot.add_argument("args", nargs=argparse.REMAINDER, help="the bot's options (--help)")
+    bot.set_defaults(func=_bot)
     return parser
 
 

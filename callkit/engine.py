@@ -92,7 +92,7 @@ class CallEngine(StreamsMixin):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._call_tasks: set[asyncio.Task[Any]] = set()
         self._volume_interval = volume_interval
-        self._quality = QualityMonitor()
+        self._quality = QualityMonitor(interval=quality_interval)
         self._signals: asyncio.Queue[p.Relayed] | None = None
         self._mic_open = True
         self._camera_open = True
@@ -553,15 +553,22 @@ class CallEngine(StreamsMixin):
             self._events.emit("onUserVoiceVolumeChanged", {"volumeMap": volumes})
 
     async def _quality_loop(self, ctx: CallContext) -> None:
+        # samples every monitor.tick (0.5 s); reports every quality_interval, and at once
+        # when someone goes DOWN or comes back (media/qualitymonitor.py)
         loop = asyncio.get_running_loop()
+        monitor = self._quality
+        monitor.start(loop.time())
         while self._call is ctx:
-            await asyncio.sleep(self._quality_interval)
+            await asyncio.sleep(monitor.sleep_time(loop.time()))
             if self._call is not ctx:
                 break
             others = [u for u in ctx.joined() if u != self.user_id]
-            local, remote = await self._quality.measure(others, self._peers, loop.time())
+            report = await monitor.step(others, self._peers, loop.time())
             if self._call is not ctx:
                 break
+            if report is None:
+                continue
+            local, remote = report
             entries = [{"userId": str(self.user_id), "quality": local}]
             entries += [{"userId": u, "quality": q} for u, q in remote.items()]
             self._events.emit("onUserNetworkQualityChanged", {"networkQualityList": entries})

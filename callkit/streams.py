@@ -121,6 +121,10 @@ class _Stream(Generic[T]):
     def __aiter__(self) -> _Stream[T]:
         return self
 
+    async def __anext__(self) -> T:
+        item: T = await self._next_item()
+        return item
+
     async def aclose(self) -> None:
         """Stop receiving; whatever is queued is dropped. Idempotent."""
         self._end()
@@ -159,10 +163,6 @@ class AudioStream(_Stream[np.ndarray]):
 
     def _detach(self) -> None:
         self.engine.remove_audio_tap(self.user_id, self._tap)
-
-    async def __anext__(self) -> np.ndarray:
-        item: np.ndarray = await self._next_item()
-        return item
 
 
 class VideoStream(_Stream[np.ndarray]):
@@ -249,7 +249,7 @@ class _GuardedTap:
     """Wraps a tap so one that raises is logged and never breaks the media pipeline; compares
     equal to the function it wraps (so removing by the original function works)."""
 
-    __slots__ = ("fn", "user_id", "kind", "_failed")
+    __slots__ = ("_failed", "fn", "kind", "user_id")
 
     def __init__(self, fn: Callable[..., None], user_id: str, kind: str) -> None:
         self.fn, self.user_id, self.kind, self._failed = fn, user_id, kind, False

@@ -182,7 +182,7 @@ def black_frame(width: int, height: int) -> av.VideoFrame:
     """A black yuv420p frame (limited range: Y=16, U=V=128)."""
     frame = av.VideoFrame(width, height, "yuv420p")
     for plane, value in zip(frame.planes, (16, 128, 128), strict=True):
-        np.frombuffer(plane, dtype=np.uint8)[:] = value
+        np.frombuffer(memoryview(plane), dtype=np.uint8)[:] = value
     return frame
 
 

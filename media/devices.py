@@ -22,16 +22,16 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import av
 import numpy as np
 
-from .errors import DeviceError
 from .convert import PcmConverter, SampleFifo, black_frame, fresh_frame
+from .errors import DeviceError
 from .sources import AudioSource, VideoSource
 
 __all__ = [
@@ -87,7 +87,7 @@ def list_audio_devices() -> list[AudioDevice]:
         raw = sd.query_devices()
         apis = sd.query_hostapis()
         default_in, default_out = sd.default.device
-    except Exception as exc:  # PortAudioError: PortAudio could not initialise
+    except sd.PortAudioError as exc:  # PortAudio could not initialise
         raise DeviceError(f"PortAudio cannot list devices: {exc}") from None
     devices = []
     for info in raw:
@@ -162,7 +162,7 @@ class MicrophoneSource(AudioSource):
                                           channels=channels, dtype="int16", latency=latency,
                                           callback=self._callback)
             self._stream.start()
-        except Exception as exc:  # sd.PortAudioError, ValueError for unsupported settings
+        except (sd.PortAudioError, ValueError) as exc:  # ValueError: unsupported settings
             raise DeviceError(f"microphone {self.device.name!r} cannot be opened at "
                               f"{sample_rate} Hz x {channels}: {exc}") from None
 
@@ -225,7 +225,7 @@ class SpeakerSink:
                                            channels=channels, dtype="int16", latency=latency,
                                            callback=self._callback)
             self._stream.start()
-        except Exception as exc:
+        except (sd.PortAudioError, ValueError) as exc:
             raise DeviceError(f"speaker {self.device.name!r} cannot be opened at "
                               f"{sample_rate} Hz x {channels}: {exc}") from None
 
@@ -352,7 +352,8 @@ class CameraSource(VideoSource):
         if fmt is None:
             raise DeviceError(f"no camera input format known for platform {sys.platform!r}; "
                               "pass input_format=")
-        if fmt not in av.formats_available:
+        known = {name for names in av.formats_available for name in names.split(",")}
+        if fmt not in known:  # e.g. "video4linux2,v4l2" is one entry
             raise DeviceError(f"this PyAV build's FFmpeg has no {fmt!r} input format, so it "
                               "cannot open cameras (install a PyAV built with it)")
         self.device = device if device is not None else _default_camera(fmt)
@@ -386,7 +387,7 @@ class CameraSource(VideoSource):
                 with self._lock:
                     self._latest, self._handed_out = out, False
                 self.frames_captured += 1
-        except Exception as exc:  # device unplugged, decoder error: report, then black
+        except Exception as exc:  # noqa: BLE001 - unplugged, decoder error: report, go black
             if not self._stop.is_set():
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("camera %s stopped: %s", self.device, self.error)

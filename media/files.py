@@ -21,9 +21,9 @@ import queue
 import threading
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import av
@@ -31,6 +31,7 @@ import numpy as np
 
 from .convert import PcmConverter, black_frame, fresh_frame
 from .sources import AudioSource, VideoSource
+from .tracks import _audio_to_int16 as audio_to_int16
 
 __all__ = ["FileAudioSource", "FileSource", "FileVideoSource", "RecordedFiles", "RecorderSink"]
 
@@ -42,7 +43,7 @@ _POLL = 0.1      # how often blocked worker threads look at their stop flag
 
 def _open(path: str | os.PathLike[str], kind: str) -> tuple[Any, Any]:
     container = av.open(os.fspath(path))
-    streams = container.streams.audio if kind == "audio" else container.streams.video
+    streams: Any = container.streams.audio if kind == "audio" else container.streams.video
     if not streams:
         container.close()
         raise ValueError(f"{os.fspath(path)!r} has no {kind} stream")
@@ -76,7 +77,7 @@ class _Decoder:
     def _run(self) -> None:
         try:
             self._produce(self._put)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad file: report it, play silence
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("%s: decoding stopped: %s", self._thread.name, self.error)
         finally:
@@ -119,7 +120,7 @@ class FileAudioSource(AudioSource):
         try:
             while True:
                 for frame in container.decode(stream):
-                    data = _audio_frame_to_int16(frame)
+                    data = audio_to_int16(frame)
                     out = conv.convert(data, frame.sample_rate)
                     if len(out) and not put(out):
                         return
@@ -172,19 +173,6 @@ class FileAudioSource(AudioSource):
     def __repr__(self) -> str:
         return (f"FileAudioSource({self.path!r}, loop={self.loop}, "
                 f"sample_rate={self.sample_rate}, channels={self.channels})")
-
-
-def _audio_frame_to_int16(frame: av.AudioFrame) -> np.ndarray:
-    arr = frame.to_ndarray()
-    channels = len(frame.layout.channels) or 1
-    arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
-    if arr.dtype.kind == "f":
-        return np.clip(np.rint(arr * 32767.0), -32768, 32767).astype(np.int16)
-    if arr.dtype == np.int32:
-        return (arr >> 16).astype(np.int16)
-    if arr.dtype == np.uint8:
-        return ((arr.astype(np.int16) - 128) << 8).astype(np.int16)
-    return arr.astype(np.int16, copy=False)
 
 
 class FileVideoSource(VideoSource):
@@ -434,7 +422,7 @@ class RecorderSink:
                 else:
                     self._video_backlog -= 1
                     self._write_video(user, rec, data, at)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the rest
                 msg = f"{kind} of {user}: {type(exc).__name__}: {exc}"
                 if msg not in rec.errors:
                     rec.errors.append(msg)
@@ -442,7 +430,7 @@ class RecorderSink:
         for (user, kind), writer in self._writers.items():
             try:
                 writer.close()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - close the other files all the same
                 self.files[user].errors.append(f"closing {kind}: {exc}")
 
     def _write_audio(self, user: str, rec: RecordedFiles, samples: np.ndarray, rate: int,
@@ -480,7 +468,7 @@ class _WavWriter:
         self.conv = PcmConverter(rate, channels)
         self.t0: float | None = None
         self.written = 0
-        self._wav = wave.open(str(path), "wb")
+        self._wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed by close()
         self._wav.setnchannels(channels)
         self._wav.setsampwidth(2)
         self._wav.setframerate(rate)
@@ -504,7 +492,7 @@ class _VideoWriter:
         try:
             self._stream = self._out.add_stream("libvpx", rate=30, options={
                 "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
-        except Exception:  # an FFmpeg without libvpx: Motion JPEG still plays everywhere
+        except (av.FFmpegError, ValueError):  # no libvpx: Motion JPEG plays everywhere
             self._stream = self._out.add_stream("mjpeg", rate=30)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p" if self._stream.codec_context.name != "mjpeg" \

@@ -16,15 +16,41 @@ What aiortc 1.16 puts in its stats (checked against its source):
 
 Jitter is converted with the codec clock rate: 48000 Hz for Opus audio, 90000 Hz for video
 (override with ``clock_rates``, e.g. ``{"audio": 8000}`` for G.711).
+
+aiortc's own ``roundTripTime`` is smoothed (0.85 old + 0.15 new) and sampled only when a
+report echoes the sender's *latest* SR, which with a long delay is rare; its
+``remote-inbound-rtp`` keeps only the latest report and no extended highest sequence number,
+so a peer that receives nothing looks like a peer that loses nothing. :func:`rtcp_log`
+therefore records, per ``RTCRtpSender``, every RTCP receiver-report block about its stream
+(:class:`ReportBlock`) and an RTT sample for each block that echoes any of the sender's recent
+SRs (RFC 3550 section 6.4.1: ``RTT = arrival - SR send time - DLSR``). The hooks wrap
+``RTCRtpSender._send_rtcp`` and ``_handle_rtcp_packet`` once, at import; they only record.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_CLOCK_RATES", "InboundSnapshot", "OutboundSnapshot", "snapshot_from_report"]
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+__all__ = [
+    "DEFAULT_CLOCK_RATES",
+    "InboundSnapshot",
+    "OutboundSnapshot",
+    "ReportBlock",
+    "RtcpLog",
+    "install_rtcp_hooks",
+    "rtcp_log",
+    "snapshot_from_report",
+]
 
 #: RTP clock rate per media kind (Opus is 48 kHz, all video codecs 90 kHz).
 DEFAULT_CLOCK_RATES: Mapping[str, int] = {"audio": 48000, "video": 90000}
@@ -136,3 +162,153 @@ def snapshot_from_report(
             if lost is not None:
                 outbound.remote_packets_lost = (outbound.remote_packets_lost or 0) + int(lost)
     return inbound, outbound
+
+
+# --------------------------------------------------------------------------- RTCP hooks
+
+_MARK = "_callkit_rtcphook"
+_SR_HISTORY = 16  # SRs remembered per sender for RTT (aiortc sends one every 0.5-1.5 s)
+_BLOCK_HISTORY = 256
+
+
+def _now() -> float:
+    """The event loop's clock (what the engine passes as ``now``), else ``time.monotonic``."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+@dataclass
+class ReportBlock:
+    """One RTCP report block a peer sent about our stream (RR or SR), as received."""
+
+    at: float
+    """Arrival time (event-loop clock, seconds)."""
+    highest_seq: int
+    """Extended highest sequence number received, unwrapped by us (aiortc sends only the
+    16-bit sequence number, without the cycle count)."""
+    packets_lost: int
+    """Cumulative packets lost, as reported."""
+    fraction_lost: int
+    """Fraction lost since the previous report, 0-255 (divide by 256)."""
+    jitter: int
+    """Interarrival jitter in RTP timestamp units of our codec clock."""
+    rtt_ms: float | None
+    """The RTT sample this block gave (ms), None if it echoed no SR we remember."""
+
+
+class RtcpLog:
+    """What RTCP tells one ``RTCRtpSender`` about its stream: report blocks and RTT samples.
+
+    Consumers call :meth:`take_blocks` to get the blocks that arrived since their previous
+    call (one consumer per sender: the engine's quality monitor).
+    """
+
+    def __init__(self) -> None:
+        self.blocks: deque[ReportBlock] = deque(maxlen=_BLOCK_HISTORY)
+        """Recent report blocks, oldest first."""
+        self.last_block: ReportBlock | None = None
+        self.packets_sent = 0
+        """Packet count of our latest SR (cumulative RTP packets sent)."""
+        self.srs_sent = 0
+        self._sr_times: OrderedDict[int, float] = OrderedDict()
+        self._ext_seq: int | None = None
+        self._taken = 0
+        self._added = 0
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """The latest RTT sample (ms), None before the first."""
+        for block in reversed(self.blocks):
+            if block.rtt_ms is not None:
+                return block.rtt_ms
+        return None
+
+    def take_blocks(self) -> list[ReportBlock]:
+        """Blocks received since the previous call, oldest first."""
+        new = self._added - self._taken
+        self._taken = self._added
+        if new <= 0:
+            return []
+        return list(self.blocks)[-min(new, len(self.blocks)):]
+
+    # -- recording (called by the hooks) ---------------------------------------------------
+    def sr_sent(self, lsr: int, packet_count: int, at: float) -> None:
+        self._sr_times[lsr] = at
+        self._sr_times.move_to_end(lsr)
+        while len(self._sr_times) > _SR_HISTORY:
+            self._sr_times.popitem(last=False)
+        self.packets_sent = packet_count
+        self.srs_sent += 1
+
+    def block_received(self, report: Any, at: float) -> ReportBlock:
+        seq = int(report.highest_sequence) & 0xFFFF
+        if self._ext_seq is None:
+            ext = seq
+        else:
+            delta = (seq - self._ext_seq) & 0xFFFF
+            # forward within half the sequence space, else a late (older) report
+            ext = self._ext_seq + delta if delta < 0x8000 else self._ext_seq - (0x10000 - delta)
+        self._ext_seq = max(ext, self._ext_seq if self._ext_seq is not None else ext)
+        rtt = None
+        sent = self._sr_times.get(int(report.lsr)) if report.lsr else None
+        if sent is not None:
+            sample = at - sent - report.dlsr / 65536.0
+            if sample >= 0:
+                rtt = sample * 1000.0
+        block = ReportBlock(at=at, highest_seq=ext, packets_lost=int(report.packets_lost),
+                            fraction_lost=int(report.fraction_lost), jitter=int(report.jitter),
+                            rtt_ms=rtt)
+        self.blocks.append(block)
+        self.last_block = block
+        self._added += 1
+        return block
+
+
+_logs: weakref.WeakKeyDictionary[Any, RtcpLog] = weakref.WeakKeyDictionary()
+
+
+def rtcp_log(sender: Any) -> RtcpLog:
+    """The :class:`RtcpLog` of an ``RTCRtpSender`` (created empty on first use)."""
+    log = _logs.get(sender)
+    if log is None:
+        log = _logs[sender] = RtcpLog()
+    return log
+
+
+def install_rtcp_hooks() -> None:
+    """Wrap aiortc's sender RTCP methods to fill :func:`rtcp_log` (idempotent; done at import)."""
+    orig_send = RTCRtpSender._send_rtcp
+    if not getattr(orig_send, _MARK, False):
+
+        @functools.wraps(orig_send)
+        async def _send_rtcp(self: RTCRtpSender, packets: list[Any]) -> None:
+            for packet in packets:
+                if isinstance(packet, RtcpSrPacket):
+                    info = packet.sender_info
+                    rtcp_log(self).sr_sent((info.ntp_timestamp >> 16) & 0xFFFFFFFF,
+                                           info.packet_count, _now())
+            await orig_send(self, packets)
+
+        setattr(_send_rtcp, _MARK, True)
+        RTCRtpSender._send_rtcp = _send_rtcp  # type: ignore[method-assign]
+
+    orig_handle = RTCRtpSender._handle_rtcp_packet
+    if not getattr(orig_handle, _MARK, False):
+
+        @functools.wraps(orig_handle)
+        async def _handle_rtcp_packet(self: RTCRtpSender, packet: Any) -> None:
+            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                ssrc = getattr(self, "_ssrc", None)
+                at = _now()
+                for report in packet.reports:
+                    if report.ssrc == ssrc:
+                        rtcp_log(self).block_received(report, at)
+            await orig_handle(self, packet)
+
+        setattr(_handle_rtcp_packet, _MARK, True)
+        RTCRtpSender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+
+
+install_rtcp_hooks()

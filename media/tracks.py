@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.reformatter import VideoReformatter
 
 from .sources import AudioSource, VideoSource
-from .volume import LevelMeter, audio_level_dbov
+from .volume import FrameLevel, LevelMeter, dbov_from_sums, install_audio_level_hook, sum_squares
 
 __all__ = ["VIDEO_CLOCK_RATE", "LocalAudio", "LocalVideo", "RemoteAudio", "RemoteVideo"]
 
@@ -320,7 +320,10 @@ class LocalAudio(_Fanout):
         self.frames_sent = 0
         self.frames_skipped = 0
         self.last_level_dbov = 127
-        """RFC 6464 level (0 loudest .. 127 silence) of the last frame sent."""
+        """RFC 6464 level (0 loudest .. 127 silence) of the last frame sent; each frame also
+        carries it as ``frame.opaque`` (a :class:`~media.volume.FrameLevel`), which aiortc's
+        sender uses for the RTP audio-level header instead of re-reading the samples."""
+        install_audio_level_hook()
         self.set_source(source)
 
     @property
@@ -368,9 +371,11 @@ class LocalAudio(_Fanout):
             samples = np.zeros(n, dtype=np.int16)
             self._meter.add_silence(n)
             self.last_level_dbov = 127
-        else:
-            self._meter.add(samples)
-            self.last_level_dbov = audio_level_dbov(samples)
+        else:  # one pass over the samples for both the local volume and the RTP header
+            sum_sq, count = sum_squares(samples)
+            self._meter.add_sum_squares(sum_sq, count)
+            self.last_level_dbov = dbov_from_sums(sum_sq, count)
+        level = FrameLevel(self.last_level_dbov)
         if self.channels == 1:
             data = samples.reshape(1, n)
         else:  # packed: L R L R ...
@@ -385,6 +390,7 @@ class LocalAudio(_Fanout):
             frame.sample_rate = rate
             frame.pts = pts
             frame.time_base = tb
+            frame.opaque = level
             return frame
 
         self._push(make)

@@ -11,6 +11,15 @@ Conventions:
 - The RFC 6464 level is ``0..127`` (0 = loudest, 127 = silence), the value carried in the
   ssrc-audio-level RTP header extension. It follows RFC 6465 appendix A like aiortc
   (reference 32767, RMS over *all* samples of the frame, channels included).
+
+The RTP header's level: aiortc's ``RTCRtpSender`` calls ``aiortc.rtp.compute_audio_level_dbov``
+(looked up on the module at call time) for every audio frame it sends, a pure-Python loop
+over the samples that costs about as much as the Opus encode and reads stereo frames 3 dB
+too loud. :func:`install_audio_level_hook` replaces it, once, with
+:func:`compute_audio_level_dbov`: it returns the level :class:`media.tracks.LocalAudio`
+already computed and attached to the frame (``frame.opaque = FrameLevel(level)``), and
+computes it with numpy for frames without one. The original stays available as
+:data:`aiortc_compute_audio_level_dbov`.
 """
 
 from __future__ import annotations
@@ -18,13 +27,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import aiortc.rtp
 import numpy as np
 
 __all__ = [
     "FULL_SCALE",
+    "FrameLevel",
     "LevelMeter",
+    "aiortc_compute_audio_level_dbov",
     "audio_level_dbov",
+    "compute_audio_level_dbov",
+    "dbov_from_sums",
+    "install_audio_level_hook",
     "rms_dbfs",
+    "sum_squares",
     "volume_from_dbfs",
 ]
 
@@ -38,8 +54,12 @@ _DBOV_MIN = 127
 _CHUNK = 1 << 22
 
 
-def _sum_squares(samples: Any) -> tuple[int, int]:
-    """Exact sum of squares (as int) and number of samples of an int16-like array."""
+def sum_squares(samples: Any) -> tuple[int, int]:
+    """Exact sum of squares (as int) and number of samples of an int16-like array.
+
+    Feed the result to :meth:`LevelMeter.add_sum_squares` and :func:`dbov_from_sums` to
+    meter a frame and get its RFC 6464 level from one pass over the samples.
+    """
     x = np.asarray(samples).reshape(-1)
     n = int(x.size)
     if n == 0:
@@ -67,7 +87,7 @@ def rms_dbfs(samples: np.ndarray) -> float:
 
     Returns ``-inf`` for digital silence or an empty array.
     """
-    sum_sq, n = _sum_squares(samples)
+    sum_sq, n = sum_squares(samples)
     return _dbfs_from_sums(sum_sq, n)
 
 
@@ -100,7 +120,12 @@ class LevelMeter:
 
     def add(self, samples: np.ndarray) -> None:
         """Add a frame of int16 samples (any shape) to the current window."""
-        sum_sq, n = _sum_squares(samples)
+        sum_sq, n = sum_squares(samples)
+        self._sum_sq += sum_sq
+        self._count += n
+
+    def add_sum_squares(self, sum_sq: int, n: int) -> None:
+        """Add a frame already reduced by :func:`sum_squares` to the current window."""
         self._sum_sq += sum_sq
         self._count += n
 
@@ -134,6 +159,17 @@ class LevelMeter:
         self._count = 0
 
 
+def dbov_from_sums(sum_sq: int, n: int) -> int:
+    """RFC 6464 level (0 loudest .. 127 silence) from :func:`sum_squares` of one frame."""
+    if n <= 0 or sum_sq <= 0:
+        return _DBOV_MIN
+    # Same float operations as aiortc so mono results match exactly (including rounding).
+    rms = math.sqrt(sum_sq / (n * _DBOV_REF_SQ))
+    db = 20 * math.log10(rms)
+    db = min(max(db, -_DBOV_MIN), 0)
+    return -round(db)
+
+
 def audio_level_dbov(samples: Any) -> int:
     """RFC 6464 audio level of one frame: 0 (loudest, 0 dBov) .. 127 (-127 dBov or silence).
 
@@ -146,11 +182,49 @@ def audio_level_dbov(samples: Any) -> int:
     """
     if not isinstance(samples, np.ndarray) and hasattr(samples, "to_ndarray"):
         samples = samples.to_ndarray()
-    sum_sq, n = _sum_squares(samples)
-    if n == 0 or sum_sq == 0:
-        return _DBOV_MIN
-    # Same float operations as aiortc so mono results match exactly (including rounding).
-    rms = math.sqrt(sum_sq / (n * _DBOV_REF_SQ))
-    db = 20 * math.log10(rms)
-    db = min(max(db, -_DBOV_MIN), 0)
-    return -round(db)
+    return dbov_from_sums(*sum_squares(samples))
+
+
+class FrameLevel(int):
+    """An RFC 6464 level (0..127) attached to an ``av.AudioFrame`` as ``frame.opaque``.
+
+    :func:`compute_audio_level_dbov` trusts a frame's ``FrameLevel`` instead of reading its
+    samples; any other ``opaque`` value is ignored.
+    """
+
+    __slots__ = ()
+
+
+_MARK = "_callkit_audio_level"
+
+#: aiortc's own ``compute_audio_level_dbov`` (pure-Python loop), as found at import.
+aiortc_compute_audio_level_dbov = getattr(
+    aiortc.rtp.compute_audio_level_dbov, "original", aiortc.rtp.compute_audio_level_dbov)
+
+
+def compute_audio_level_dbov(frame: Any) -> int:
+    """Drop-in replacement for ``aiortc.rtp.compute_audio_level_dbov``.
+
+    Returns the level in aiortc's convention, ``-127..0`` (aiortc negates it again when it
+    writes the header): the frame's attached :class:`FrameLevel` if it has one, else the
+    numpy computation over all of the frame's samples (correct for stereo too).
+    """
+    level = getattr(frame, "opaque", None)
+    if type(level) is FrameLevel:
+        return -int(level)
+    return -audio_level_dbov(frame)
+
+
+setattr(compute_audio_level_dbov, _MARK, True)
+compute_audio_level_dbov.original = aiortc_compute_audio_level_dbov  # type: ignore[attr-defined]
+
+
+def install_audio_level_hook() -> None:
+    """Make aiortc use :func:`compute_audio_level_dbov` for every audio frame it sends.
+
+    Idempotent; :class:`media.tracks.LocalAudio` calls it when it is created. aiortc's
+    ``RTCRtpSender`` looks the function up on ``aiortc.rtp`` for each frame, so replacing the
+    module attribute is enough.
+    """
+    if not getattr(aiortc.rtp.compute_audio_level_dbov, _MARK, False):
+        aiortc.rtp.compute_audio_level_dbov = compute_audio_level_dbov

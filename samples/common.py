@@ -6,9 +6,9 @@ Only callkit's public API is used here (``callkit``, ``media``, ``signaling`` na
 from __future__ import annotations
 
 import argparse
-import inspect
 import asyncio
 import contextlib
+import inspect
 import signal
 import sys
 from collections.abc import Awaitable, Callable

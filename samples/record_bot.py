@@ -7,7 +7,7 @@ Usage:
     callkit phone --user alice --secret-key KEY          # then: call recorder
 
 ``callkit bot record ...`` runs the same program. Every call gives
-``<out>/<time>-<user>.wav`` (48 kHz mono) per participant, and ``.mkv`` (VP8) for video;
+``<out>/<time>-<n>-<user>.wav`` (48 kHz mono) per participant, and ``.mkv`` (VP8) for video;
 files are finalised when the call ends.
 """
 
@@ -40,17 +40,19 @@ class RecordBot:
         """Files of every finished call, in order."""
         self._say = say
         self._users: list[str] = []
-        self.answer = AutoAnswer(engine, on_user=self._record, on_end=self._finish, say=say)
+        self.answer = AutoAnswer(engine, on_user=self._record, on_end=self.finish, say=say)
 
     def _record(self, user: str) -> None:
         if self.recorder is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.recorder = RecorderSink(self.directory, prefix=f"{stamp}-", video=self.video)
+            prefix = f"{stamp}-{len(self.recordings) + 1}-"   # unique per call
+            self.recorder = RecorderSink(self.directory, prefix=prefix, video=self.video)
         self.engine.add_audio_tap(user, self.recorder.audio_tap(user))
         self.engine.add_video_tap(user, self.recorder.video_tap(user))
         self._users.append(user)
 
-    async def _finish(self, res: dict[str, Any]) -> None:
+    async def finish(self, res: dict[str, Any] | None = None) -> None:
+        """Close the current recording (at the end of each call, and on exit)."""
         recorder, self.recorder = self.recorder, None
         if recorder is None:
             return
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         try:
             await run_until_stopped(engine)
         finally:
-            await bot._finish({})
+            await bot.finish()
         return 0
 
     return run(go())

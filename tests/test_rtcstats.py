@@ -19,7 +19,14 @@ from aiortc.stats import (
 )
 
 from media import icehooks
-from media.rtcstats import InboundSnapshot, OutboundSnapshot, snapshot_from_report
+from media.rtcstats import (
+    InboundSnapshot,
+    OutboundSnapshot,
+    RtcpLog,
+    install_rtcp_hooks,
+    rtcp_log,
+    snapshot_from_report,
+)
 
 NOW = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -202,3 +209,106 @@ async def test_real_loopback_values_plausible() -> None:
         await hole.stop()
         await pc1.close()
         await pc2.close()
+
+
+# --------------------------------------------------------------------------- RTCP log / hooks
+
+
+class Block:
+    """A stand-in for aiortc's RtcpReceiverInfo."""
+
+    def __init__(self, seq: int, lost: int = 0, lsr: int = 0, dlsr: int = 0, jitter: int = 0,
+                 frac: int = 0) -> None:
+        self.ssrc = 1
+        self.highest_sequence = seq
+        self.packets_lost = lost
+        self.lsr = lsr
+        self.dlsr = dlsr
+        self.jitter = jitter
+        self.fraction_lost = frac
+
+
+def test_rtcp_log_unwraps_sequence_numbers() -> None:
+    log = RtcpLog()
+    assert [log.block_received(Block(s), float(i)).highest_seq
+            for i, s in enumerate([65500, 65535, 10, 200, 150, 70000 & 0xFFFF])] == \
+        [65500, 65535, 65546, 65736, 65686, 70000]
+
+
+def test_rtcp_log_rtt_from_any_recent_sr() -> None:
+    log = RtcpLog()
+    log.sr_sent(lsr=0x1000, packet_count=50, at=10.0)
+    log.sr_sent(lsr=0x2000, packet_count=100, at=11.0)
+    assert log.packets_sent == 100 and log.srs_sent == 2
+    # a report echoing the OLDER SR still gives a sample (aiortc only uses the latest SR)
+    b = log.block_received(Block(5, lsr=0x1000, dlsr=int(0.25 * 65536)), at=11.05)
+    assert b.rtt_ms == pytest.approx(800.0, abs=0.1)
+    b = log.block_received(Block(6, lsr=0x2000, dlsr=int(0.1 * 65536)), at=11.9)
+    assert b.rtt_ms == pytest.approx(800.0, abs=0.1)
+    assert log.rtt_ms == pytest.approx(800.0, abs=0.1)
+    assert log.block_received(Block(7, lsr=0), at=12.0).rtt_ms is None  # no SR received yet
+    assert log.block_received(Block(8, lsr=0x9999), at=12.0).rtt_ms is None  # unknown SR
+    assert log.rtt_ms == pytest.approx(800.0, abs=0.1)  # the latest sample stays
+
+
+def test_rtcp_log_take_blocks_returns_each_block_once() -> None:
+    log = RtcpLog()
+    assert log.take_blocks() == []
+    log.block_received(Block(1, lost=2, jitter=480, frac=64), 1.0)
+    log.block_received(Block(2), 2.0)
+    taken = log.take_blocks()
+    assert [b.highest_seq for b in taken] == [1, 2]
+    assert (taken[0].packets_lost, taken[0].jitter, taken[0].fraction_lost) == (2, 480, 64)
+    assert log.take_blocks() == []
+    log.block_received(Block(3), 3.0)
+    assert [b.highest_seq for b in log.take_blocks()] == [3]
+
+
+def test_rtcp_hooks_install_once() -> None:
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    before = (RTCRtpSender._send_rtcp, RTCRtpSender._handle_rtcp_packet)
+    install_rtcp_hooks()
+    install_rtcp_hooks()
+    assert (RTCRtpSender._send_rtcp, RTCRtpSender._handle_rtcp_packet) == before
+
+
+async def test_rtcp_log_on_a_real_delayed_link() -> None:
+    """200 ms each way: RTT samples ~400 ms from nearly every report, unlike aiortc's."""
+    from aiortc import RTCRtpSender  # noqa: F401  (the hooks patch its class)
+
+    from media.netsim import NetworkConditions, NetworkShaper
+
+    cond = NetworkConditions(delay_ms=200)
+    pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
+    hole = MediaBlackhole()
+    for pc in pcs:
+        pc.on("track", hole.addTrack)
+    try:
+        pcs[0].addTrack(AudioStreamTrack())
+        icehooks.attach(pcs[0], host_addresses=["127.0.0.1"], shaper=NetworkShaper(cond))
+        await pcs[0].setLocalDescription(await pcs[0].createOffer())
+        await pcs[1].setRemoteDescription(pcs[0].localDescription)
+        pcs[1].addTrack(AudioStreamTrack())
+        icehooks.attach(pcs[1], host_addresses=["127.0.0.1"], shaper=NetworkShaper(cond))
+        await pcs[1].setLocalDescription(await pcs[1].createAnswer())
+        await pcs[0].setRemoteDescription(pcs[1].localDescription)
+        await hole.start()
+        sender = pcs[0].getSenders()[0]
+        log = rtcp_log(sender)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            if sum(b.rtt_ms is not None for b in log.blocks) >= 4:
+                break
+        samples = [b.rtt_ms for b in log.blocks if b.rtt_ms is not None]
+        assert len(samples) >= 4, list(log.blocks)
+        assert all(380 < s < 520 for s in samples), samples
+        seqs = [b.highest_seq for b in log.blocks]
+        assert seqs == sorted(seqs) and seqs[-1] > seqs[0]
+        assert all(b.packets_lost == 0 and b.fraction_lost == 0 for b in log.blocks)
+        assert log.packets_sent > 0
+    finally:
+        await hole.stop()
+        for pc in pcs:
+            await pc.close()

@@ -7,9 +7,21 @@ import math
 import av
 import numpy as np
 import pytest
-from aiortc.rtp import compute_audio_level_dbov
+import aiortc.rtp
 
-from media.volume import LevelMeter, audio_level_dbov, rms_dbfs, volume_from_dbfs
+from media.tracks import LocalAudio
+from media.volume import (
+    FrameLevel,
+    LevelMeter,
+    audio_level_dbov,
+    dbov_from_sums,
+    install_audio_level_hook,
+    rms_dbfs,
+    sum_squares,
+    volume_from_dbfs,
+)
+from media.volume import aiortc_compute_audio_level_dbov as compute_audio_level_dbov
+from media.volume import compute_audio_level_dbov as our_compute_audio_level_dbov
 
 
 def sine(level_dbfs: float, n: int = 48000, freq: float = 440.0, rate: int = 48000) -> np.ndarray:
@@ -125,3 +137,81 @@ def test_audio_level_stereo_is_correct_where_aiortc_is_3db_off() -> None:
     # planar stereo measures the same
     planar = av.AudioFrame.from_ndarray(stereo.T.copy(), format="s16p", layout="stereo")
     assert audio_level_dbov(planar) == ours
+
+
+# --------------------------------------------------------------------------- RTP header hook
+
+
+def _stereo_frame(mono: np.ndarray) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16",
+                                       layout="stereo")
+    frame.sample_rate = 48000
+    return frame
+
+
+def test_saved_original_is_aiortcs_python_loop() -> None:
+    assert compute_audio_level_dbov.__module__ == "aiortc.rtp"
+    assert compute_audio_level_dbov is not our_compute_audio_level_dbov
+
+
+def test_hook_installs_once_and_aiortc_uses_ours() -> None:
+    install_audio_level_hook()
+    install_audio_level_hook()
+    assert aiortc.rtp.compute_audio_level_dbov is our_compute_audio_level_dbov
+    LocalAudio()  # creating a LocalAudio installs it too (idempotent)
+    assert aiortc.rtp.compute_audio_level_dbov is our_compute_audio_level_dbov
+    # what aiortc's sender does per frame: rtp.compute_audio_level_dbov(frame), negated later
+    frame = _stereo_frame(sine(-30.0, 960))
+    assert -aiortc.rtp.compute_audio_level_dbov(frame) == 30
+
+
+def test_replacement_trusts_an_attached_level_and_ignores_other_opaques() -> None:
+    frame = _stereo_frame(sine(-20.0, 960))
+    frame.opaque = FrameLevel(42)  # deliberately not the samples' level
+    assert our_compute_audio_level_dbov(frame) == -42
+    frame.opaque = 42  # a plain int (someone else's opaque) is not ours: compute
+    assert our_compute_audio_level_dbov(frame) == -20
+    frame.opaque = {"level": 1}
+    assert our_compute_audio_level_dbov(frame) == -20
+
+
+@pytest.mark.parametrize("level", [-127.0, -60.0, -30.0, -12.3, -1.0])
+def test_replacement_fallback_matches_aiortc_for_mono_and_fixes_stereo(level: float) -> None:
+    mono = sine(level, 960)
+    mframe = _mono_frame(mono)
+    assert our_compute_audio_level_dbov(mframe) == compute_audio_level_dbov(mframe)
+    sframe = _stereo_frame(mono)
+    assert our_compute_audio_level_dbov(sframe) == our_compute_audio_level_dbov(mframe)
+
+
+def test_sum_squares_feeds_meter_and_level_in_one_pass() -> None:
+    samples = sine(-20.0, 960)
+    sum_sq, n = sum_squares(samples)
+    meter = LevelMeter()
+    meter.add_sum_squares(sum_sq, n)
+    assert meter.take_volume() == 80
+    assert dbov_from_sums(sum_sq, n) == audio_level_dbov(samples) == 20
+    assert dbov_from_sums(0, 960) == dbov_from_sums(0, 0) == 127
+
+
+async def test_local_audio_frames_carry_their_level() -> None:
+    from media import ToneSource
+
+    tone = ToneSource(440, level_dbfs=-20)
+    local = LocalAudio(tone)  # stereo frames by default
+    track = local.subscribe()
+    try:
+        for expected in (20, 35, 127):
+            if expected == 127:
+                local.muted = True
+            else:
+                tone.level_dbfs = -expected
+            for _ in range(4):  # drain queued frames made before the change
+                frame = await track.recv()
+            assert type(frame.opaque) is FrameLevel
+            assert int(frame.opaque) == expected == local.last_level_dbov
+            # the attached level is the frame's true (stereo-correct) level
+            assert audio_level_dbov(frame) == expected
+            assert -aiortc.rtp.compute_audio_level_dbov(frame) == expected
+    finally:
+        await local.stop()
