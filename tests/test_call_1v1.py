@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 
 import pytest
 
-from callkit import PAYLOAD_KEYS, CallError, CallMediaType, CallParams
-from callkit.recorder import EventRecorder
+from callkit import CallError, CallMediaType, CallParams
 from media import TestPatternSource, ToneSource
 
+from .helpers import assert_payload_keys, connect, quiet, recent_volume, ring
+
 pytestmark = pytest.mark.loopback
-
-
-async def quiet(*recs: EventRecorder, seconds: float = 0.4) -> None:
-    """Give late, unexpected events a chance to show up before sequences are compared."""
-    await asyncio.sleep(seconds)
-
-
-def assert_payload_keys(rec: EventRecorder) -> None:
-    for e in rec.events:
-        assert set(e.payload) == PAYLOAD_KEYS[e.event], (e.event, e.payload)
-
-
-def recent_volume(rec: EventRecorder, user: str, n: int = 5) -> float:
-    maps = [p["volumeMap"] for p in rec.of("onUserVoiceVolumeChanged")]
-    return statistics.median(m[user] for m in maps[-n:])
 
 
 async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
@@ -62,7 +47,7 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
     await alice.hangup()
     end_a = await ra.wait_for("onCallEnd")
     end_b = await rb.wait_for("onCallEnd")
-    await quiet(ra, rb)
+    await quiet()
     assert end_a["totalTime"] == end_b["totalTime"] >= 3
     # each side learns the other's video is available when its first frame decodes
     assert ra.names() == ["onUserJoin", "onCallBegin", "onUserVideoAvailable", "onCallEnd"]
@@ -83,11 +68,10 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
 async def test_caller_cancels_while_ringing(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     await alice.hangup()
     await rb.wait_for("onCallCancelled")
-    await quiet(ra, rb)
+    await quiet()
     assert ra.sequence() == [("onCallCancelled", {"userId": "alice"})]
     assert rb.names() == ["onCallReceived", "onCallCancelled"]
     assert rb.of("onCallCancelled") == [{"userId": "alice"}]
@@ -99,11 +83,10 @@ async def test_caller_cancels_while_ringing(make_engine) -> None:
 async def test_callee_rejects(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.VIDEO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob", CallMediaType.VIDEO)
     await bob.reject()
     await ra.wait_for("onCallCancelled")
-    await quiet(ra, rb)
+    await quiet()
     assert ra.sequence() == [("onUserReject", {"userId": "bob"}),
                              ("onCallCancelled", {"userId": "alice"})]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]
@@ -115,11 +98,10 @@ async def test_callee_rejects(make_engine) -> None:
 async def test_callee_does_not_answer_in_time(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO, CallParams(timeout=2))
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob", params=CallParams(timeout=2))
     await ra.wait_for("onCallCancelled", timeout=6)
     await rb.wait_for("onCallCancelled")
-    await quiet(ra, rb)
+    await quiet()
     assert ra.sequence() == [("onUserNoResponse", {"userId": "bob"}),
                              ("onCallCancelled", {"userId": "alice"})]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]
@@ -129,14 +111,11 @@ async def test_callee_busy_in_another_call(make_engine) -> None:
     alice, ra = await make_engine("alice", audio_source=ToneSource(440, -20))
     bob, rb = await make_engine("bob")
     carol, rc = await make_engine("carol")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
-    await bob.accept()
-    await ra.wait_for("onCallBegin")
+    await connect(alice, ra, bob, rb)
     before_bob = rb.names()
     await carol.call("bob", CallMediaType.AUDIO)
     await rc.wait_for("onCallCancelled")
-    await quiet(rb, rc)
+    await quiet()
     assert rc.sequence() == [("onUserLineBusy", {"userId": "bob"}),
                              ("onCallCancelled", {"userId": "carol"})]
     assert rb.names() == before_bob  # the busy callee hears nothing
@@ -147,11 +126,10 @@ async def test_callee_busy_in_another_call(make_engine) -> None:
 async def test_callee_ignores(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     await bob.ignore()
     await ra.wait_for("onCallCancelled")
-    await quiet(ra, rb)
+    await quiet()
     assert ra.sequence() == [("onUserLineBusy", {"userId": "bob"}),
                              ("onCallCancelled", {"userId": "alice"})]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]

@@ -9,7 +9,7 @@ import pytest
 from callkit import CallError, CallMediaType, CallParams, CallState
 from media import NetworkConditions
 
-from .test_call_1v1 import quiet
+from .helpers import connect, quiet, ring
 
 pytestmark = pytest.mark.loopback
 
@@ -35,8 +35,7 @@ async def test_glare_one_call_survives(make_engine) -> None:
 async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     accepted, cancelled = await asyncio.gather(bob.accept(), alice.hangup(),
                                                return_exceptions=True)
     assert cancelled is None
@@ -46,7 +45,7 @@ async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
     else:                     # cancel won: the accept was refused
         assert isinstance(accepted, CallError) and accepted.code == -1203
         assert rb.names() == ["onCallReceived", "onCallCancelled"]
-    await quiet(ra, rb)
+    await quiet()
     assert alice.call_state is CallState.IDLE and bob.call_state is CallState.IDLE
     await alice.call("bob", CallMediaType.AUDIO)     # and a new call works
     await rb.wait_for("onCallReceived", count=2)
@@ -55,8 +54,7 @@ async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
 async def test_accept_racing_the_timeout(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO, CallParams(timeout=1.0))
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob", params=CallParams(timeout=1.0))
     await asyncio.sleep(0.95)
     try:
         await bob.accept()
@@ -69,15 +67,14 @@ async def test_accept_racing_the_timeout(make_engine) -> None:
         await asyncio.sleep(1.0)
         assert "onUserNoResponse" not in ra.names()
         await alice.hangup()
-    await quiet(ra, rb)
+    await quiet()
     assert alice.call_state is CallState.IDLE and bob.call_state is CallState.IDLE
 
 
 async def test_double_accept_and_accept_after_cancel(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     first, second = await asyncio.gather(bob.accept(), bob.accept(), return_exceptions=True)
     assert first is None and isinstance(second, CallError) and second.code == -1204
     await ra.wait_for("onCallBegin")
@@ -97,8 +94,7 @@ async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
     eve, re_ = await make_engine("eve")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     call_id = alice.call_id
     from signaling import protocol as p
     for message in (p.Reject, p.Hangup, p.Accept, p.Ignore):
@@ -119,10 +115,7 @@ async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
 async def test_invite_validation(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
-    await bob.accept()
-    await ra.wait_for("onCallBegin")
+    await connect(alice, ra, bob, rb)
     for ids in (["alice"], ["carol", "carol"], [f"u{i}" for i in range(9)], []):
         with pytest.raises(CallError) as err:
             await alice.invite_user(ids)
@@ -140,8 +133,7 @@ async def test_media_that_cannot_connect_is_reported(make_engine) -> None:
     """A peer connection that never connects gives onError -1301 and the 1v1 call ends."""
     alice, ra = await make_engine("alice", network=NetworkConditions(loss=1.0))
     bob, rb = await make_engine("bob")
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
+    await ring(alice, rb, "bob")
     await bob.accept()
     error = await rb.wait_for("onError", timeout=15)
     assert error["code"] == -1301 and "bob" not in error["msg"]

@@ -9,7 +9,7 @@ import pytest
 from callkit import CallError, CallMediaType, CallParams
 from media import ToneSource
 
-from .test_call_1v1 import assert_payload_keys, quiet, recent_volume
+from .helpers import assert_payload_keys, connect, quiet, recent_volume
 
 pytestmark = pytest.mark.loopback
 
@@ -67,7 +67,7 @@ async def test_three_party_group_call_full_mesh(make_engine) -> None:
     assert "onCallEnd" not in ra.names() and recent_volume(ra, "bob", 1) > 0
     await alice.hangup()
     await rb.wait_for("onCallEnd")
-    await quiet(ra, rb, rc)
+    await quiet()
     assert ra.names() == ["onUserJoin", "onCallBegin", "onUserJoin", "onUserLeave", "onCallEnd"]
     assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserJoin",
                           "onUserLeave", "onUserLeave", "onCallEnd"]
@@ -101,7 +101,7 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
     await alice.invite_user(["frank"], CallParams(timeout=1.5))
     for rec in (ra, rb):
         assert await rec.wait_for("onUserNoResponse", timeout=6) == {"userId": "frank"}
-    await quiet(ra, rb)
+    await quiet()
     assert ra.sequence() == [("onUserLineBusy", {"userId": "dave"}),
                              ("onUserJoin", {"userId": "bob"}),
                              ("onCallBegin", ra.of("onCallBegin")[0]),
@@ -119,10 +119,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     parties = await talkers(make_engine, "alice", "bob", "carol", "dave")
     (alice, ra), (bob, rb) = parties["alice"], parties["bob"]
     (carol, rc), (dave, rd) = parties["carol"], parties["dave"]
-    await alice.call("bob", CallMediaType.AUDIO)
-    await rb.wait_for("onCallReceived")
-    await bob.accept()
-    begin = await ra.wait_for("onCallBegin")
+    begin = await connect(alice, ra, bob, rb)
     await bob.invite_user(["carol"])          # any participant may invite
     received = await rc.wait_for("onCallReceived")
     assert received["callerId"] == "bob" and set(received["calleeIdList"]) == {"alice", "carol"}
@@ -159,7 +156,7 @@ async def test_caller_leaves_group_while_others_ring_and_talk(make_engine) -> No
     await rb.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("carol", 0) > 0)
     await bob.hangup()
     await rc.wait_for("onCallEnd")
-    await quiet(rb, rc)
+    await quiet()
     assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave",
                           "onCallEnd"]
     assert rb.names()[-3:] == ["onUserLeave", "onUserJoin", "onCallEnd"]

@@ -9,7 +9,7 @@ import pytest
 from callkit import CallError, CallMediaType
 from media import TestPatternSource, ToneSource
 
-from .test_call_1v1 import recent_volume
+from .helpers import connect, recent_volume
 
 pytestmark = pytest.mark.loopback
 
@@ -19,10 +19,7 @@ async def connected_pair(make_engine, media: CallMediaType):
                                   video_source=TestPatternSource(160, 120, 15))
     bob, rb = await make_engine("bob", audio_source=ToneSource(660, -30),
                                 video_source=TestPatternSource(160, 120, 15))
-    await alice.call("bob", media)
-    await rb.wait_for("onCallReceived")
-    await bob.accept()
-    await ra.wait_for("onCallBegin")
+    await connect(alice, ra, bob, rb, media)
     for rec, other in ((ra, "bob"), (rb, "alice")):
         await rec.wait_for("onUserVoiceVolumeChanged", lambda p, o=other: p["volumeMap"][o] > 0)
     return alice, ra, bob, rb

@@ -1,0 +1,45 @@
+"""Small helpers shared by the loopback tests."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from typing import Any
+
+from callkit import PAYLOAD_KEYS, CallEngine, CallMediaType, CallParams
+from callkit.recorder import EventRecorder
+
+
+async def quiet(seconds: float = 0.4) -> None:
+    """Give late, unexpected events a chance to show up before sequences are compared."""
+    await asyncio.sleep(seconds)
+
+
+def assert_payload_keys(rec: EventRecorder) -> None:
+    """Every payload a listener got has exactly the reference page's keys."""
+    for e in rec.events:
+        assert set(e.payload) == PAYLOAD_KEYS[e.event], (e.event, e.payload)
+
+
+def recent_volume(rec: EventRecorder, user: str, n: int = 5) -> float:
+    """Median of ``user``'s volume over the last ``n`` volume reports ``rec`` saw."""
+    maps = [p["volumeMap"] for p in rec.of("onUserVoiceVolumeChanged")]
+    return statistics.median(m[user] for m in maps[-n:])
+
+
+async def ring(caller: CallEngine, callee_rec: EventRecorder, callee: str,
+               media: CallMediaType = CallMediaType.AUDIO,
+               params: CallParams | None = None) -> dict[str, Any]:
+    """``caller`` calls ``callee``; returns the callee's onCallReceived payload."""
+    await caller.call(callee, media, params)
+    return await callee_rec.wait_for("onCallReceived")
+
+
+async def connect(caller: CallEngine, caller_rec: EventRecorder, callee: CallEngine,
+                  callee_rec: EventRecorder,
+                  media: CallMediaType = CallMediaType.AUDIO) -> dict[str, Any]:
+    """Ring, accept, and wait for the caller's onCallBegin (returned)."""
+    assert callee.user_id is not None
+    await ring(caller, callee_rec, callee.user_id, media)
+    await callee.accept()
+    return await caller_rec.wait_for("onCallBegin")
