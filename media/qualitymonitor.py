@@ -144,8 +144,8 @@ class QualityMonitor:
 
     # ------------------------------------------------------------------ pure part
 
-    def update(self, now: float,
-               samples: Mapping[str, tuple[Any, PeerSample | None]]) -> tuple[int, dict[str, int]] | None:
+    def update(self, now: float, samples: Mapping[str, tuple[Any, PeerSample | None]]
+               ) -> tuple[int, dict[str, int]] | None:
         """Feed one round of samples (``{user: (session, sample)}``, sample None when the
         user has no peer connection yet) and return a report if one is due."""
         remote: dict[str, int] = {}

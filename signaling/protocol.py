@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,14 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_RELAY_BYTES = 48 * 1024
 MAX_ID_LEN = 64
 MAX_STR_LEN = 1024
+
+#: TUICallKit user ids: letters, digits, '-' and '_', 1 to 32 bytes (ASCII, so 32 characters)
+USER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def valid_user_id(user_id: object) -> bool:
+    """True for a well-formed TUICallKit user id (both the engine and the service check it)."""
+    return isinstance(user_id, str) and USER_ID_RE.fullmatch(user_id) is not None
 
 
 class ProtocolError(Exception):
@@ -80,6 +89,8 @@ class Login(Request):
     user_id: str = ""
     user_sig: str = ""
     multi_device: bool = False
+    #: the ``sessionId`` of an earlier login to resume after a dropped socket (None: fresh login)
+    resume: str | None = None
 
 
 @dataclass(frozen=True)
@@ -347,11 +358,20 @@ def _required(cls: type[Message], name: str) -> bool:
     return name in _REQUIRED.get(cls.TYPE, frozenset())
 
 
-def decode(text: str | bytes, registry: dict[str, type[Message]] | None = None) -> Message:
+def frame_size(text: str | bytes) -> int:
+    """Size of a frame in UTF-8 bytes (cheap for the usual short ASCII frame)."""
+    if isinstance(text, bytes):
+        return len(text)
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def decode(text: str | bytes, registry: dict[str, type[Message]] | None = None,
+           max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Parse and validate one text frame; raises ProtocolError (never anything else)."""
-    if len(text) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(ErrorCode.RATE_LIMITED,
-                            f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    if frame_size(text) > max_bytes:
+        raise ProtocolError(ErrorCode.RATE_LIMITED, f"message larger than {max_bytes} bytes")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):

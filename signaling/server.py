@@ -3,70 +3,110 @@
 Only the WebSocket handler reads from a socket; any task may send. Every operation is a
 synchronous call into :class:`~signaling.callstate.CallRegistry` with ``now`` from the loop's
 monotonic clock; the notifications it returns are delivered in order to the users' sessions.
+
+Sessions and devices. A :class:`Session` is one logged-in socket (one device). A user has
+one session, or up to ``max_sessions_per_user`` with multi-device on. The session that
+places, accepts, rejects or joins a call *owns* the user's part in it: from then on that
+call's events and relays go to it alone, and only it may act on the call. While a user is
+ringing and no device has answered, every device rings.
+
+Dropped sockets. A socket that closes cleanly (a WebSocket close frame from the client) is a
+logout: the user leaves its call at once. A socket that drops without one (TCP reset, EOF,
+missed pongs) is *held* for ``resume_grace`` seconds after the last sign of life: the user
+stays in its call, messages for it are buffered, and a login with ``resume: <sessionId>``
+re-attaches to it. When the grace runs out the user leaves (ringing: no response).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
 
 from . import protocol as p
-from .callstate import CallRegistry, CallStateError, Notify
-from .codes import ErrorCode
+from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
+from .codes import CallEndReason, ErrorCode
+from .protocol import USER_ID_RE, valid_user_id
 from .usersig import UserSigError, verify_user_sig
 
 log = logging.getLogger("signaling.server")
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+__all__ = ["USER_ID_RE", "ServerConfig", "Session", "SignalingServer", "Stats", "valid_user_id"]
 
-
-def valid_user_id(user_id: object) -> bool:
-    """TUICallKit user ids: letters, digits, '-' and '_', 1 to 32 bytes."""
-    return isinstance(user_id, str) and USER_ID_RE.match(user_id) is not None
+#: close code for a socket whose session was resumed on a newer socket
+CLOSE_RESUMED = 4001
 
 
 @dataclass
 class ServerConfig:
-    """Tunables of the service."""
+    """Tunables of the service (every bound the service enforces is here)."""
 
-    #: seconds between WebSocket pings; a peer that misses a pong is dropped (~1.5x this)
-    heartbeat: float = 4.0
-    #: an unauthenticated socket is closed after this many seconds
+    #: seconds between WebSocket pings; a peer that misses a pong for half of this is dropped,
+    #: so a silent client is noticed within 1.5 x heartbeat
+    heartbeat: float = 2.0
+    #: an unauthenticated socket is closed (1008) after this many seconds
     login_timeout: float = 5.0
     #: token bucket per connection: sustained messages per second and burst size
     rate_per_s: float = 100.0
     rate_burst: float = 200.0
-    #: frames larger than this get an error reply; much larger ones close the socket
+    #: frames larger than this get an error reply; frames over 16x this close the socket (1009)
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
-    #: open sessions allowed per user (with multi-device on)
+    #: sessions (devices) one user may have at once, held ones included (multi-device on)
     max_sessions_per_user: int = 4
+    #: open WebSockets the service accepts; more get HTTP 503 before the upgrade
+    max_connections: int = 10_000
+    #: how long a user whose socket dropped without a clean close keeps its call membership,
+    #: counted from the last frame or pong received from it (a TCP close counts as a sign of
+    #: life). Silent-client detection plus this is <= heartbeat * 1.5 + ... <= 10 s by default
+    resume_grace: float = 9.0
+    #: messages buffered for a held session; one more releases it (the user leaves its call)
+    max_held_messages: int = 256
     #: wall clock for UserSig expiry (injectable for tests)
     wall_clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat", "login_timeout", "rate_per_s", "rate_burst"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.resume_grace < 0:
+            raise ValueError(f"resume_grace must be >= 0, got {self.resume_grace!r}")
+        for name in ("max_message_bytes", "max_sessions_per_user", "max_connections",
+                     "max_held_messages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 @dataclass(eq=False)
 class Session:
-    """One authenticated WebSocket connection."""
+    """One device of a user: a logged-in WebSocket, or a held one waiting to be resumed."""
 
     ws: web.WebSocketResponse
+    #: opaque token a client sends back as ``resume`` to re-attach after a dropped socket
+    session_id: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     user_id: str | None = None
     multi_device: bool = False
     sig_expires_at: float = 0.0
-    nickname: str = ""
-    avatar_url: str = ""
     tokens: float = 0.0
     last_refill: float = 0.0
+    #: loop time of the last frame (or pong) received, or of a TCP close
+    last_seen: float = 0.0
     expiry_handle: asyncio.TimerHandle | None = None
-    closed: bool = False
+    #: the socket is gone but the session waits ``resume_grace`` for a resume
+    held: bool = False
+    hold_handle: asyncio.TimerHandle | None = None
+    #: messages for a held session, sent on resume
+    outbox: list[p.Message] = field(default_factory=list)
+    #: forgotten by the service (logged out, kicked, expired, resumed elsewhere, grace over)
+    released: bool = False
 
     async def send(self, message: p.Message) -> None:
-        if self.closed or self.ws.closed:
+        if self.released or self.held or self.ws.closed:
             return
         try:
             await self.ws.send_str(message.encode())
@@ -82,7 +122,12 @@ class Stats:
     messages: int = 0
     errors_sent: int = 0
     internal_errors: int = 0
-    users: dict[str, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    kicked: int = 0
+    sig_expired: int = 0
+    held: int = 0
+    resumed: int = 0
+    refused_connections: int = 0
 
 
 class SignalingServer:
@@ -95,8 +140,13 @@ class SignalingServer:
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
         self.stats = Stats()
-        self._online: dict[str, list[Session]] = {}
+        self._online: dict[str, list[Session]] = {}   # user -> sessions with an open socket
+        self._held: dict[str, list[Session]] = {}     # user -> sessions waiting for a resume
+        self._sessions: dict[str, Session] = {}       # session id -> open or held session
+        self._owner: dict[str, tuple[str, Session]] = {}  # user -> (call id, owning session)
+        self._profiles: dict[str, dict[str, str]] = {}    # user -> {nickname, avatarUrl}
         self._sockets: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -104,16 +154,16 @@ class SignalingServer:
         self.port: int | None = None
         self._handlers: dict[type[p.Request], Callable[[Session, Any, float], Any]] = {
             p.Call: self._on_call,
-            p.Accept: lambda s, m, now: self.registry.accept(now, s.user_id, m.call_id),
-            p.Reject: lambda s, m, now: self.registry.reject(now, s.user_id, m.call_id),
-            p.Ignore: lambda s, m, now: self.registry.ignore(now, s.user_id, m.call_id),
-            p.Hangup: lambda s, m, now: self.registry.hangup(now, s.user_id, m.call_id),
+            p.Accept: lambda s, m, now: self._on_answer(s, m, now, self.registry.accept),
+            p.Reject: lambda s, m, now: self._on_answer(s, m, now, self.registry.reject),
+            p.Ignore: lambda s, m, now: self._on_answer(s, m, now, self.registry.ignore),
+            p.Hangup: lambda s, m, now: self._on_answer(s, m, now, self.registry.hangup),
             p.Invite: self._on_invite,
             p.Join: self._on_join,
             p.SwitchMedia: lambda s, m, now: self.registry.switch_media_type(
-                now, s.user_id, m.call_id, m.media_type),
+                now, s.user_id, self._own(s, m.call_id), m.media_type),
             p.Device: lambda s, m, now: self.registry.set_device(
-                now, s.user_id, m.call_id, audio=m.audio, video=m.video),
+                now, s.user_id, self._own(s, m.call_id), audio=m.audio, video=m.video),
             p.SelfInfo: self._on_self_info,
             p.Ping: lambda s, m, now: [],
         }
@@ -126,6 +176,7 @@ class SignalingServer:
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/health", self._health)
         app.router.add_get("/calls", self._calls)
+        app.router.add_get("/users/{user_id}", self._user)
         app.cleanup_ctx.append(self._background)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -154,10 +205,11 @@ class SignalingServer:
         self._timer_task = asyncio.create_task(self._timer_loop(), name="signaling-timers")
         yield
         self._timer_task.cancel()
-        try:
-            await self._timer_task
-        except asyncio.CancelledError:
-            pass
+        for session in [s for held in self._held.values() for s in held]:
+            await self._release(session)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(self._timer_task, *self._tasks, return_exceptions=True)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for ws in list(self._sockets):
@@ -180,6 +232,18 @@ class SignalingServer:
                 self.stats.internal_errors += 1
                 log.exception("timer handling failed")
 
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in a kept task; its failure is counted and logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.stats.internal_errors += 1
+            log.error("background task failed", exc_info=task.exception())
+
     # ------------------------------------------------------------------ REST
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -187,39 +251,76 @@ class SignalingServer:
                                   "calls": len(self.registry.calls)})
 
     async def _calls(self, request: web.Request) -> web.Response:
-        return web.json_response([c.snapshot() for c in self.registry.calls.values()])
+        return web.json_response([self._snapshot(c) for c in self.registry.calls.values()])
+
+    async def _user(self, request: web.Request) -> web.Response:
+        user = request.match_info["user_id"]
+        info = self.user_info(user) if valid_user_id(user) else None
+        if info is None:
+            return web.json_response({"error": "user is not online"}, status=404)
+        return web.json_response(info)
 
     # ------------------------------------------------------------------ websocket
 
-    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=self.config.heartbeat,
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        if len(self._sockets) >= self.config.max_connections:
+            self.stats.refused_connections += 1
+            return web.json_response({"error": "too many connections"}, status=503)
+        ws = web.WebSocketResponse(heartbeat=self.config.heartbeat, autoping=False,
                                    max_msg_size=self.config.max_message_bytes * 16)
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
-        session = Session(ws=ws, tokens=self.config.rate_burst, last_refill=loop.time())
+        session = Session(ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(),
+                          last_seen=loop.time())
         self._sockets.add(ws)
         self.stats.connections += 1
         login_timer = loop.call_later(self.config.login_timeout, self._login_timeout, session)
+        abrupt = False
         try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.TEXT:
+                    session.last_seen = loop.time()
                     await self._on_text(session, msg.data)
-                elif msg.type == WSMsgType.BINARY:
+                    if session.user_id is not None:
+                        login_timer.cancel()
+                elif msg.type is WSMsgType.BINARY:
+                    session.last_seen = loop.time()
                     await self._send_error(session, None, ErrorCode.PROTOCOL_ERROR,
                                            "binary frames are not supported")
-                if session.user_id is not None:
-                    login_timer.cancel()
+                elif msg.type is WSMsgType.PING:
+                    session.last_seen = loop.time()
+                    await ws.pong(msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    session.last_seen = loop.time()
+                else:  # CLOSE (clean), CLOSING (we closed it), CLOSED / ERROR (dropped)
+                    abrupt = self._dropped(msg, session, loop.time())
+                    break
         finally:
             login_timer.cancel()
             self._sockets.discard(ws)
-            await self._drop_session(session)
+            await self._socket_gone(session, abrupt)
         return ws
+
+    @staticmethod
+    def _dropped(msg: Any, session: Session, now: float) -> bool:
+        """Did the socket drop without a clean close? Updates ``last_seen`` for a TCP close."""
+        if msg.type is WSMsgType.CLOSED:  # EOF: the peer's TCP stack closed just now
+            session.last_seen = now
+            return True
+        if msg.type is WSMsgType.ERROR:
+            if isinstance(msg.data, WebSocketError):  # protocol violation, e.g. a huge frame
+                return False
+            if not isinstance(msg.data, asyncio.TimeoutError):  # reset, not missed pongs
+                session.last_seen = now
+            return True
+        return False
 
     def _login_timeout(self, session: Session) -> None:
         if session.user_id is None and not session.ws.closed:
             log.info("closing a socket that did not log in in time")
-            asyncio.ensure_future(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                                   message=b"login timeout"))
+            self._spawn(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                         message=b"login timeout"))
 
     def _allow(self, session: Session) -> bool:
         now = asyncio.get_running_loop().time()
@@ -235,10 +336,12 @@ class SignalingServer:
     async def _on_text(self, session: Session, text: str) -> None:
         self.stats.messages += 1
         if not self._allow(session):
-            await self._send_error(session, None, ErrorCode.RATE_LIMITED, "too many messages")
+            self.stats.rate_limited += 1
+            await self._send_error(session, None, ErrorCode.RATE_LIMITED,
+                                   f"too many messages (more than {self.config.rate_per_s:g}/s)")
             return
         try:
-            msg = p.decode(text)
+            msg = p.decode(text, max_bytes=self.config.max_message_bytes)
         except p.ProtocolError as exc:
             await self._send_error(session, exc.request_id, exc.code, exc.message)
             return
@@ -256,9 +359,13 @@ class SignalingServer:
             # expire due ring timers first, so accept-vs-timeout is decided by the clock
             await self._deliver(self.registry.handle_timer(now))
             result = self._handlers[type(msg)](session, msg, now)
-            data, notifies = result if isinstance(result, tuple) else ({}, result)
+            if not isinstance(result, tuple):
+                result = ({}, result)
+            data, notifies, *direct = result
             await session.send(p.Reply(id=msg.id, data=data))
-            await self._deliver(notifies)
+            await self._deliver(notifies, also=[session.user_id])
+            for target, message in (direct[0] if direct else ()):
+                await self._send(target, message)
             self._wake.set()
         except CallStateError as exc:
             await self._send_error(session, msg.id, exc.code, exc.message)
@@ -272,22 +379,73 @@ class SignalingServer:
         self.stats.errors_sent += 1
         await session.send(p.ErrorReply(id=request_id, code=int(code), message=message))
 
-    async def _deliver(self, notifies: list[Notify]) -> None:
-        """Send each notification to every online session of its user, in order."""
+    # ------------------------------------------------------------------ routing
+
+    def _devices(self, user: str) -> list[Session]:
+        """Every session of ``user``: open ones, then held ones."""
+        return [*self._online.get(user, ()), *self._held.get(user, ())]
+
+    def _targets(self, user: str, call_id: str) -> list[Session]:
+        """Where ``user``'s messages about ``call_id`` go: its owning device, else every one."""
+        owner = self._owner.get(user)
+        if owner is not None and owner[0] == call_id and not owner[1].released:
+            return [owner[1]]
+        return self._devices(user)
+
+    async def _send(self, session: Session, message: p.Message) -> None:
+        """Send now, or buffer for a held session (overflowing the buffer releases it)."""
+        if session.released:
+            return
+        if session.held:
+            if len(session.outbox) >= self.config.max_held_messages:
+                log.info("held session of %s overflowed; releasing it", session.user_id)
+                self._spawn(self._release(session))
+                return
+            session.outbox.append(message)
+            return
+        await session.send(message)
+
+    async def _deliver(self, notifies: list[Notify], also: list[str | None] = ()) -> None:
+        """Send each notification to its user's device(s), in order; then drop stale owners."""
+        touched = {u for u in also if u is not None}
         for n in notifies:
             call = self.registry.calls.get(n.call_id)
             event = p.Event(event=n.event, call_id=n.call_id, payload=n.payload,
-                            call=call.snapshot() if call is not None else None)
-            for session in list(self._online.get(n.user_id, ())):
-                await session.send(event)
+                            call=self._snapshot(call) if call is not None else None)
+            for session in self._targets(n.user_id, n.call_id):
+                await self._send(session, event)
+            touched.add(n.user_id)
+        for user in touched:
+            owner = self._owner.get(user)
+            call = self.registry.call_of(user)
+            if owner is not None and (call is None or call.call_id != owner[0]
+                                      or owner[1].released):
+                del self._owner[user]
 
-    # ------------------------------------------------------------------ handlers
+    def _own(self, session: Session, call_id: str) -> str:
+        """Refuse an action on a call that another device of the same user owns."""
+        owner = self._owner.get(session.user_id or "")
+        if owner is not None and owner[0] == call_id and owner[1] is not session:
+            raise CallStateError(ErrorCode.REQUEST_REFUSED,
+                                 "this call is handled on another device")
+        return call_id
+
+    def _snapshot(self, call: Call) -> dict[str, Any]:
+        """The call snapshot, each member with its ``nickname`` and ``avatarUrl``."""
+        snap = call.snapshot()
+        for member in snap["members"]:
+            member.update(self._profiles.get(member["userId"]) or
+                          {"nickname": "", "avatarUrl": ""})
+        return snap
+
+    # ------------------------------------------------------------------ sessions
 
     async def _on_login(self, session: Session, msg: p.Login) -> None:
         if session.user_id is not None:
             raise CallStateError(ErrorCode.REQUEST_REPEATED, "already logged in")
         if not valid_user_id(msg.user_id):
-            raise CallStateError(ErrorCode.INIT_FAIL, "invalid userId")
+            raise CallStateError(ErrorCode.INIT_FAIL, "invalid userId (letters, digits, '-' and "
+                                                      "'_', at most 32)")
         try:
             info = verify_user_sig(msg.sdk_app_id if msg.sdk_app_id == self.sdk_app_id else -1,
                                    self.secret_key, msg.user_id, msg.user_sig,
@@ -296,59 +454,156 @@ class SignalingServer:
             raise CallStateError(ErrorCode.INIT_FAIL, f"login refused: {exc.reason}") from None
         if msg.sdk_app_id != self.sdk_app_id:
             raise CallStateError(ErrorCode.INIT_FAIL, "login refused: wrong sdkAppId")
-        existing = self._online.get(msg.user_id, [])
-        if msg.multi_device and existing and all(s.multi_device for s in existing):
-            if len(existing) >= self.config.max_sessions_per_user:
-                raise CallStateError(ErrorCode.REQUEST_REFUSED, "too many sessions for this user")
-        else:
-            for old in list(existing):
-                await self._kick(old)
-        session.user_id = msg.user_id
+        user = msg.user_id
+        old = self._sessions.get(msg.resume) if msg.resume else None
+        if old is not None and (old.user_id != user or old.released):
+            old = None
+        others = [s for s in self._devices(user) if s is not old]
+        keep = msg.multi_device and all(s.multi_device for s in others)
+        if keep and len(others) >= self.config.max_sessions_per_user:
+            raise CallStateError(ErrorCode.REQUEST_REFUSED,
+                                 f"too many sessions for this user (at most "
+                                 f"{self.config.max_sessions_per_user})")
+        if not keep:
+            for other in others:
+                await self._kick(other)
+        outbox: list[p.Message] = []
+        if old is not None:
+            outbox = self._take_over(old, session)
+        session.user_id = user
         session.multi_device = msg.multi_device
         session.sig_expires_at = info.expires_at
-        self._online.setdefault(msg.user_id, []).append(session)
+        self._online.setdefault(user, []).append(session)
+        self._sessions[session.session_id] = session
         delay = max(0.0, info.expires_at - self.config.wall_clock())
         session.expiry_handle = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._expire(session)))
-        await session.send(p.Reply(id=msg.id, data={"userId": msg.user_id,
-                                                     "sigExpiresAt": info.expires_at}))
+            delay, lambda: self._spawn(self._expire(session)))
+        call = self._call_for(session)
+        for message in outbox:  # what happened while the socket was gone, then the reply
+            await session.send(message)
+        await session.send(p.Reply(id=msg.id, data={
+            "userId": user, "sigExpiresAt": info.expires_at, "sessionId": session.session_id,
+            "resumed": old is not None, "resumeGrace": self.config.resume_grace,
+            "call": self._snapshot(call) if call is not None else None}))
 
-    async def _kick(self, session: Session) -> None:
-        await session.send(p.Kicked())
-        await self._drop_session(session)
-        await session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"kicked")
+    def _take_over(self, old: Session, new: Session) -> list[p.Message]:
+        """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
+        self.stats.resumed += 1
+        outbox, old.outbox = old.outbox, []
+        self._forget(old)
+        new.session_id = old.session_id
+        owner = self._owner.get(old.user_id or "")
+        if owner is not None and owner[1] is old:
+            self._owner[old.user_id or ""] = (owner[0], new)
+        if not old.ws.closed:  # the old socket is still open here: a half-dead connection
+            self._spawn(old.ws.close(code=CLOSE_RESUMED, message=b"session resumed elsewhere"))
+        return outbox
 
-    async def _expire(self, session: Session) -> None:
-        if session.closed:
+    def _call_for(self, session: Session) -> Call | None:
+        """The call this session owns, or rings in while no device of its user answered."""
+        user = session.user_id or ""
+        owner = self._owner.get(user)
+        if owner is not None:
+            return self.registry.calls.get(owner[0]) if owner[1] is session else None
+        return self.registry.call_of(user)
+
+    def _forget(self, session: Session) -> None:
+        """Remove ``session`` from every index and cancel its timers (no call changes)."""
+        session.released = True
+        for handle in (session.expiry_handle, session.hold_handle):
+            if handle is not None:
+                handle.cancel()
+        user = session.user_id or ""
+        for index in (self._online, self._held):
+            sessions = index.get(user)
+            if sessions is not None and session in sessions:
+                sessions.remove(session)
+                if not sessions:
+                    del index[user]
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+
+    async def _socket_gone(self, session: Session, abrupt: bool) -> None:
+        """The session's socket ended: hold it for a resume, or release it."""
+        if session.released or session.user_id is None:
+            session.released = True
             return
-        await session.send(p.SigExpired())
-        await self._drop_session(session)
-        await session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"usersig expired")
-
-    async def _drop_session(self, session: Session) -> None:
-        """Forget a session; if it was its user's last one, the user leaves any call."""
-        if session.closed:
+        user = session.user_id
+        grace = self.config.resume_grace
+        if abrupt and grace > 0 and self._has_stake(session):
+            online = self._online.get(user, [])
+            if session in online:
+                online.remove(session)
+                if not online:
+                    del self._online[user]
+            session.held = True
+            self._held.setdefault(user, []).append(session)
+            self.stats.held += 1
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, session.last_seen + grace - loop.time())
+            session.hold_handle = loop.call_later(
+                delay, lambda: self._spawn(self._release(session)))
+            log.info("holding %s's session for %.1f s after a dropped socket", user, delay)
             return
-        session.closed = True
-        if session.expiry_handle is not None:
-            session.expiry_handle.cancel()
+        await self._release(session)
+
+    def _has_stake(self, session: Session) -> bool:
+        """Would releasing this session take its user out of a call?"""
+        user = session.user_id or ""
+        owner = self._owner.get(user)
+        if owner is not None:
+            return owner[1] is session
+        return self.registry.call_of(user) is not None and not any(
+            s is not session for s in self._devices(user))
+
+    async def _release(self, session: Session) -> None:
+        """Forget a session; if its user is no longer reachable for its call, it leaves."""
+        if session.released:
+            return
+        self._forget(session)
         user = session.user_id
         if user is None:
             return
-        sessions = self._online.get(user, [])
-        if session in sessions:
-            sessions.remove(session)
-        if sessions:
+        call = self.registry.call_of(user)
+        owner = self._owner.get(user)
+        if owner is not None and owner[1].released:
+            del self._owner[user]
+            owner = None
+        present = (owner is not None and call is not None and owner[0] == call.call_id) or (
+            owner is None and bool(self._devices(user)))
+        if call is not None and not present:
+            try:
+                notifies = self.registry.disconnect(asyncio.get_running_loop().time(), user)
+                await self._deliver(notifies, also=[user])
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("disconnect of %s failed", user)
+            self._wake.set()
+        if not self._devices(user):
+            self._profiles.pop(user, None)
+            self._owner.pop(user, None)
+
+    async def _kick(self, session: Session) -> None:
+        """A newer login of the same user replaces ``session`` (its call is hung up)."""
+        self.stats.kicked += 1
+        if not session.held:
+            await session.send(p.Kicked())
+        ws = session.ws
+        await self._release(session)
+        if not ws.closed:
+            self._spawn(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"kicked"))
+
+    async def _expire(self, session: Session) -> None:
+        if session.released:
             return
-        self._online.pop(user, None)
-        try:
-            notifies = self.registry.disconnect(asyncio.get_running_loop().time(), user)
-        except Exception:
-            self.stats.internal_errors += 1
-            log.exception("disconnect of %s failed", user)
-            return
-        await self._deliver(notifies)
-        self._wake.set()
+        self.stats.sig_expired += 1
+        if not session.held:
+            await session.send(p.SigExpired())
+        await self._release(session)
+        if not session.ws.closed:
+            await session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"usersig expired")
+
+    # ------------------------------------------------------------------ handlers
 
     def _check_ids(self, ids: list[str]) -> None:
         for uid in ids:
@@ -360,19 +615,42 @@ class SignalingServer:
         call, notifies = self.registry.start_call(
             now, session.user_id, msg.callees, msg.media_type, group_id=msg.group_id,
             timeout=msg.timeout, user_data=msg.user_data)
-        return {"call": call.snapshot()}, notifies
+        self._owner[session.user_id or ""] = (call.call_id, session)
+        return {"call": self._snapshot(call)}, notifies
+
+    def _on_answer(self, session: Session, msg: Any, now: float,
+                   op: Callable[[float, str, str], list[Notify]]):  # type: ignore[no-untyped-def]
+        """accept / reject / ignore / hangup; the first device to answer a ringing call owns
+        it, and the user's other devices stop ringing (``reason`` 7 or 8)."""
+        user = session.user_id or ""
+        self._own(session, msg.call_id)
+        call = self.registry.calls.get(msg.call_id) if isinstance(msg.call_id, str) else None
+        member = call.members.get(user) if call is not None else None
+        ringing = member is not None and member.state is MemberState.RINGING
+        notifies = op(now, user, msg.call_id)
+        direct: list[tuple[Session, p.Message]] = []
+        if ringing:
+            self._owner[user] = (msg.call_id, session)
+            reason = (CallEndReason.OTHER_DEVICE_ACCEPTED if op == self.registry.accept
+                      else CallEndReason.OTHER_DEVICE_REJECT)
+            cancelled = p.Event(event="onCallCancelled", call_id=msg.call_id,
+                                payload={"userId": user, "reason": int(reason)}, call=None)
+            direct = [(s, cancelled) for s in self._devices(user) if s is not session]
+        return {}, notifies, direct
 
     def _on_invite(self, session: Session, msg: p.Invite, now: float) -> list[Notify]:
         self._check_ids(msg.callees)
-        return self.registry.invite(now, session.user_id, msg.call_id, msg.callees,
-                                    timeout=msg.timeout)
+        return self.registry.invite(now, session.user_id, self._own(session, msg.call_id),
+                                    msg.callees, timeout=msg.timeout)
 
     def _on_join(self, session: Session, msg: p.Join, now: float):  # type: ignore[no-untyped-def]
         call, notifies = self.registry.join(now, session.user_id, msg.room_id, msg.media_type)
-        return {"call": call.snapshot()}, notifies
+        self._owner[session.user_id or ""] = (call.call_id, session)
+        return {"call": self._snapshot(call)}, notifies
 
     def _on_self_info(self, session: Session, msg: p.SelfInfo, now: float) -> list[Notify]:
-        session.nickname, session.avatar_url = msg.nickname, msg.avatar_url
+        self._profiles[session.user_id or ""] = {"nickname": msg.nickname,
+                                                 "avatarUrl": msg.avatar_url}
         return []
 
     async def _on_relay(self, session: Session, msg: p.Relay) -> None:
@@ -381,6 +659,7 @@ class SignalingServer:
         if session.user_id not in members or msg.to not in members or msg.to == session.user_id:
             raise CallStateError(ErrorCode.REQUEST_REFUSED,
                                  "relay only between members of the same call")
+        self._own(session, msg.call_id)
         if msg.kind not in p.Relay.KINDS:
             raise CallStateError(ErrorCode.PARAM_INVALID, f"unknown relay kind {msg.kind!r:.20}")
         if len(p.json.dumps(msg.data)) > p.MAX_RELAY_BYTES:
@@ -388,11 +667,32 @@ class SignalingServer:
         forwarded = p.Relayed(call_id=msg.call_id, from_user=session.user_id, kind=msg.kind,
                               data=msg.data)
         await session.send(p.Reply(id=msg.id))
-        for target in list(self._online.get(msg.to, ())):
-            await target.send(forwarded)
+        for target in self._targets(msg.to, msg.call_id):
+            await self._send(target, forwarded)
 
     # ------------------------------------------------------------------ introspection
 
     def online_users(self) -> list[str]:
         """User ids with at least one open session."""
         return list(self._online)
+
+    def held_users(self) -> list[str]:
+        """User ids with a session waiting for a resume."""
+        return list(self._held)
+
+    def user_info(self, user_id: str) -> dict[str, Any] | None:
+        """What ``GET /users/{id}`` shows: presence, devices, profile, current call."""
+        devices = self._devices(user_id)
+        if not devices:
+            return None
+        call = self.registry.call_of(user_id)
+        profile = self._profiles.get(user_id) or {"nickname": "", "avatarUrl": ""}
+        return {"userId": user_id, "online": user_id in self._online,
+                "devices": len(self._online.get(user_id, ())),
+                "heldDevices": len(self._held.get(user_id, ())),
+                **profile, "callId": call.call_id if call is not None else None}
+
+    def idle(self) -> bool:
+        """True when no call, session, owner or profile is left (after every socket closed)."""
+        return not (self.registry.calls or self._online or self._held or self._sessions
+                    or self._owner or self._profiles or self.registry.call_of_any())

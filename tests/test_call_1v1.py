@@ -97,7 +97,7 @@ async def test_callee_rejects(make_engine) -> None:
 
 async def test_callee_does_not_answer_in_time(make_engine) -> None:
     alice, ra = await make_engine("alice")
-    bob, rb = await make_engine("bob")
+    _bob, rb = await make_engine("bob")
     await ring(alice, rb, "bob", params=CallParams(timeout=2))
     await ra.wait_for("onCallCancelled", timeout=6)
     await rb.wait_for("onCallCancelled")

@@ -84,7 +84,7 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
     bob, rb = await make_engine("bob")
     carol, rc = await make_engine("carol")
     dave, rd = await make_engine("dave")
-    erin, re_ = await make_engine("erin")
+    _erin, re_ = await make_engine("erin")
     await dave.call("erin", CallMediaType.AUDIO)      # dave is busy
     await re_.wait_for("onCallReceived")
     await alice.group_call(["bob", "carol", "dave"], "g", CallMediaType.AUDIO,

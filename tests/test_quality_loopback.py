@@ -13,6 +13,7 @@ window of a few hundred packets at 3 % loss reads anywhere from ~1.5 to ~5 %.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ async def test_levels_follow_simulated_loss_and_delay(make_engine) -> None:
                 assert all(isinstance(e["quality"], int) and 0 <= e["quality"] <= 6
                            for e in payload["networkQualityList"])
             times = [t for t, _ in reports(rec)]
-            gaps = [b - a for a, b in zip(times, times[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert gaps and 1.7 < statistics.median(gaps) < 2.5, gaps  # every 2 s
     assert not problems, "\n".join(problems)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+import aiortc.rtp
 import av
 import numpy as np
 import pytest
-import aiortc.rtp
 
 from media.tracks import LocalAudio
 from media.volume import (
