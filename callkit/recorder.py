@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .events import EVENT_NAMES
 
@@ -82,10 +84,8 @@ class EventRecorder:
                 raise TimeoutError(f"{self.user_id}: waited {timeout} s for {count} x {event}; "
                                    f"saw {self.names()}")
             self._changed.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
 
 PERIODIC = frozenset({"onUserVoiceVolumeChanged", "onUserNetworkQualityChanged"})
