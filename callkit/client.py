@@ -1,11 +1,22 @@
-"""The engine's WebSocket link to the signaling service: requests with replies, pushes in order."""
+"""The engine's WebSocket link to the signaling service: requests with replies, pushes in order.
+
+The link logs in as part of :meth:`SignalingClient.connect`. When the socket drops without
+the service having closed it on purpose, the link reconnects with backoff and logs in again
+with ``resume`` set to its session id, so the service re-attaches the call membership it held
+meanwhile (see docs/protocol.md, "Resuming"). Requests made while it reconnects wait for it
+(up to ``REQUEST_TIMEOUT``). It gives up when it could not resume within the grace the
+service announced at login; then ``on_closed(reason)`` runs, once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from typing import Any, Callable
+import random
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
@@ -17,55 +28,165 @@ from .errors import CallError
 log = logging.getLogger("callkit.client")
 
 REQUEST_TIMEOUT = 10.0
+#: seconds between pings to the service; a service silent for 1.5x this is a dropped link
+HEARTBEAT = 2.0
+#: how long to keep reconnecting when the service did not announce its resume grace
+DEFAULT_RESUME_GRACE = 9.0
+#: backoff between reconnect attempts: first delay, cap (each with up to 25 % jitter)
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 1.0
+#: close codes after which reconnecting is pointless: kicked / expired / policy (1008),
+#: resumed on another socket (4001)
+FINAL_CLOSE_CODES = frozenset({1008, 4001})
 
 
 class SignalingClient:
-    """One WebSocket connection. ``on_push`` gets every server push, in order, synchronously."""
+    """One logical link to the service. ``on_push`` gets every server push, in order,
+    synchronously; ``on_resumed(reply_data)`` runs after each successful re-login; and
+    ``on_closed(reason)`` once when the link is lost for good (never after :meth:`close`)."""
 
     def __init__(self, url: str, on_push: Callable[[p.Message], None],
-                 on_closed: Callable[[str], None]) -> None:
+                 on_closed: Callable[[str], None], *,
+                 on_resumed: Callable[[dict[str, Any]], None] | None = None,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.url = url
         self._on_push = on_push
         self._on_closed = on_closed
+        self._on_resumed = on_resumed
+        self._heartbeat = heartbeat
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]],
                                        Callable[[dict[str, Any]], None] | None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._login: dict[str, Any] | None = None
+        #: the service's session id (sent back as ``resume``) and its announced grace
+        self.session_id: str | None = None
+        self.resume_grace = DEFAULT_RESUME_GRACE
+        #: loop time of the last frame from the service (or of a TCP close)
+        self._last_heard = 0.0
+        self._up = False          # logged in on an open socket
+        self._gone = False        # lost for good, or closed
+        self._changed = asyncio.Event()  # set whenever _up or _gone changes
+        self._final = False       # the service ended this session on purpose (kicked, ...)
         self._closing = False
+        #: how many times the link came back (tests and tools read it)
+        self.reconnects = 0
 
     @property
     def connected(self) -> bool:
-        return self._ws is not None and not self._ws.closed
+        """Logged in on an open socket (False while reconnecting)."""
+        return self._up and self._ws is not None and not self._ws.closed
 
-    async def connect(self) -> None:
-        """Open the socket; raises CallError(-1201) when the service cannot be reached."""
+    async def connect(self, **login: Any) -> dict[str, Any]:
+        """Open the socket and log in with ``login`` (``Login`` fields); returns the reply's
+        data. Raises CallError(-1201) when the service cannot be reached, or the login's code."""
         self._http = aiohttp.ClientSession()
         try:
-            self._ws = await self._http.ws_connect(self.url, heartbeat=4.0, timeout=aiohttp.
-                                                   ClientWSTimeout(ws_close=2.0))
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            try:
+                ws = await self._open()
+                try:
+                    data = await self._log_in(ws, dict(login))
+                except BaseException:
+                    await ws.close()
+                    raise
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise CallError(ErrorCode.INIT_FAIL,
+                                f"cannot reach signaling at {self.url}: {exc!r}") from None
+        except BaseException:
             await self._http.close()
             self._http = None
-            raise CallError(ErrorCode.INIT_FAIL, f"cannot reach signaling at {self.url}: "
-                                                 f"{exc}") from None
-        self._reader = asyncio.create_task(self._read(), name="callkit-signaling-reader")
+            raise
+        self._login = dict(login)
+        self._ws = ws
+        self._set_up(True)
+        self._reader = asyncio.create_task(self._run(), name="callkit-signaling-reader")
+        return data
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        assert self._http is not None
+        return await asyncio.wait_for(
+            self._http.ws_connect(self.url, heartbeat=self._heartbeat, autoping=False,
+                                  timeout=aiohttp.ClientWSTimeout(ws_close=2.0)),
+            REQUEST_TIMEOUT / 2)
+
+    async def _log_in(self, ws: aiohttp.ClientWebSocketResponse,
+                      login: dict[str, Any]) -> dict[str, Any]:
+        """Send a Login on ``ws`` and read until its reply; pushes before it are handled."""
+        request_id = next(self._ids)
+        if self.session_id is not None:
+            login["resume"] = self.session_id
+        await ws.send_str(p.Login(id=request_id, **login).encode())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
+                                f"no reply to login within {REQUEST_TIMEOUT} s")
+            try:
+                msg = await ws.receive(timeout=left)
+            except asyncio.TimeoutError:
+                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
+                                f"no reply to login within {REQUEST_TIMEOUT} s") from None
+            if msg.type is aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                if msg.type is aiohttp.WSMsgType.PONG:
+                    continue
+                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
+                                f"connection closed during login ({ws.close_code})")
+            self._last_heard = loop.time()
+            try:
+                message = p.decode_server(msg.data)
+            except p.ProtocolError as exc:
+                log.warning("ignoring bad frame from server: %s", exc.message)
+                continue
+            if isinstance(message, (p.Reply, p.ErrorReply)) and message.id == request_id:
+                if isinstance(message, p.ErrorReply):
+                    raise CallError(message.code, message.message)
+                self.session_id = message.data.get("sessionId") or None
+                grace = message.data.get("resumeGrace")
+                if isinstance(grace, (int, float)) and not isinstance(grace, bool):
+                    self.resume_grace = max(0.0, float(grace))
+                return message.data
+            self._handle(message)
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_up(self, timeout: float) -> None:
+        """Wait until the link is logged in again (or gone); raises CallError(-1401)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._up:
+            left = deadline - loop.time()
+            if self._gone or self._closing or left <= 0:
+                raise CallError(ErrorCode.SIGNALING_SEND_FAIL, "not connected to signaling")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
     async def request(self, message_type: type[p.Request], *,
                       on_reply: Callable[[dict[str, Any]], None] | None = None,
                       **fields: Any) -> dict[str, Any]:
         """Send a request and wait for its reply's ``data``; raises CallError with the
-        server's code. ``on_reply`` runs in the reader, before any later push is handled."""
-        if not self.connected:
-            raise CallError(ErrorCode.SIGNALING_SEND_FAIL, "not connected to signaling")
+        server's code, or -1401 when the link is down for longer than ``REQUEST_TIMEOUT``.
+        ``on_reply`` runs in the reader, before any later push is handled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT
+        if not self._up:
+            await self._wait_up(REQUEST_TIMEOUT)
         request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, on_reply)
         try:
             assert self._ws is not None
             await self._ws.send_str(message_type(id=request_id, **fields).encode())
-            return await asyncio.wait_for(asyncio.shield(future), REQUEST_TIMEOUT)
+            return await asyncio.wait_for(asyncio.shield(future),
+                                          max(0.1, deadline - loop.time()))
         except asyncio.TimeoutError:
             raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
                             f"no reply to {message_type.TYPE} within {REQUEST_TIMEOUT} s") from None
@@ -74,30 +195,125 @@ class SignalingClient:
         finally:
             self._pending.pop(request_id, None)
 
-    async def _read(self) -> None:
-        assert self._ws is not None
+    # ------------------------------------------------------------------ reading
+
+    async def _run(self) -> None:
+        """Read pushes; on a dropped socket reconnect and resume; report a final loss."""
         reason = "connection closed"
         try:
-            async for msg in self._ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
+            while True:
+                reason, retry = await self._read()
+                self._set_up(False)
+                self._fail_pending(f"signaling lost: {reason}")
+                if self._closing or self._final or not retry:
+                    break
+                log.info("signaling link lost (%s); reconnecting", reason)
+                failure = await self._reconnect()
+                if failure is None:
                     continue
+                reason = f"{reason}; {failure}"
+                break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # pragma: no cover - defensive: the reader must not die silently
+            log.exception("signaling reader failed")
+            reason = f"reader failed: {exc}"
+        finally:
+            self._gone = True
+            self._set_up(False)
+            self._fail_pending(f"signaling lost: {reason}")
+            if not self._closing:
+                self._on_closed(reason)
+
+    async def _read(self) -> tuple[str, bool]:
+        """Read the current socket until it ends; returns (why, worth reconnecting)."""
+        ws = self._ws
+        assert ws is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                self._last_heard = loop.time()
                 try:
                     message = p.decode_server(msg.data)
                 except p.ProtocolError as exc:
                     log.warning("ignoring bad frame from server: %s", exc.message)
                     continue
                 self._handle(message)
-            if self._ws.close_code is not None:
-                reason = f"connection closed ({self._ws.close_code})"
-        except Exception as exc:  # pragma: no cover - defensive: the reader must not die silently
-            log.exception("signaling reader failed")
-            reason = f"reader failed: {exc}"
-        finally:
-            for future, _ in self._pending.values():
-                if not future.done():
-                    future.set_exception(CallError(ErrorCode.SIGNALING_SEND_FAIL, reason))
-            if not self._closing:
-                self._on_closed(reason)
+            elif msg.type is aiohttp.WSMsgType.PING:
+                self._last_heard = loop.time()
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PONG:
+                self._last_heard = loop.time()
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                continue
+            else:
+                break
+        code = ws.close_code
+        exc = ws.exception()
+        if not isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            self._last_heard = loop.time()  # a close or reset: the path worked until now
+        why = "no heartbeat from the service" if isinstance(
+            exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) else f"closed ({code})"
+        return why, code not in FINAL_CLOSE_CODES
+
+    async def _reconnect(self) -> str | None:
+        """Reconnect with backoff and resume; None on success, else why it gave up."""
+        loop = asyncio.get_running_loop()
+        # the service holds our session resume_grace s after it last heard from us; give up
+        # a little earlier so the local call never outlives the service's view of it
+        deadline = self._last_heard + max(1.0, self.resume_grace - 0.5)
+        delay = BACKOFF_FIRST
+        attempts = 0
+        last_error = "no attempt"
+        old = self._ws
+        if old is not None and not old.closed:
+            await old.close()
+        while not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, delay * (1 + 0.25 * random.random())))
+            delay = min(delay * 2, BACKOFF_MAX)
+            attempts += 1
+            if self._closing or deadline - loop.time() <= 0:
+                break
+            ws: aiohttp.ClientWebSocketResponse | None = None
+            try:
+                ws = await self._open()
+                assert self._login is not None
+                data = await self._log_in(ws, dict(self._login))
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                if ws is not None:
+                    await ws.close()
+                continue
+            except CallError as exc:
+                if ws is not None:
+                    await ws.close()
+                if exc.code == ErrorCode.SIGNALING_SEND_FAIL:
+                    last_error = exc.message
+                    continue
+                return f"login refused on reconnect: {exc.message} (code {exc.code})"
+            self._ws = ws
+            self.reconnects += 1
+            self._set_up(True)
+            log.info("signaling link back after %d attempt(s); resumed=%s", attempts,
+                     data.get("resumed"))
+            if self._on_resumed is not None:
+                try:
+                    self._on_resumed(data)
+                except Exception:
+                    log.exception("resume hook failed")
+            return None
+        return (f"could not reconnect within {self.resume_grace:g} s "
+                f"({attempts} attempts; last: {last_error})")
+
+    def _fail_pending(self, reason: str) -> None:
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(CallError(ErrorCode.SIGNALING_SEND_FAIL, reason))
 
     def _handle(self, message: p.Message) -> None:
         if isinstance(message, (p.Reply, p.ErrorReply)):
@@ -119,22 +335,28 @@ class SignalingClient:
                     log.exception("reply hook failed")
             future.set_result(message.data)
             return
+        if isinstance(message, (p.Kicked, p.SigExpired)):
+            self._final = True  # the service closes this session: do not come back
         try:
             self._on_push(message)
         except Exception:
             log.exception("handling %s failed", type(message).__name__)
 
     async def close(self) -> None:
-        """Close the socket and wait for the reader; idempotent."""
+        """Close the socket, stop reconnecting and wait for the reader; idempotent."""
         self._closing = True
+        self._changed.set()
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
-            try:
+            if not self._reader.done():
+                self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-            except asyncio.CancelledError:
-                pass
             self._reader = None
+        self._gone = True
+        self._up = False
+        self._fail_pending("signaling closed")
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -138,21 +138,26 @@ class CallEngine(StreamsMixin):
     # ------------------------------------------------------------------ login
 
     async def init(self, sdk_app_id: int, user_id: str, user_sig: str) -> None:
-        """Log in to the signaling service; raises CallError(-1201) on failure."""
-        if not isinstance(user_id, str) or not user_id or not isinstance(user_sig, str) \
+        """Log in to the signaling service; raises CallError(-1201) on failure.
+
+        Calling it again (e.g. with a new sig after ``onUserSigExpired``) logs out first.
+        """
+        if not isinstance(user_id, str) or not isinstance(user_sig, str) \
                 or isinstance(sdk_app_id, bool) or not isinstance(sdk_app_id, int):
             raise CallError(ErrorCode.PARAM_INVALID, "init needs sdk_app_id: int, user_id: str, "
                                                      "user_sig: str")
+        if not p.valid_user_id(user_id):
+            raise CallError(ErrorCode.INIT_FAIL, f"invalid user id {user_id!r:.40}: letters, "
+                                                 f"digits, '-' and '_', 1 to 32 characters")
         if self._client is not None:
             await self._logout()
         self._destroyed = False
-        client = SignalingClient(self.url, self._on_push, self._on_link_closed)
-        await client.connect()
+        client = SignalingClient(self.url, self._on_push, self._on_link_closed,
+                                 on_resumed=self._on_link_resumed)
         try:
-            await client.request(p.Login, sdk_app_id=sdk_app_id, user_id=user_id,
-                                 user_sig=user_sig, multi_device=self._multi_device)
+            await client.connect(sdk_app_id=sdk_app_id, user_id=user_id, user_sig=user_sig,
+                                 multi_device=self._multi_device)
         except CallError as exc:
-            await client.close()
             raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
         self._client = client
         self.user_id = user_id
@@ -605,6 +610,7 @@ class CallEngine(StreamsMixin):
     # ------------------------------------------------------------------ link loss / teardown
 
     def _on_link_closed(self, reason: str) -> None:
+        """The link is lost for good (reconnecting failed): end the call, log out, -1401."""
         if self._destroyed or self._client is None:
             return
         had_call = self._call is not None
@@ -612,6 +618,20 @@ class CallEngine(StreamsMixin):
         self._drop_client()
         self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, f"signaling lost: {reason}"
                          + ("; the call ended" if had_call else ""))
+
+    def _on_link_resumed(self, data: dict[str, Any]) -> None:
+        """The link came back (login reply ``data``): keep the call if the service kept it,
+        else end it locally with onError -1401. Events held for us were handled already."""
+        ctx, snap = self._call, data.get("call")
+        if ctx is None:
+            return
+        if isinstance(snap, dict) and snap.get("callId") == ctx.call_id:
+            ctx.update(snap)
+            return
+        self._end_locally()
+        why = ("the call ended while signaling was down" if data.get("resumed") else
+               "signaling was down longer than the service keeps a session; the call ended")
+        self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, why)
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -621,7 +641,7 @@ class CallEngine(StreamsMixin):
     async def _logout(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            if self._call is not None:
+            if self._call is not None and client.connected:  # no 10 s wait on a dead link
                 try:
                     await client.request(p.Hangup, call_id=self._call.call_id)
                 except CallError:

@@ -11,7 +11,8 @@ about 3 s instead of up to 5 s). Levels (DESIGN section 4, :mod:`media.quality`)
   their RFC 3550 interarrival jitter (RTP units / 48 kHz -> ms); and our RTT to them (median
   of the RTT samples of the last 6 s, from RTCP: :func:`media.rtcstats.rtcp_log`). DOWN when
   no RTP packet (audio or video) arrived from them for 3 s (timestamps from aiortc's
-  ``getSynchronizationSources``) or their connection failed; UNKNOWN before media connects.
+  ``getSynchronizationSources``) or their connection failed (or was closed under us: aioice
+  closes it after about 30 s without consent responses); UNKNOWN before media connects.
 * The local user, from what peers receive from us: each peer's RTCP receiver reports carry
   the extended highest sequence number and the cumulative loss of our audio stream, so the
   same windowed loss is computed from them (rather than from one report's ``fraction_lost``,
@@ -241,7 +242,9 @@ class QualityMonitor:
 async def collect(session: Any, now: float) -> PeerSample:
     """Read one :class:`~media.peer.PeerSession`'s audio stats and RTCP log (monitor clock
     ``now``)."""
-    if session.failed:
+    if session.failed or session.pc.connectionState in ("failed", "closed"):
+        # "closed" under a live session: aioice's consent checks gave up (about 30 s of
+        # silence), and media will not come back on this connection
         return PeerSample(connected=False, failed=True)
     if not session.connected.is_set():
         return PeerSample(connected=False)

@@ -234,6 +234,10 @@ class CallRegistry:
         call_id = self._room_call.get(room_id)
         return None if call_id is None else self.calls[call_id]
 
+    def is_idle(self) -> bool:
+        """True when no call, member, room or live timer is left."""
+        return not (self.calls or self._user_call or self._room_call) and self.get_timer() is None
+
     def get_timer(self) -> float | None:
         """The earliest ringing deadline, or None when nobody rings."""
         while self._timers and not self._timer_live(self._timers[0]):

@@ -367,6 +367,18 @@ def frame_size(text: str | bytes) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def peek_id(text: str | bytes) -> int | None:
+    """The request ``id`` of a small frame, or None (for errors about unparsed frames)."""
+    if len(text) > 4096:
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    raw = obj.get("id") if isinstance(obj, dict) else None
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+
+
 def decode(text: str | bytes, registry: dict[str, type[Message]] | None = None,
            max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Parse and validate one text frame; raises ProtocolError (never anything else)."""

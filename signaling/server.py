@@ -20,14 +20,15 @@ re-attaches to it. When the grace runs out the user leaves (ringing: no response
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp.http_websocket import WebSocketError
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import protocol as p
 from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
@@ -63,7 +64,9 @@ class ServerConfig:
     max_connections: int = 10_000
     #: how long a user whose socket dropped without a clean close keeps its call membership,
     #: counted from the last frame or pong received from it (a TCP close counts as a sign of
-    #: life). Silent-client detection plus this is <= heartbeat * 1.5 + ... <= 10 s by default
+    #: life, missed pongs do not). So a vanished client leaves its call at most this long after
+    #: it went silent (<= 10 s, as issue 3 requires), and a call survives a signaling outage of
+    #: up to this long (when the client reconnects within it)
     resume_grace: float = 9.0
     #: messages buffered for a held session; one more releases it (the user leaves its call)
     max_held_messages: int = 256
@@ -290,11 +293,12 @@ class SignalingServer:
                                            "binary frames are not supported")
                 elif msg.type is WSMsgType.PING:
                     session.last_seen = loop.time()
-                    await ws.pong(msg.data)
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
                 elif msg.type is WSMsgType.PONG:
                     session.last_seen = loop.time()
                 else:  # CLOSE (clean), CLOSING (we closed it), CLOSED / ERROR (dropped)
-                    abrupt = self._dropped(msg, session, loop.time())
+                    abrupt = self._dropped(msg, ws, session, loop.time())
                     break
         finally:
             login_timer.cancel()
@@ -303,18 +307,16 @@ class SignalingServer:
         return ws
 
     @staticmethod
-    def _dropped(msg: Any, session: Session, now: float) -> bool:
+    def _dropped(msg: Any, ws: web.WebSocketResponse, session: Session, now: float) -> bool:
         """Did the socket drop without a clean close? Updates ``last_seen`` for a TCP close."""
-        if msg.type is WSMsgType.CLOSED:  # EOF: the peer's TCP stack closed just now
+        if msg.type not in (WSMsgType.CLOSED, WSMsgType.ERROR):
+            return False
+        exc = msg.data if msg.type is WSMsgType.ERROR else ws.exception()
+        if isinstance(exc, WebSocketError):  # a protocol violation, e.g. a huge frame
+            return False
+        if not isinstance(exc, asyncio.TimeoutError):  # EOF / reset: the peer was there now
             session.last_seen = now
-            return True
-        if msg.type is WSMsgType.ERROR:
-            if isinstance(msg.data, WebSocketError):  # protocol violation, e.g. a huge frame
-                return False
-            if not isinstance(msg.data, asyncio.TimeoutError):  # reset, not missed pongs
-                session.last_seen = now
-            return True
-        return False
+        return True
 
     def _login_timeout(self, session: Session) -> None:
         if session.user_id is None and not session.ws.closed:
@@ -337,7 +339,7 @@ class SignalingServer:
         self.stats.messages += 1
         if not self._allow(session):
             self.stats.rate_limited += 1
-            await self._send_error(session, None, ErrorCode.RATE_LIMITED,
+            await self._send_error(session, p.peek_id(text), ErrorCode.RATE_LIMITED,
                                    f"too many messages (more than {self.config.rate_per_s:g}/s)")
             return
         try:
@@ -388,8 +390,8 @@ class SignalingServer:
     def _targets(self, user: str, call_id: str) -> list[Session]:
         """Where ``user``'s messages about ``call_id`` go: its owning device, else every one."""
         owner = self._owner.get(user)
-        if owner is not None and owner[0] == call_id and not owner[1].released:
-            return [owner[1]]
+        if owner is not None and owner[0] == call_id:
+            return [] if owner[1].released else [owner[1]]
         return self._devices(user)
 
     async def _send(self, session: Session, message: p.Message) -> None:
@@ -551,9 +553,10 @@ class SignalingServer:
         """Would releasing this session take its user out of a call?"""
         user = session.user_id or ""
         owner = self._owner.get(user)
-        if owner is not None:
+        call = self.registry.call_of(user)
+        if owner is not None and call is not None and owner[0] == call.call_id:
             return owner[1] is session
-        return self.registry.call_of(user) is not None and not any(
+        return call is not None and not any(
             s is not session for s in self._devices(user))
 
     async def _release(self, session: Session) -> None:
@@ -566,19 +569,21 @@ class SignalingServer:
             return
         call = self.registry.call_of(user)
         owner = self._owner.get(user)
-        if owner is not None and owner[1].released:
-            del self._owner[user]
-            owner = None
-        present = (owner is not None and call is not None and owner[0] == call.call_id) or (
-            owner is None and bool(self._devices(user)))
+        if call is not None and owner is not None and owner[0] == call.call_id:
+            present = not owner[1].released  # only the owning device counts
+        else:
+            present = bool(self._devices(user))  # ringing: any device of the user
         if call is not None and not present:
-            try:
+            try:  # the released owner stays in _owner until delivered: its events go nowhere
                 notifies = self.registry.disconnect(asyncio.get_running_loop().time(), user)
                 await self._deliver(notifies, also=[user])
             except Exception:
                 self.stats.internal_errors += 1
                 log.exception("disconnect of %s failed", user)
             self._wake.set()
+        owner = self._owner.get(user)
+        if owner is not None and owner[1].released:
+            del self._owner[user]
         if not self._devices(user):
             self._profiles.pop(user, None)
             self._owner.pop(user, None)
@@ -694,5 +699,6 @@ class SignalingServer:
 
     def idle(self) -> bool:
         """True when no call, session, owner or profile is left (after every socket closed)."""
-        return not (self.registry.calls or self._online or self._held or self._sessions
-                    or self._owner or self._profiles or self.registry.call_of_any())
+        return self.registry.is_idle() and not (
+            self._online or self._held or self._sessions or self._owner or self._profiles
+            or self._sockets)

@@ -26,6 +26,7 @@ SAMPLES: list[p.Message] = [
     p.Event(event="onCallBegin", call_id="c", payload={"roomID": 1}, call={"callId": "c"}),
     p.Relayed(call_id="c", from_user="alice", kind="answer", data={"sdp": "v=0"}),
     p.Kicked(), p.SigExpired(),
+    p.Login(id=14, sdk_app_id=1400000001, user_id="alice", user_sig="sig", resume="tok"),
 ]
 
 

@@ -158,11 +158,14 @@ async def test_level_follows_changes_and_cut_off(make_engine) -> None:
 
     t = time.monotonic()
     s.set_network_conditions(NetworkConditions(loss=1.0))
+    shaper = s._shaper  # the engine's NetworkShaper: nothing may leave during the cut
+    sent, dropped = shaper.sent, shaper.dropped
     timings["cut: DOWN at receiver"] = await wait_level(rr, sid, lambda q: q == Q.DOWN, t, 5.0)
     timings["cut: own DOWN"] = await wait_level(rs, sid, lambda q: q == Q.DOWN, t, 8.0)
     # the receiver itself is fine: missing reports from the sender are no evidence against it
     assert all(quality_of(p, call.r_id) != Q.DOWN for _, p in reports(rr, t))
     await asyncio.sleep(max(0.0, t + 7.0 - time.monotonic()))
+    assert shaper.sent == sent and shaper.dropped > dropped + 300  # RTP, RTCP, STUN: all
 
     t = time.monotonic()
     s.set_network_conditions(NetworkConditions())

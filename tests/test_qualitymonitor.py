@@ -227,17 +227,30 @@ async def test_step_survives_broken_sessions(caplog) -> None:
         def failed(self) -> bool:
             raise RuntimeError("boom")
 
+    class Pc:
+        connectionState = "connecting"
+
     class Waiting:
         failed = False
         connected = asyncio.Event()
+        pc = Pc()
+
+    class Closed:  # aioice gave up on the connection (consent): "closed", never "failed"
+        failed = False
+        connected = asyncio.Event()
+        pc = Pc()
+
+    Closed.connected.set()
+    Closed.pc = type("ClosedPc", (), {"connectionState": "closed"})()
 
     mon = QualityMonitor()
     mon.start(0.0)
     with caplog.at_level(logging.ERROR, logger="media.qualitymonitor"):
-        out = await mon.step(["bob", "carol", "dave"], {"bob": Broken(), "carol": Waiting()},
-                             2.0)
-    assert out == (UNKNOWN, {"bob": UNKNOWN, "carol": UNKNOWN, "dave": UNKNOWN})
+        out = await mon.step(["bob", "carol", "dave", "erin"],
+                             {"bob": Broken(), "carol": Waiting(), "erin": Closed()}, 2.0)
+    assert out == (UNKNOWN, {"bob": UNKNOWN, "carol": UNKNOWN, "dave": UNKNOWN, "erin": DOWN})
     assert "reading stats of bob failed" in caplog.text
+    assert "carol" not in caplog.text and "erin" not in caplog.text
 
 
 def test_rejects_bad_intervals() -> None:
