@@ -3,24 +3,35 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian packages the tests start: tool -> package (PortAudio is a library, checked apart)
+DEB_TOOLS := chromium:chromium turnserver:coturn iptables:iptables redis-server:redis-server \
+             ip:iproute2 openssl:openssl
+PG_BIN = $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint deb clean
+
+# Install the Debian packages the suite needs (Linux with apt-get only; elsewhere say what is missing)
+deb:
+	@missing=""; for pair in $(DEB_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$pkg"; done; \
+	  ldconfig -p 2>/dev/null | grep -q libportaudio || missing="$$missing libportaudio2"; \
+	  [ -n "$(PG_BIN)" ] || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then \
+	    if command -v apt-get >/dev/null; then echo "apt-get install$$missing"; \
+	      $(SUDO) sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null"; \
+	    else echo "install these packages for the full test suite:$$missing" >&2; fi; fi
 
 $(STAMP): pyproject.toml
-	@# PortAudio for sounddevice (microphone / speaker); the device tests use it
-	@if [ "$$(uname)" = Linux ] && ! ldconfig -p | grep -q libportaudio; then \
-	  if command -v apt-get >/dev/null; then \
-	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) sh -c 'apt-get update -qq && apt-get install -y -qq libportaudio2'; \
-	  else echo "install PortAudio (libportaudio2) for the device tests" >&2; fi; fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,devices]' ruff
+	$(BIN)/python -m pip install -q -e '.[test,devices,postgres,redis,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/callkit demo
 
-test: $(STAMP)
+test: deb $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
@@ -30,7 +41,7 @@ bench: $(STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check callkit signaling media tests samples bench
+	$(BIN)/ruff check callkit tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -43,7 +43,7 @@ def main() -> None:
     """Print the per-frame cost for mono and stereo frames."""
     # runnable as `python bench/bench_audio_level.py` from the repo root, uninstalled
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from media.volume import audio_level_dbov
+    from callkit.media.volume import audio_level_dbov
     print(f"RFC 6464 level of one 20 ms {RATE} Hz s16 frame ({SAMPLES} samples per channel)")
     print(f"{'layout':<8}{'aiortc µs':>12}{'ours(frame) µs':>16}{'ours(ndarray) µs':>18}"
           f"{'speed-up':>10}   levels aiortc/ours")

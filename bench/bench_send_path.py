@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from media.sources import ToneSource
-from media.tracks import LocalAudio
-from media.volume import (
+from callkit.media.sources import ToneSource
+from callkit.media.tracks import LocalAudio
+from callkit.media.volume import (
     aiortc_compute_audio_level_dbov,
     audio_level_dbov,
     compute_audio_level_dbov,

@@ -13,7 +13,7 @@ DEFAULT_SDK_APP_ID = 1400000001
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from signaling import SignalingServer
+    from callkit.signaling import SignalingServer
 
     async def run() -> None:
         server = SignalingServer(args.sdk_app_id, args.secret_key)
@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _usersig(args: argparse.Namespace) -> int:
-    from signaling.usersig import gen_user_sig
+    from callkit.signaling.usersig import gen_user_sig
 
     print(gen_user_sig(args.sdk_app_id, args.secret_key, args.user_id, args.expire))
     return 0
@@ -46,7 +46,7 @@ def _sample(name: str):  # type: ignore[no-untyped-def]
     """The runnable sample ``samples/<name>.py`` (installed with callkit)."""
     import importlib
 
-    return importlib.import_module(f"samples.{name}")
+    return importlib.import_module(f"callkit.samples.{name}")
 
 
 def _phone(args: argparse.Namespace) -> int:

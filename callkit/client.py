@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from signaling import protocol as p
-from signaling.codes import ErrorCode
+from callkit.signaling import protocol as p
+from callkit.signaling.codes import ErrorCode
 
 from .errors import CallError
 

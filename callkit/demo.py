@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from media import TestPatternSource, ToneSource
-from signaling import SignalingServer
-from signaling.usersig import gen_user_sig
+from callkit.media import TestPatternSource, ToneSource
+from callkit.signaling import SignalingServer
+from callkit.signaling.usersig import gen_user_sig
 
 from .engine import CallEngine
 from .enums import CallMediaType

@@ -10,13 +10,13 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from media.netsim import NetworkConditions, NetworkShaper
-from media.peer import PeerSession
-from media.qualitymonitor import QualityMonitor
-from media.sources import AudioSource, VideoSource
-from media.tracks import LocalAudio, LocalVideo
-from signaling import protocol as p
-from signaling.codes import CallMediaType, CallRole, ErrorCode
+from callkit.media.netsim import NetworkConditions, NetworkShaper
+from callkit.media.peer import PeerSession
+from callkit.media.qualitymonitor import QualityMonitor
+from callkit.media.sources import AudioSource, VideoSource
+from callkit.media.tracks import LocalAudio, LocalVideo
+from callkit.signaling import protocol as p
+from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
 
 from .client import SignalingClient
 from .errors import CallError
@@ -439,7 +439,7 @@ class CallEngine(StreamsMixin):
 
     def _ensure_local_video(self) -> LocalVideo:
         if self._local_video is None:
-            from media.sources import TestPatternSource
+            from callkit.media.sources import TestPatternSource
             self._local_video = LocalVideo(self._video_source or TestPatternSource())
         return self._local_video
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from signaling.codes import CallEndReason, CallMediaType, CallRole
+from callkit.signaling.codes import CallEndReason, CallMediaType, CallRole
 
 
 class NetworkQuality(IntEnum):

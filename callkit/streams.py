@@ -12,9 +12,9 @@ A stream can be opened before the user joins (e.g. in ``onCallReceived``); it en
 kicked off, its UserSig expires or it is destroyed; or when you call ``aclose()`` (also via
 ``async with``). Lower level, :meth:`StreamsMixin.add_audio_tap` calls a function with every
 decoded frame of a user, on the event loop, which is how sinks such as
-``media.SpeakerSink`` and ``media.RecorderSink`` are attached.
+``callkit.media.SpeakerSink`` and ``callkit.media.RecorderSink`` are attached.
 
-The other direction (numpy into a call) is ``media.PushAudioSource``.
+The other direction (numpy into a call) is ``callkit.media.PushAudioSource``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 import av
 import numpy as np
 
-from media.convert import PcmConverter
+from callkit.media.convert import PcmConverter
 
 __all__ = ["AudioStream", "StreamsMixin", "VideoStream"]
 

@@ -11,8 +11,8 @@ import pytest
 
 from callkit import CallEngine
 from callkit.recorder import EventRecorder
-from signaling import ServerConfig, SignalingServer
-from signaling.usersig import gen_user_sig
+from callkit.signaling import ServerConfig, SignalingServer
+from callkit.signaling.usersig import gen_user_sig
 
 SDK_APP_ID = 1400000001
 SECRET = "callkit-test-secret-0123456789abcdef"

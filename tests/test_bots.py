@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from callkit import CallMediaType
-from media import PushAudioSource, TestPatternSource, ToneSource
-from media.volume import rms_dbfs
-from samples.echo_bot import EchoBot
-from samples.record_bot import RecordBot
+from callkit.media import PushAudioSource, TestPatternSource, ToneSource
+from callkit.media.volume import rms_dbfs
+from callkit.samples.echo_bot import EchoBot
+from callkit.samples.record_bot import RecordBot
 
 pytestmark = pytest.mark.loopback
 

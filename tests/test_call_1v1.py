@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from callkit import CallError, CallMediaType, CallParams
-from media import TestPatternSource, ToneSource
+from callkit.media import TestPatternSource, ToneSource
 
 from .helpers import assert_payload_keys, connect, quiet, recent_volume, ring
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from signaling.callstate import (
+from callkit.signaling.callstate import (
     Call,
     CallRegistry,
     CallStateError,
@@ -17,7 +17,7 @@ from signaling.callstate import (
     MemberState,
     Notify,
 )
-from signaling.codes import CallMediaType, CallRole, ErrorCode
+from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
 
 AUDIO, VIDEO = CallMediaType.AUDIO, CallMediaType.VIDEO
 INVALID = ErrorCode.PARAM_INVALID

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from signaling.callstate import CallRegistry, CallStateError, MemberState, Notify
-from signaling.codes import CallMediaType
+from callkit.signaling.callstate import CallRegistry, CallStateError, MemberState, Notify
+from callkit.signaling.codes import CallMediaType
 
 USERS = ["A", "B", "C", "D", "E"]
 users = st.sampled_from(USERS)

@@ -10,7 +10,7 @@ import pytest
 
 from callkit.cli import main
 from callkit.demo import run_demo
-from signaling.usersig import verify_user_sig
+from callkit.signaling.usersig import verify_user_sig
 
 
 @pytest.mark.loopback
@@ -49,7 +49,7 @@ async def test_serve_command_runs_a_standalone_service() -> None:
 
     import aiohttp
 
-    from signaling.usersig import gen_user_sig
+    from callkit.signaling.usersig import gen_user_sig
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callkit.cli", "serve", "--port", "0", "--secret-key", "k",

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from callkit import CallError
-from media import CameraSource, DeviceError, ToneSource, list_cameras
-from media.convert import PcmConverter, SampleFifo
-from media.volume import rms_dbfs
+from callkit.media import CameraSource, DeviceError, ToneSource, list_cameras
+from callkit.media.convert import PcmConverter, SampleFifo
+from callkit.media.volume import rms_dbfs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +45,11 @@ NO_PORTAUDIO = """
 def test_no_portaudio_microphone_raises_1101_and_everything_else_runs() -> None:
     out = run_python(NO_PORTAUDIO + """
     import asyncio, json, types
-    import media, callkit                 # importing never fails for want of PortAudio
+    import callkit.media as media, callkit  # importing never fails for want of PortAudio
     from callkit import CallEngine, CallError, CallMediaType
     from callkit.recorder import EventRecorder
-    from signaling import SignalingServer, gen_user_sig
-    from samples.softphone import open_audio
+    from callkit.signaling import SignalingServer, gen_user_sig
+    from callkit.samples.softphone import open_audio
 
     result = {}
     for name, make in (("mic", media.MicrophoneSource), ("speaker", media.SpeakerSink),
@@ -147,8 +147,8 @@ def test_microphone_and_speaker_through_real_portaudio(tmp_path: Path) -> None:
     import json, time
     import numpy as np
     from callkit import CallError
-    from media import MicrophoneSource, SpeakerSink, list_audio_devices
-    from media.volume import rms_dbfs
+    from callkit.media import MicrophoneSource, SpeakerSink, list_audio_devices
+    from callkit.media.volume import rms_dbfs
 
     devices = [[d.name, d.max_input_channels > 0, d.is_default_input]
                for d in list_audio_devices()]

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from callkit import CallError, CallMediaType, CallParams, CallState
-from media import NetworkConditions
+from callkit.media import NetworkConditions
 
 from .helpers import connect, quiet, ring
 
@@ -96,7 +96,7 @@ async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
     eve, re_ = await make_engine("eve")
     await ring(alice, rb, "bob")
     call_id = alice.call_id
-    from signaling import protocol as p
+    from callkit.signaling import protocol as p
     for message in (p.Reject, p.Hangup, p.Accept, p.Ignore):
         with pytest.raises(CallError) as err:
             await eve._client.request(message, call_id=call_id)   # a forged request

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from media import (
+from callkit.media import (
     FileAudioSource,
     FileSource,
     FileVideoSource,
@@ -20,7 +20,7 @@ from media import (
     TestPatternSource,
     ToneSource,
 )
-from media.volume import rms_dbfs
+from callkit.media.volume import rms_dbfs
 
 
 def write_audio(path: Path, seconds: float, *, rate: int = 44100, codec: str = "libopus",

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signaling import ServerConfig, SignalingServer
-from signaling import protocol as p
+from callkit.signaling import ServerConfig, SignalingServer
+from callkit.signaling import protocol as p
 
 from .conftest import SDK_APP_ID, SECRET, sig
 from .test_server import RawClient, login
@@ -507,7 +507,7 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         assert server.idle(), (server.online_users(), server.held_users(),
                                list(server.registry.calls))
         assert server.stats.internal_errors == 0
-        signaling_errors = [r for r in error_log.records if r.name.startswith("signaling")]
+        signaling_errors = [r for r in error_log.records if r.name.startswith("callkit.signaling")]
         assert not signaling_errors, [r.getMessage() for r in signaling_errors]
         assert server.stats.messages >= 10_000
         await normal_call_works(url)
@@ -522,4 +522,4 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         for lane in lanes:
             await lane.close(abrupt=False)
         await server.stop()
-    logging.getLogger("signaling").debug("fuzz done")
+    logging.getLogger("callkit.signaling").debug("fuzz done")

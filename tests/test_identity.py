@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 
 from callkit import CallEngine, CallError, CallMediaType
+from callkit.media import ToneSource
 from callkit.recorder import EventRecorder
-from media import ToneSource
-from signaling import SignalingServer
-from signaling import protocol as p
+from callkit.signaling import SignalingServer
+from callkit.signaling import protocol as p
 
 from .conftest import LOOPBACK, SDK_APP_ID, sig
 from .test_server import RawClient, login

@@ -8,9 +8,9 @@ import os
 import pytest
 
 from callkit import CallEngine, CallError, CallMediaType
+from callkit.media import TestPatternSource, ToneSource
 from callkit.recorder import EventRecorder
-from media import TestPatternSource, ToneSource
-from signaling import SignalingServer
+from callkit.signaling import SignalingServer
 
 from .conftest import LOOPBACK, SDK_APP_ID, sig
 

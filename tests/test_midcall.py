@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from callkit import CallError, CallMediaType
-from media import TestPatternSource, ToneSource
+from callkit.media import TestPatternSource, ToneSource
 
 from .helpers import connect, recent_volume
 

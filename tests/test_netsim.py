@@ -13,9 +13,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import AudioStreamTrack
 
-from media import icehooks
-from media.netsim import MAX_QUEUE_DELAY, NetworkConditions, NetworkShaper
-from media.rtcstats import snapshot_from_report
+from callkit.media import icehooks
+from callkit.media.netsim import MAX_QUEUE_DELAY, NetworkConditions, NetworkShaper
+from callkit.media.rtcstats import snapshot_from_report
 
 ADDR = ("127.0.0.1", 9)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling import protocol as p
+from callkit.signaling import protocol as p
 
 SAMPLES: list[p.Message] = [
     p.Login(id=1, sdk_app_id=1400000001, user_id="alice", user_sig="sig", multi_device=True),

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from media.quality import (
+from callkit.media.quality import (
     BAD,
     DOWN,
     EXCELLENT,
@@ -204,7 +204,7 @@ def test_three_percent_loss_reads_within_one_level_of_good(seed: int) -> None:
     (3.0, 100, 100, 100, 100, False),
 ])
 def test_loss_window_z_test_table(z, n1, n2, l1, l2, differs) -> None:
-    from media.quality import _differs
+    from callkit.media.quality import _differs
 
     assert _differs(l1, n1, l2, n2, z) is differs
 

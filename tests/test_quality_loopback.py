@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from callkit import CallMediaType, NetworkQuality
+from callkit.media import NetworkConditions, ToneSource
 from callkit.recorder import EventRecorder
-from media import NetworkConditions, ToneSource
 
 pytestmark = pytest.mark.loopback
 

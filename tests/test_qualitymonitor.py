@@ -11,9 +11,9 @@ import logging
 
 import pytest
 
-from media.quality import BAD, DOWN, EXCELLENT, GOOD, POOR, UNKNOWN, VERY_BAD
-from media.qualitymonitor import PeerSample, QualityMonitor
-from media.rtcstats import ReportBlock
+from callkit.media.quality import BAD, DOWN, EXCELLENT, GOOD, POOR, UNKNOWN, VERY_BAD
+from callkit.media.qualitymonitor import PeerSample, QualityMonitor
+from callkit.media.rtcstats import ReportBlock
 
 S1, S2 = object(), object()  # stand-ins for PeerSessions (only identity matters)
 
@@ -245,7 +245,7 @@ async def test_step_survives_broken_sessions(caplog) -> None:
 
     mon = QualityMonitor()
     mon.start(0.0)
-    with caplog.at_level(logging.ERROR, logger="media.qualitymonitor"):
+    with caplog.at_level(logging.ERROR, logger="callkit.media.qualitymonitor"):
         out = await mon.step(["bob", "carol", "dave", "erin"],
                              {"bob": Broken(), "carol": Waiting(), "erin": Closed()}, 2.0)
     assert out == (UNKNOWN, {"bob": UNKNOWN, "carol": UNKNOWN, "dave": UNKNOWN, "erin": DOWN})

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from callkit import CallEngine, CallError, CallMediaType
+from callkit.media import ToneSource
 from callkit.recorder import EventRecorder
-from media import ToneSource
-from signaling import ServerConfig, SignalingServer
+from callkit.signaling import ServerConfig, SignalingServer
 
 from .conftest import LOOPBACK, SDK_APP_ID, SECRET, sig
 from .test_server import RawClient

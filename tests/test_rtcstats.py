@@ -18,8 +18,8 @@ from aiortc.stats import (
     RTCTransportStats,
 )
 
-from media import icehooks
-from media.rtcstats import (
+from callkit.media import icehooks
+from callkit.media.rtcstats import (
     InboundSnapshot,
     OutboundSnapshot,
     RtcpLog,
@@ -277,7 +277,7 @@ async def test_rtcp_log_on_a_real_delayed_link() -> None:
     """200 ms each way: RTT samples ~400 ms from nearly every report, unlike aiortc's."""
     from aiortc import RTCRtpSender  # noqa: F401  (the hooks patch its class)
 
-    from media.netsim import NetworkConditions, NetworkShaper
+    from callkit.media.netsim import NetworkConditions, NetworkShaper
 
     cond = NetworkConditions(delay_ms=200)
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]

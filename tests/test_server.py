@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from signaling import SignalingServer
-from signaling.usersig import gen_user_sig
+from callkit.signaling import SignalingServer
+from callkit.signaling.usersig import gen_user_sig
 
 from .conftest import SDK_APP_ID, SECRET, sig
 
@@ -143,7 +143,7 @@ async def test_garbage_gets_error_replies_and_calls_still_work(server: Signaling
     assert (await alice.request("hangup", callId=call_id))["type"] == "ok"
     await bob.event("onCallEnd")
     assert server.stats.internal_errors == 0
-    assert not [r for r in error_log.records if r.name.startswith("signaling")]
+    assert not [r for r in error_log.records if r.name.startswith("callkit.signaling")]
     await alice.close()
     await bob.close()
 

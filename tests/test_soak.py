@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from signaling import ServerConfig, SignalingServer
+from callkit.signaling import ServerConfig, SignalingServer
 
 from .conftest import SDK_APP_ID, SECRET, sig
 
@@ -196,5 +196,5 @@ async def test_soak_500_clients_place_and_end_calls(error_log: Any) -> None:
         idle = server.idle()
         await server.stop()
     assert idle
-    assert not [r for r in error_log.records if r.name.startswith("signaling")]
-    logging.getLogger("signaling").debug("soak done")
+    assert not [r for r in error_log.records if r.name.startswith("callkit.signaling")]
+    logging.getLogger("callkit.signaling").debug("soak done")

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from media.sources import SilenceSource, TestPatternSource, ToneSource
-from media.volume import rms_dbfs
+from callkit.media.sources import SilenceSource, TestPatternSource, ToneSource
+from callkit.media.volume import rms_dbfs
 
 
 @pytest.mark.parametrize("level", [-60.0, -40.0, -20.0, -10.0, -6.0])

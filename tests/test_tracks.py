@@ -14,9 +14,15 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.sources import AudioSource, SilenceSource, TestPatternSource, ToneSource, VideoSource
-from media.tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
-from media.volume import rms_dbfs
+from callkit.media.sources import (
+    AudioSource,
+    SilenceSource,
+    TestPatternSource,
+    ToneSource,
+    VideoSource,
+)
+from callkit.media.tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
+from callkit.media.volume import rms_dbfs
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling.usersig import UserSigError, UserSigInfo, gen_user_sig, verify_user_sig
+from callkit.signaling.usersig import UserSigError, UserSigInfo, gen_user_sig, verify_user_sig
 
 APP = 1400000000
 KEY = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e"

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from media.tracks import LocalAudio
-from media.volume import (
+from callkit.media.tracks import LocalAudio
+from callkit.media.volume import (
     FrameLevel,
     LevelMeter,
     audio_level_dbov,
@@ -20,8 +20,8 @@ from media.volume import (
     sum_squares,
     volume_from_dbfs,
 )
-from media.volume import aiortc_compute_audio_level_dbov as compute_audio_level_dbov
-from media.volume import compute_audio_level_dbov as our_compute_audio_level_dbov
+from callkit.media.volume import aiortc_compute_audio_level_dbov as compute_audio_level_dbov
+from callkit.media.volume import compute_audio_level_dbov as our_compute_audio_level_dbov
 
 
 def sine(level_dbfs: float, n: int = 48000, freq: float = 440.0, rate: int = 48000) -> np.ndarray:
@@ -195,7 +195,7 @@ def test_sum_squares_feeds_meter_and_level_in_one_pass() -> None:
 
 
 async def test_local_audio_frames_carry_their_level() -> None:
-    from media import ToneSource
+    from callkit.media import ToneSource
 
     tone = ToneSource(440, level_dbfs=-20)
     local = LocalAudio(tone)  # stereo frames by default

@@ -19,7 +19,7 @@ import pytest
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from callkit import CallMediaType
-from media import ToneSource
+from callkit.media import ToneSource
 
 pytestmark = pytest.mark.loopback
 

@@ -34,7 +34,7 @@ from aioice.ice import Connection, StunProtocol
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
-    from media.netsim import NetworkShaper
+    from callkit.media.netsim import NetworkShaper
 
 __all__ = ["attach", "connections", "install", "selected_pairs"]
 

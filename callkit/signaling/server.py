@@ -1,7 +1,7 @@
 """The aiohttp signaling service: a thin adapter around the pure CallRegistry.
 
 Only the WebSocket handler reads from a socket; any task may send. Every operation is a
-synchronous call into :class:`~signaling.callstate.CallRegistry` with ``now`` from the loop's
+synchronous call into :class:`~callkit.signaling.callstate.CallRegistry` with ``now`` from the loop's
 monotonic clock; the notifications it returns are delivered in order to the users' sessions.
 
 Sessions and devices. A :class:`Session` is one logged-in socket (one device). A user has
@@ -36,7 +36,7 @@ from .codes import CallEndReason, ErrorCode
 from .protocol import USER_ID_RE, valid_user_id
 from .usersig import UserSigError, verify_user_sig
 
-log = logging.getLogger("signaling.server")
+log = logging.getLogger("callkit.signaling.server")
 
 __all__ = ["USER_ID_RE", "ServerConfig", "Session", "SignalingServer", "Stats", "valid_user_id"]
 

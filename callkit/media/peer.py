@@ -25,7 +25,7 @@ from . import icehooks
 from .netsim import NetworkShaper
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 
-log = logging.getLogger("media.peer")
+log = logging.getLogger("callkit.media.peer")
 
 #: a peer connection that is not "connected" this long after the offer/answer is "failed"
 CONNECT_TIMEOUT = 10.0

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 if not __package__:  # run as a file: make `samples` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from callkit import CallEngine
-from media import FileSource, TestPatternSource, ToneSource
-from samples.common import AutoAnswer, add_login_args, login, run, run_until_stopped
+from callkit.media import FileSource, TestPatternSource, ToneSource
+from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_until_stopped
 
 
 class ToneBot:

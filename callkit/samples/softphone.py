@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 if not __package__:  # run as a file: make `samples` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from callkit import CallEngine, CallError, CallMediaType, NetworkQuality
-from media import (
+from callkit.media import (
     AudioSource,
     CameraSource,
     MicrophoneSource,
@@ -48,7 +48,7 @@ from media import (
     list_audio_devices,
     list_cameras,
 )
-from samples.common import add_login_args, login, run
+from callkit.samples.common import add_login_args, login, run
 
 HELP = __doc__[__doc__.index("Commands"):__doc__.index("It uses")].rstrip()
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callkit import CallEngine, CallError
-from signaling import gen_user_sig
+from callkit.signaling import gen_user_sig
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"   # where `callkit serve` listens by default
 DEFAULT_SDK_APP_ID = 1400000001
