@@ -65,8 +65,11 @@ class _OldLocalAudio(LocalAudio):
         else:
             self._meter.add(samples)
             self.last_level_dbov = audio_level_dbov(samples)
-        data = samples.reshape(1, n) if self.channels == 1 else \
-            np.repeat(samples, self.channels).reshape(1, n * self.channels)
+        data = (
+            samples.reshape(1, n)
+            if self.channels == 1
+            else np.repeat(samples, self.channels).reshape(1, n * self.channels)
+        )
         pts, rate, tb, layout = self._pts, self.sample_rate, self._time_base, self._layout
 
         def make(_: int) -> av.AudioFrame:
@@ -108,17 +111,22 @@ def main() -> None:
 
     # Opus encode: the same work before and after; measured once over a pool of real frames
     pool = [new_tick() for _ in range(500)]
-    encode_us = min(timeit.repeat(lambda: [encoder.encode(f) for f in pool], number=1,
-                                  repeat=5)) / len(pool) * 1e6
+    encode_us = (
+        min(timeit.repeat(lambda: [encoder.encode(f) for f in pool], number=1, repeat=5))
+        / len(pool)
+        * 1e6
+    )
 
     rows = {
-        "LocalAudio tick (meter + level + frame)": (per_call_us(old_tick),
-                                                    per_call_us(new_tick)),
+        "LocalAudio tick (meter + level + frame)": (per_call_us(old_tick), per_call_us(new_tick)),
         "RTP header level, per peer (event loop)": (
             per_call_us(lambda: aiortc_compute_audio_level_dbov(old_frame)),
-            per_call_us(lambda: compute_audio_level_dbov(new_frame))),
+            per_call_us(lambda: compute_audio_level_dbov(new_frame)),
+        ),
         "  (ours without an attached level)": (
-            float("nan"), per_call_us(lambda: compute_audio_level_dbov(old_frame))),
+            float("nan"),
+            per_call_us(lambda: compute_audio_level_dbov(old_frame)),
+        ),
         "Opus encode, per peer (worker thread)": (encode_us, encode_us),
     }
     tick_b, tick_a = rows["LocalAudio tick (meter + level + frame)"]
@@ -129,22 +137,30 @@ def main() -> None:
     loop_b = tick_b + peers * lvl_b
     loop_a = tick_a + peers * lvl_a
 
-    print(f"Sending one 20 ms 48 kHz stereo s16 frame ({N} samples/channel) to {peers} "
-          f"peer connection(s)")
+    print(
+        f"Sending one 20 ms 48 kHz stereo s16 frame ({N} samples/channel) to {peers} "
+        f"peer connection(s)"
+    )
     print(f"{'step':<42}{'before µs':>11}{'after µs':>11}{'ratio':>8}")
     for name, (b, a) in rows.items():
         ratio = f"{b / a:7.1f}x" if b == b and b != a else ""
         b_txt = f"{b:11.1f}" if b == b else f"{'-':>11}"
         print(f"{name:<42}{b_txt}{a:11.1f}{ratio}")
-    print(f"{'whole send path per frame':<42}{total_b:11.1f}{total_a:11.1f}"
-          f"{total_b / total_a:7.2f}x")
-    print(f"{'  of which on the event loop':<42}{loop_b:11.1f}{loop_a:11.1f}"
-          f"{loop_b / loop_a:7.1f}x")
-    print(f"event-loop time per second of audio (50 frames): before {loop_b * 50 / 1000:.1f} "
-          f"ms, after {loop_a * 50 / 1000:.1f} ms")
-    print(f"header level of this -20 dBFS stereo frame: aiortc "
-          f"{-aiortc_compute_audio_level_dbov(old_frame)} dBov (3 dB off), ours "
-          f"{-compute_audio_level_dbov(new_frame)} dBov")
+    print(
+        f"{'whole send path per frame':<42}{total_b:11.1f}{total_a:11.1f}{total_b / total_a:7.2f}x"
+    )
+    print(
+        f"{'  of which on the event loop':<42}{loop_b:11.1f}{loop_a:11.1f}{loop_b / loop_a:7.1f}x"
+    )
+    print(
+        f"event-loop time per second of audio (50 frames): before {loop_b * 50 / 1000:.1f} "
+        f"ms, after {loop_a * 50 / 1000:.1f} ms"
+    )
+    print(
+        f"header level of this -20 dBFS stereo frame: aiortc "
+        f"{-aiortc_compute_audio_level_dbov(old_frame)} dBov (3 dB off), ours "
+        f"{-compute_audio_level_dbov(new_frame)} dBov"
+    )
 
 
 if __name__ == "__main__":

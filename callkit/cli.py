@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
-    serve.add_argument("--secret-key", default=None,
-                       help="UserSig secret (default: a random one, printed)")
+    serve.add_argument(
+        "--secret-key", default=None, help="UserSig secret (default: a random one, printed)"
+    )
     serve.set_defaults(func=_serve)
 
     usersig = sub.add_parser("usersig", help="print a UserSig for USER_ID")
@@ -85,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the sample parses its own options: prefix_chars="+" makes this parser take "--user"
     # etc. as plain words for REMAINDER (which refuses a leading "--option" otherwise)
-    phone = sub.add_parser("phone", add_help=False, prefix_chars="+",
-                           help="interactive terminal softphone (samples/softphone.py; --help)")
+    phone = sub.add_parser(
+        "phone",
+        add_help=False,
+        prefix_chars="+",
+        help="interactive terminal softphone (samples/softphone.py; --help)",
+    )
     phone.add_argument("args", nargs=argparse.REMAINDER)
     phone.set_defaults(func=_phone)
 
@@ -100,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``callkit`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if getattr(args, "secret_key", "") is None:
         args.secret_key = secrets.token_hex(32)
         print(f"secret key: {args.secret_key}", file=sys.stderr)

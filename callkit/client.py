@@ -44,18 +44,24 @@ class SignalingClient:
     synchronously; ``on_resumed(reply_data)`` runs after each successful re-login; and
     ``on_closed(reason)`` once when the link is lost for good (never after :meth:`close`)."""
 
-    def __init__(self, url: str, on_push: Callable[[p.Message], None],
-                 on_closed: Callable[[str], None], *,
-                 on_resumed: Callable[[dict[str, Any]], None] | None = None,
-                 heartbeat: float = HEARTBEAT) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_push: Callable[[p.Message], None],
+        on_closed: Callable[[str], None],
+        *,
+        on_resumed: Callable[[dict[str, Any]], None] | None = None,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
         self.url = url
         self._on_push = on_push
         self._on_closed = on_closed
         self._on_resumed = on_resumed
         self._heartbeat = heartbeat
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]],
-                                       Callable[[dict[str, Any]], None] | None]] = {}
+        self._pending: dict[
+            int, tuple[asyncio.Future[dict[str, Any]], Callable[[dict[str, Any]], None] | None]
+        ] = {}
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -65,10 +71,10 @@ class SignalingClient:
         self.resume_grace = DEFAULT_RESUME_GRACE
         #: loop time of the last frame from the service (or of a TCP close)
         self._last_heard = 0.0
-        self._up = False          # logged in on an open socket
-        self._gone = False        # lost for good, or closed
+        self._up = False  # logged in on an open socket
+        self._gone = False  # lost for good, or closed
         self._changed = asyncio.Event()  # set whenever _up or _gone changes
-        self._final = False       # the service ended this session on purpose (kicked, ...)
+        self._final = False  # the service ended this session on purpose (kicked, ...)
         self._closing = False
         #: how many times the link came back (tests and tools read it)
         self.reconnects = 0
@@ -91,8 +97,9 @@ class SignalingClient:
                     await ws.close()
                     raise
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                raise CallError(ErrorCode.INIT_FAIL,
-                                f"cannot reach signaling at {self.url}: {exc!r}") from None
+                raise CallError(
+                    ErrorCode.INIT_FAIL, f"cannot reach signaling at {self.url}: {exc!r}"
+                ) from None
         except BaseException:
             await self._http.close()
             self._http = None
@@ -106,12 +113,18 @@ class SignalingClient:
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         assert self._http is not None
         return await asyncio.wait_for(
-            self._http.ws_connect(self.url, heartbeat=self._heartbeat, autoping=False,
-                                  timeout=aiohttp.ClientWSTimeout(ws_close=2.0)),
-            REQUEST_TIMEOUT / 2)
+            self._http.ws_connect(
+                self.url,
+                heartbeat=self._heartbeat,
+                autoping=False,
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+            ),
+            REQUEST_TIMEOUT / 2,
+        )
 
-    async def _log_in(self, ws: aiohttp.ClientWebSocketResponse,
-                      login: dict[str, Any]) -> dict[str, Any]:
+    async def _log_in(
+        self, ws: aiohttp.ClientWebSocketResponse, login: dict[str, Any]
+    ) -> dict[str, Any]:
         """Send a Login on ``ws`` and read until its reply; pushes before it are handled."""
         request_id = next(self._ids)
         if self.session_id is not None:
@@ -122,21 +135,25 @@ class SignalingClient:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
-                                f"no reply to login within {REQUEST_TIMEOUT} s")
+                raise CallError(
+                    ErrorCode.SIGNALING_SEND_FAIL, f"no reply to login within {REQUEST_TIMEOUT} s"
+                )
             try:
                 msg = await ws.receive(timeout=left)
             except asyncio.TimeoutError:
-                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
-                                f"no reply to login within {REQUEST_TIMEOUT} s") from None
+                raise CallError(
+                    ErrorCode.SIGNALING_SEND_FAIL, f"no reply to login within {REQUEST_TIMEOUT} s"
+                ) from None
             if msg.type is aiohttp.WSMsgType.PING:
                 await ws.pong(msg.data)
                 continue
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 if msg.type is aiohttp.WSMsgType.PONG:
                     continue
-                raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
-                                f"connection closed during login ({ws.close_code})")
+                raise CallError(
+                    ErrorCode.SIGNALING_SEND_FAIL,
+                    f"connection closed during login ({ws.close_code})",
+                )
             self._last_heard = loop.time()
             try:
                 message = p.decode_server(msg.data)
@@ -169,9 +186,13 @@ class SignalingClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    async def request(self, message_type: type[p.Request], *,
-                      on_reply: Callable[[dict[str, Any]], None] | None = None,
-                      **fields: Any) -> dict[str, Any]:
+    async def request(
+        self,
+        message_type: type[p.Request],
+        *,
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Send a request and wait for its reply's ``data``; raises CallError with the
         server's code, or -1401 when the link is down for longer than ``REQUEST_TIMEOUT``.
         ``on_reply`` runs in the reader, before any later push is handled."""
@@ -185,11 +206,12 @@ class SignalingClient:
         try:
             assert self._ws is not None
             await self._ws.send_str(message_type(id=request_id, **fields).encode())
-            return await asyncio.wait_for(asyncio.shield(future),
-                                          max(0.1, deadline - loop.time()))
+            return await asyncio.wait_for(asyncio.shield(future), max(0.1, deadline - loop.time()))
         except asyncio.TimeoutError:
-            raise CallError(ErrorCode.SIGNALING_SEND_FAIL,
-                            f"no reply to {message_type.TYPE} within {REQUEST_TIMEOUT} s") from None
+            raise CallError(
+                ErrorCode.SIGNALING_SEND_FAIL,
+                f"no reply to {message_type.TYPE} within {REQUEST_TIMEOUT} s",
+            ) from None
         except (ConnectionError, RuntimeError) as exc:
             raise CallError(ErrorCode.SIGNALING_SEND_FAIL, f"send failed: {exc}") from None
         finally:
@@ -254,8 +276,11 @@ class SignalingClient:
         exc = ws.exception()
         if not isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             self._last_heard = loop.time()  # a close or reset: the path worked until now
-        why = "no heartbeat from the service" if isinstance(
-            exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) else f"closed ({code})"
+        why = (
+            "no heartbeat from the service"
+            if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+            else f"closed ({code})"
+        )
         return why, code not in FINAL_CLOSE_CODES
 
     async def _reconnect(self) -> str | None:
@@ -299,16 +324,19 @@ class SignalingClient:
             self._ws = ws
             self.reconnects += 1
             self._set_up(True)
-            log.info("signaling link back after %d attempt(s); resumed=%s", attempts,
-                     data.get("resumed"))
+            log.info(
+                "signaling link back after %d attempt(s); resumed=%s", attempts, data.get("resumed")
+            )
             if self._on_resumed is not None:
                 try:
                     self._on_resumed(data)
                 except Exception:
                     log.exception("resume hook failed")
             return None
-        return (f"could not reconnect within {self.resume_grace:g} s "
-                f"({attempts} attempts; last: {last_error})")
+        return (
+            f"could not reconnect within {self.resume_grace:g} s "
+            f"({attempts} attempts; last: {last_error})"
+        )
 
     def _fail_pending(self, reason: str) -> None:
         for future, _ in self._pending.values():

@@ -74,12 +74,14 @@ class Printer:
             if rec.at - self._last_volume.get(rec.user_id, 0.0) < 1.0:
                 return
             self._last_volume[rec.user_id] = rec.at
-            text = "  ".join(f"{u}:{v:3d} {'#' * (v // 10):<10}"
-                             for u, v in rec.payload["volumeMap"].items())
+            text = "  ".join(
+                f"{u}:{v:3d} {'#' * (v // 10):<10}" for u, v in rec.payload["volumeMap"].items()
+            )
             print(f"{t:6.2f}s {rec.user_id:>6}  volume   {text}", file=self.out)
         elif rec.event == "onUserNetworkQualityChanged":
-            text = "  ".join(f"{e['userId']}:{e['quality']}"
-                             for e in rec.payload["networkQualityList"])
+            text = "  ".join(
+                f"{e['userId']}:{e['quality']}" for e in rec.payload["networkQualityList"]
+            )
             print(f"{t:6.2f}s {rec.user_id:>6}  quality  {text}  (1 = excellent)", file=self.out)
         else:
             print(f"{t:6.2f}s {rec.user_id:>6}  {rec.event} {rec.payload}", file=self.out)
@@ -92,13 +94,17 @@ class Demo:
         self.url, self.secret, self.out = url, secret, out
         printer = Printer(out, time.monotonic())
         self.engines = {
-            name: CallEngine(url, audio_source=ToneSource(TONES[name], level_dbfs=LEVELS[name]),
-                             video_source=TestPatternSource(320, 240, 15),
-                             ice_addresses=LOOPBACK)
+            name: CallEngine(
+                url,
+                audio_source=ToneSource(TONES[name], level_dbfs=LEVELS[name]),
+                video_source=TestPatternSource(320, 240, 15),
+                ice_addresses=LOOPBACK,
+            )
             for name in LEVELS
         }
-        self.recs = {name: EventRecorder(e, name, on_event=printer)
-                     for name, e in self.engines.items()}
+        self.recs = {
+            name: EventRecorder(e, name, on_event=printer) for name, e in self.engines.items()
+        }
 
     async def login(self) -> None:
         for name, engine in self.engines.items():
@@ -158,14 +164,18 @@ class Demo:
             for talker in names:
                 heard = [m[talker] for m in maps if m.get(talker, 0) > 0]
                 scene.volumes[name][talker] = statistics.median(heard) if heard else 0.0
-                if talker != name and abs(scene.volumes[name][talker]
-                                          - expected_volume(LEVELS[talker])) > 6:
-                    scene.problems.append(f"{name} heard {talker} at volume "
-                                          f"{scene.volumes[name][talker]}")
+                if (
+                    talker != name
+                    and abs(scene.volumes[name][talker] - expected_volume(LEVELS[talker])) > 6
+                ):
+                    scene.problems.append(
+                        f"{name} heard {talker} at volume {scene.volumes[name][talker]}"
+                    )
             qualities = rec.of("onUserNetworkQualityChanged")
             if qualities:
-                scene.quality[name] = {e["userId"]: e["quality"]
-                                       for e in qualities[-1]["networkQualityList"]}
+                scene.quality[name] = {
+                    e["userId"]: e["quality"] for e in qualities[-1]["networkQualityList"]
+                }
 
     async def close(self) -> None:
         for engine in self.engines.values():
@@ -177,8 +187,11 @@ async def run_demo(talk_seconds: float = 4.0, out: TextIO = sys.stdout) -> DemoR
     secret = secrets.token_hex(32)
     server = SignalingServer(SDK_APP_ID, secret)
     url = await server.start("127.0.0.1", 0)
-    print(f"signaling server on {url}; tones: "
-          + ", ".join(f"{n} {LEVELS[n]:.0f} dBFS" for n in LEVELS), file=out)
+    print(
+        f"signaling server on {url}; tones: "
+        + ", ".join(f"{n} {LEVELS[n]:.0f} dBFS" for n in LEVELS),
+        file=out,
+    )
     demo = Demo(url, secret, out)
     result = DemoResult()
     try:
@@ -201,13 +214,18 @@ def _summarise(result: DemoResult, out: TextIO) -> None:
     for scene in result.scenes:
         print(f"{scene.title}", file=out)
         for name, events in scene.events.items():
-            heard = ", ".join(f"{t} {v:.0f}/{expected_volume(LEVELS[t])}"
-                              for t, v in scene.volumes[name].items())
-            frames = (f"; video frames {scene.video_frames[name]}"
-                      if name in scene.video_frames else "")
+            heard = ", ".join(
+                f"{t} {v:.0f}/{expected_volume(LEVELS[t])}" for t, v in scene.volumes[name].items()
+            )
+            frames = (
+                f"; video frames {scene.video_frames[name]}" if name in scene.video_frames else ""
+            )
             print(f"  {name:>5}: {len(events)} events ({', '.join(events)})", file=out)
-            print(f"         volume heard/expected: {heard}; quality {scene.quality.get(name)}; "
-                  f"totalTime {scene.durations.get(name, '-')} s{frames}", file=out)
+            print(
+                f"         volume heard/expected: {heard}; quality {scene.quality.get(name)}; "
+                f"totalTime {scene.durations.get(name, '-')} s{frames}",
+                file=out,
+            )
         for problem in scene.problems:
             print(f"  PROBLEM: {problem}", file=out)
     print("result: " + ("OK" if result.ok else "FAILED"), file=out)

@@ -68,12 +68,18 @@ class CallEngine(StreamsMixin):
     reach listeners added with :meth:`add_event_listener`. Several engines may share a loop.
     """
 
-    def __init__(self, url: str, *, audio_source: AudioSource | None = None,
-                 video_source: VideoSource | None = None,
-                 ice_servers: list[RTCIceServer] | None = None,
-                 ice_addresses: list[str] | None = None,
-                 network: NetworkConditions | None = None,
-                 volume_interval: float = 0.3, quality_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        audio_source: AudioSource | None = None,
+        video_source: VideoSource | None = None,
+        ice_servers: list[RTCIceServer] | None = None,
+        ice_addresses: list[str] | None = None,
+        network: NetworkConditions | None = None,
+        volume_interval: float = 0.3,
+        quality_interval: float = 2.0,
+    ) -> None:
         if volume_interval < 0.1:
             raise ValueError(f"volume_interval must be >= 0.1 s, got {volume_interval!r}")
         self.url = url
@@ -142,21 +148,34 @@ class CallEngine(StreamsMixin):
 
         Calling it again (e.g. with a new sig after ``onUserSigExpired``) logs out first.
         """
-        if not isinstance(user_id, str) or not isinstance(user_sig, str) \
-                or isinstance(sdk_app_id, bool) or not isinstance(sdk_app_id, int):
-            raise CallError(ErrorCode.PARAM_INVALID, "init needs sdk_app_id: int, user_id: str, "
-                                                     "user_sig: str")
+        if (
+            not isinstance(user_id, str)
+            or not isinstance(user_sig, str)
+            or isinstance(sdk_app_id, bool)
+            or not isinstance(sdk_app_id, int)
+        ):
+            raise CallError(
+                ErrorCode.PARAM_INVALID, "init needs sdk_app_id: int, user_id: str, user_sig: str"
+            )
         if not p.valid_user_id(user_id):
-            raise CallError(ErrorCode.INIT_FAIL, f"invalid user id {user_id!r:.40}: letters, "
-                                                 f"digits, '-' and '_', 1 to 32 characters")
+            raise CallError(
+                ErrorCode.INIT_FAIL,
+                f"invalid user id {user_id!r:.40}: letters, "
+                f"digits, '-' and '_', 1 to 32 characters",
+            )
         if self._client is not None:
             await self._logout()
         self._destroyed = False
-        client = SignalingClient(self.url, self._on_push, self._on_link_closed,
-                                 on_resumed=self._on_link_resumed)
+        client = SignalingClient(
+            self.url, self._on_push, self._on_link_closed, on_resumed=self._on_link_resumed
+        )
         try:
-            await client.connect(sdk_app_id=sdk_app_id, user_id=user_id, user_sig=user_sig,
-                                 multi_device=self._multi_device)
+            await client.connect(
+                sdk_app_id=sdk_app_id,
+                user_id=user_id,
+                user_sig=user_sig,
+                multi_device=self._multi_device,
+            )
         except CallError as exc:
             raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
         self._client = client
@@ -183,16 +202,21 @@ class CallEngine(StreamsMixin):
 
     # ------------------------------------------------------------------ calls
 
-    async def call(self, user_id: str, media_type: CallMediaType | int,
-                   params: CallParams | None = None) -> None:
+    async def call(
+        self, user_id: str, media_type: CallMediaType | int, params: CallParams | None = None
+    ) -> None:
         """Place a 1v1 call to ``user_id``."""
         if not isinstance(user_id, str) or not user_id:
             raise CallError(ErrorCode.PARAM_INVALID, "user_id must be a non-empty string")
         await self._start([user_id], "", media_type, params)
 
-    async def group_call(self, user_id_list: list[str], group_id: str,
-                         media_type: CallMediaType | int,
-                         params: CallParams | None = None) -> None:
+    async def group_call(
+        self,
+        user_id_list: list[str],
+        group_id: str,
+        media_type: CallMediaType | int,
+        params: CallParams | None = None,
+    ) -> None:
         """Place a group call to up to 8 users."""
         if not isinstance(group_id, str):
             raise CallError(ErrorCode.PARAM_INVALID, "group_id must be a string")
@@ -214,12 +238,15 @@ class CallEngine(StreamsMixin):
     @staticmethod
     def _media(media_type: Any) -> CallMediaType:
         if isinstance(media_type, bool) or media_type not in (1, 2):
-            raise CallError(ErrorCode.PARAM_INVALID,
-                            f"media type must be AUDIO (1) or VIDEO (2), got {media_type!r}")
+            raise CallError(
+                ErrorCode.PARAM_INVALID,
+                f"media type must be AUDIO (1) or VIDEO (2), got {media_type!r}",
+            )
         return CallMediaType(media_type)
 
-    async def _start(self, ids: Any, group_id: str, media_type: Any,
-                     params: CallParams | None) -> None:
+    async def _start(
+        self, ids: Any, group_id: str, media_type: Any, params: CallParams | None
+    ) -> None:
         client = self._require_init()
         callees = self._check_ids(ids)
         media = self._media(media_type)
@@ -231,15 +258,29 @@ class CallEngine(StreamsMixin):
 
         def on_reply(data: dict[str, Any]) -> None:
             snap = data["call"]
-            ctx = CallContext(call_id=snap["callId"], room_id=snap["roomID"],
-                              group_id=snap["groupId"], media_type=media, role=CallRole.CALLER,
-                              state=CallState.CALLING)
+            ctx = CallContext(
+                call_id=snap["callId"],
+                room_id=snap["roomID"],
+                group_id=snap["groupId"],
+                media_type=media,
+                role=CallRole.CALLER,
+                state=CallState.CALLING,
+            )
             ctx.update(snap)
             self._call = ctx
 
-        await self._once("call", client.request(
-            p.Call, on_reply=on_reply, callees=callees, media_type=int(media),
-            group_id=group_id, timeout=float(params.timeout), user_data=params.user_data))
+        await self._once(
+            "call",
+            client.request(
+                p.Call,
+                on_reply=on_reply,
+                callees=callees,
+                media_type=int(media),
+                group_id=group_id,
+                timeout=float(params.timeout),
+                user_data=params.user_data,
+            ),
+        )
 
     async def _once(self, name: str, coro: Any) -> Any:
         """Run a request unless the same one is already running (REQUEST_REPEATED)."""
@@ -288,16 +329,17 @@ class CallEngine(StreamsMixin):
         client, ctx = self._require_call(CallState.CALLING, CallState.CONNECTED)
         callees = self._check_ids(user_id_list)
         timeout = (params or CallParams()).timeout
-        await client.request(p.Invite, call_id=ctx.call_id, callees=callees,
-                             timeout=float(timeout))
+        await client.request(p.Invite, call_id=ctx.call_id, callees=callees, timeout=float(timeout))
 
-    async def join_in_group_call(self, room_id: int, group_id: str,
-                                 media_type: CallMediaType | int) -> None:
+    async def join_in_group_call(
+        self, room_id: int, group_id: str, media_type: CallMediaType | int
+    ) -> None:
         """Join a running group call by its room id."""
         client = self._require_init()
         if isinstance(room_id, bool) or not isinstance(room_id, int) or room_id <= 0:
-            raise CallError(ErrorCode.PARAM_INVALID, f"room_id must be a positive int, "
-                                                     f"got {room_id!r}")
+            raise CallError(
+                ErrorCode.PARAM_INVALID, f"room_id must be a positive int, got {room_id!r}"
+            )
         media = self._media(media_type)
         if self._call is not None:
             raise CallError(ErrorCode.REQUEST_REFUSED, f"already {self._call.state.value}")
@@ -305,13 +347,22 @@ class CallEngine(StreamsMixin):
         def on_reply(data: dict[str, Any]) -> None:
             if self._call is None:  # onCallBegin for the join may already have made it
                 snap = data["call"]
-                self._call = CallContext(call_id=snap["callId"], room_id=snap["roomID"],
-                                         group_id=snap["groupId"], media_type=media,
-                                         role=CallRole.CALLED, state=CallState.CONNECTED)
+                self._call = CallContext(
+                    call_id=snap["callId"],
+                    room_id=snap["roomID"],
+                    group_id=snap["groupId"],
+                    media_type=media,
+                    role=CallRole.CALLED,
+                    state=CallState.CONNECTED,
+                )
                 self._call.update(snap)
 
-        await self._once("join", client.request(p.Join, on_reply=on_reply, room_id=room_id,
-                                                group_id=group_id, media_type=int(media)))
+        await self._once(
+            "join",
+            client.request(
+                p.Join, on_reply=on_reply, room_id=room_id, group_id=group_id, media_type=int(media)
+            ),
+        )
 
     # ------------------------------------------------------------------ media control
 
@@ -321,8 +372,9 @@ class CallEngine(StreamsMixin):
         client, ctx = self._require_call(CallState.CONNECTED)
         if media is ctx.media_type:
             raise CallError(ErrorCode.REQUEST_REPEATED, f"the call is already {media.name}")
-        await self._once("switch", client.request(p.SwitchMedia, call_id=ctx.call_id,
-                                                  media_type=int(media)))
+        await self._once(
+            "switch", client.request(p.SwitchMedia, call_id=ctx.call_id, media_type=int(media))
+        )
 
     def _apply_media_type(self, ctx: CallContext) -> None:
         video = ctx.media_type is CallMediaType.VIDEO
@@ -399,19 +451,29 @@ class CallEngine(StreamsMixin):
         name, payload, ctx = ev.event, ev.payload, self._call
         if name == "onCallReceived":
             if ctx is not None and ctx.call_id != ev.call_id:
-                log.warning("%s: ignoring a second incoming call while %s", self.user_id,
-                            ctx.state.value)
+                log.warning(
+                    "%s: ignoring a second incoming call while %s", self.user_id, ctx.state.value
+                )
                 return
-            ctx = CallContext(call_id=ev.call_id, room_id=0, group_id=payload["groupId"],
-                              media_type=CallMediaType(payload["callMediaType"]),
-                              role=CallRole.CALLED, state=CallState.RINGING)
+            ctx = CallContext(
+                call_id=ev.call_id,
+                room_id=0,
+                group_id=payload["groupId"],
+                media_type=CallMediaType(payload["callMediaType"]),
+                role=CallRole.CALLED,
+                state=CallState.RINGING,
+            )
             self._call = ctx
         elif ctx is None or ctx.call_id != ev.call_id:
             if name == "onCallBegin" and ev.call:  # join_in_group_call before its reply
-                ctx = CallContext(call_id=ev.call_id, room_id=payload["roomID"],
-                                  group_id=ev.call.get("groupId", ""),
-                                  media_type=CallMediaType(payload["callMediaType"]),
-                                  role=CallRole(payload["callRole"]), state=CallState.RINGING)
+                ctx = CallContext(
+                    call_id=ev.call_id,
+                    room_id=payload["roomID"],
+                    group_id=ev.call.get("groupId", ""),
+                    media_type=CallMediaType(payload["callMediaType"]),
+                    role=CallRole(payload["callRole"]),
+                    state=CallState.RINGING,
+                )
                 self._call = ctx
             else:
                 log.debug("%s: dropping %s for call %s", self.user_id, name, ev.call_id)
@@ -440,6 +502,7 @@ class CallEngine(StreamsMixin):
     def _ensure_local_video(self) -> LocalVideo:
         if self._local_video is None:
             from callkit.media.sources import TestPatternSource
+
             self._local_video = LocalVideo(self._video_source or TestPatternSource())
         return self._local_video
 
@@ -466,11 +529,19 @@ class CallEngine(StreamsMixin):
             await self._relay(ctx, user, kind, data)
 
         session = PeerSession(
-            user, offerer=offerer, signal=signal, local_audio=self._local_audio,
-            local_video=self._local_video if video else None, send_video=video,
-            ice_servers=self._ice_servers, host_addresses=self._ice_addresses,
-            shaper=self._shaper, on_failed=self._on_peer_failed,
-            on_audio_frame=self._tap_audio, on_video_frame=self._tap_video)
+            user,
+            offerer=offerer,
+            signal=signal,
+            local_audio=self._local_audio,
+            local_video=self._local_video if video else None,
+            send_video=video,
+            ice_servers=self._ice_servers,
+            host_addresses=self._ice_addresses,
+            shaper=self._shaper,
+            on_failed=self._on_peer_failed,
+            on_audio_frame=self._tap_audio,
+            on_video_frame=self._tap_video,
+        )
         self._peers[user] = session
         return session
 
@@ -489,13 +560,18 @@ class CallEngine(StreamsMixin):
                 else:
                     log.debug("%s: ignoring %s from %s", self.user_id, msg.kind, msg.from_user)
             except (KeyError, TypeError, ValueError) as exc:
-                self._emit_error(ErrorCode.MEDIA_FAILED,
-                                 f"bad {msg.kind} from {msg.from_user}: {exc}")
+                self._emit_error(
+                    ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}: {exc}"
+                )
 
     def _on_relayed(self, msg: p.Relayed) -> None:
         ctx = self._call
-        if ctx is None or ctx.call_id != msg.call_id or ctx.state is not CallState.CONNECTED \
-                or self._signals is None:
+        if (
+            ctx is None
+            or ctx.call_id != msg.call_id
+            or ctx.state is not CallState.CONNECTED
+            or self._signals is None
+        ):
             log.debug("%s: dropping %s from %s", self.user_id, msg.kind, msg.from_user)
             return
         self._signals.put_nowait(msg)
@@ -528,8 +604,11 @@ class CallEngine(StreamsMixin):
 
     def _tap_video(self, user: str, frame: Any) -> None:
         ctx = self._call
-        if ctx is not None and ctx.media_type is CallMediaType.VIDEO \
-                and user not in self._video_available:
+        if (
+            ctx is not None
+            and ctx.media_type is CallMediaType.VIDEO
+            and user not in self._video_available
+        ):
             # the first decoded frame of a user: their video is available (TRTC semantics)
             self._video_available[user] = True
             self._events.emit("onUserVideoAvailable", {"userId": user, "isVideoAvailable": True})
@@ -616,8 +695,10 @@ class CallEngine(StreamsMixin):
         had_call = self._call is not None
         self._end_locally()
         self._drop_client()
-        self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, f"signaling lost: {reason}"
-                         + ("; the call ended" if had_call else ""))
+        self._emit_error(
+            ErrorCode.SIGNALING_SEND_FAIL,
+            f"signaling lost: {reason}" + ("; the call ended" if had_call else ""),
+        )
 
     def _on_link_resumed(self, data: dict[str, Any]) -> None:
         """The link came back (login reply ``data``): keep the call if the service kept it,
@@ -629,8 +710,11 @@ class CallEngine(StreamsMixin):
             ctx.update(snap)
             return
         self._end_locally()
-        why = ("the call ended while signaling was down" if data.get("resumed") else
-               "signaling was down longer than the service keeps a session; the call ended")
+        why = (
+            "the call ended while signaling was down"
+            if data.get("resumed")
+            else "signaling was down longer than the service keeps a session; the call ended"
+        )
         self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, why)
 
     def _drop_client(self) -> None:

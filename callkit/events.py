@@ -40,8 +40,9 @@ EVENT_NAMES: tuple[str, ...] = get_args(EventName)
 #: the reference page's payload keys of each event
 PAYLOAD_KEYS: dict[str, frozenset[str]] = {
     "onError": frozenset({"code", "msg"}),
-    "onCallReceived": frozenset({"callerId", "calleeIdList", "groupId", "callMediaType",
-                                 "userData"}),
+    "onCallReceived": frozenset(
+        {"callerId", "calleeIdList", "groupId", "callMediaType", "userData"}
+    ),
     "onCallCancelled": frozenset({"userId"}),
     "onCallBegin": frozenset({"roomID", "callMediaType", "callRole"}),
     "onCallEnd": frozenset({"roomID", "callMediaType", "callRole", "totalTime"}),

@@ -16,9 +16,14 @@ class CallParams:
     user_data: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
-                or not math.isfinite(self.timeout) or not 0 < self.timeout <= 3600:
-            raise ValueError(f"timeout must be a number of seconds in (0, 3600], got "
-                             f"{self.timeout!r}")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not math.isfinite(self.timeout)
+            or not 0 < self.timeout <= 3600
+        ):
+            raise ValueError(
+                f"timeout must be a number of seconds in (0, 3600], got {self.timeout!r}"
+            )
         if not isinstance(self.user_data, str):
             raise ValueError(f"user_data must be a string, got {self.user_data!r}")

@@ -25,8 +25,12 @@ class Recorded:
 class EventRecorder:
     """Listens to all 17 events of ``engine`` and keeps them in order."""
 
-    def __init__(self, engine: Any, user_id: str | None = None,
-                 on_event: Callable[[Recorded], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        user_id: str | None = None,
+        on_event: Callable[[Recorded], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.user_id = user_id or getattr(engine, "user_id", None) or "?"
         self.events: list[Recorded] = []
@@ -43,6 +47,7 @@ class EventRecorder:
             self._changed.set()
             if self._on_event is not None:
                 self._on_event(rec)
+
         return listener
 
     def detach(self) -> None:
@@ -52,13 +57,15 @@ class EventRecorder:
 
     def names(self, *, skip_periodic: bool = True) -> list[str]:
         """Event names in order (volume and quality reports left out by default)."""
-        return [e.event for e in self.events
-                if not skip_periodic or e.event not in PERIODIC]
+        return [e.event for e in self.events if not skip_periodic or e.event not in PERIODIC]
 
     def sequence(self, *, skip_periodic: bool = True) -> list[tuple[str, dict[str, Any]]]:
         """(event, payload) pairs in order, volume and quality reports left out by default."""
-        return [(e.event, e.payload) for e in self.events
-                if not skip_periodic or e.event not in PERIODIC]
+        return [
+            (e.event, e.payload)
+            for e in self.events
+            if not skip_periodic or e.event not in PERIODIC
+        ]
 
     def of(self, event: str) -> list[dict[str, Any]]:
         """Payloads of every ``event`` so far."""
@@ -67,22 +74,31 @@ class EventRecorder:
     def clear(self) -> None:
         self.events.clear()
 
-    async def wait_for(self, event: str, where: Callable[[dict[str, Any]], bool] | None = None,
-                       timeout: float = 10.0, count: int = 1) -> dict[str, Any]:
+    async def wait_for(
+        self,
+        event: str,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 10.0,
+        count: int = 1,
+    ) -> dict[str, Any]:
         """Wait until ``count`` matching ``event``s were seen; returns the last one's payload.
 
         Raises TimeoutError naming what it waited for and what it saw instead.
         """
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            hits = [e.payload for e in self.events
-                    if e.event == event and (where is None or where(e.payload))]
+            hits = [
+                e.payload
+                for e in self.events
+                if e.event == event and (where is None or where(e.payload))
+            ]
             if len(hits) >= count:
                 return hits[count - 1]
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                raise TimeoutError(f"{self.user_id}: waited {timeout} s for {count} x {event}; "
-                                   f"saw {self.names()}")
+                raise TimeoutError(
+                    f"{self.user_id}: waited {timeout} s for {count} x {event}; saw {self.names()}"
+                )
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)

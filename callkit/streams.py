@@ -37,9 +37,14 @@ log = logging.getLogger(__name__)
 AudioTap = Callable[[np.ndarray, int], None]
 VideoTap = Callable[[av.VideoFrame], None]
 
-_ENDING_EVENTS = ("onUserLeave", "onCallEnd", "onCallCancelled", "onKickedOffline",
-                  "onUserSigExpired")
-_POLL = 0.5          # how often a waiting stream checks that its engine is still there
+_ENDING_EVENTS = (
+    "onUserLeave",
+    "onCallEnd",
+    "onCallCancelled",
+    "onKickedOffline",
+    "onUserSigExpired",
+)
+_POLL = 0.5  # how often a waiting stream checks that its engine is still there
 _BIG_FRAME = 640 * 480  # RGB conversion of larger frames runs in a worker thread
 
 T = TypeVar("T")
@@ -71,6 +76,7 @@ class _Stream(Generic[T]):
         def listener(res: dict[str, Any]) -> None:
             if name != "onUserLeave" or res.get("userId") == self.user_id:
                 self._end()
+
         return listener
 
     def _push(self, item: Any) -> None:
@@ -144,8 +150,14 @@ class AudioStream(_Stream[np.ndarray]):
     At most ``max_queue_seconds`` are held for a slow consumer; older frames are dropped.
     """
 
-    def __init__(self, engine: Any, user_id: str, sample_rate: int = 48000, channels: int = 1,
-                 max_queue_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        user_id: str,
+        sample_rate: int = 48000,
+        channels: int = 1,
+        max_queue_seconds: float = 1.0,
+    ) -> None:
         if not isinstance(sample_rate, int) or not 8000 <= sample_rate <= 192000:
             raise ValueError(f"sample_rate must be an int in [8000, 192000], got {sample_rate!r}")
         if not isinstance(channels, int) or not 1 <= channels <= 8:
@@ -173,8 +185,9 @@ class VideoStream(_Stream[np.ndarray]):
     (in a worker thread for frames larger than 640x480).
     """
 
-    def __init__(self, engine: Any, user_id: str, format: str = "rgb24",
-                 max_queue: int = 2) -> None:
+    def __init__(
+        self, engine: Any, user_id: str, format: str = "rgb24", max_queue: int = 2
+    ) -> None:
         if format not in ("rgb24", "bgr24", "gray", "yuv420p"):
             raise ValueError(f"format must be rgb24, bgr24, gray or yuv420p, got {format!r}")
         super().__init__(engine, user_id, max_queue)
@@ -231,15 +244,22 @@ class StreamsMixin:
         """Stop calling ``fn`` for ``user_id`` (unknown taps are ignored)."""
         _remove(self._video_taps, user_id, fn)
 
-    def remote_audio(self, user_id: str, sample_rate: int = 48000, channels: int = 1, *,
-                     max_queue_seconds: float = 1.0) -> AudioStream:
+    def remote_audio(
+        self,
+        user_id: str,
+        sample_rate: int = 48000,
+        channels: int = 1,
+        *,
+        max_queue_seconds: float = 1.0,
+    ) -> AudioStream:
         """``async for samples in engine.remote_audio(user)``: int16 ``(n, channels)`` arrays
         of ``user_id``'s decoded audio at ``sample_rate``, from now until the user leaves or
         the call ends. See :class:`AudioStream`."""
         return AudioStream(self, user_id, sample_rate, channels, max_queue_seconds)
 
-    def remote_video(self, user_id: str, format: str = "rgb24", *,
-                     max_queue: int = 2) -> VideoStream:
+    def remote_video(
+        self, user_id: str, format: str = "rgb24", *, max_queue: int = 2
+    ) -> VideoStream:
         """``async for image in engine.remote_video(user)``: ``user_id``'s newest decoded
         frames as RGB ``uint8`` arrays (height, width, 3). See :class:`VideoStream`."""
         return VideoStream(self, user_id, format, max_queue)
@@ -282,5 +302,3 @@ def _remove(taps: dict[str, list[Any]], user_id: str, fn: Callable[..., None]) -
     lst[:] = [t for t in lst if t != fn]
     if not lst:
         del taps[user_id]
-
-

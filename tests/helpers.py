@@ -27,17 +27,25 @@ def recent_volume(rec: EventRecorder, user: str, n: int = 5) -> float:
     return statistics.median(m[user] for m in maps[-n:])
 
 
-async def ring(caller: CallEngine, callee_rec: EventRecorder, callee: str,
-               media: CallMediaType = CallMediaType.AUDIO,
-               params: CallParams | None = None) -> dict[str, Any]:
+async def ring(
+    caller: CallEngine,
+    callee_rec: EventRecorder,
+    callee: str,
+    media: CallMediaType = CallMediaType.AUDIO,
+    params: CallParams | None = None,
+) -> dict[str, Any]:
     """``caller`` calls ``callee``; returns the callee's onCallReceived payload."""
     await caller.call(callee, media, params)
     return await callee_rec.wait_for("onCallReceived")
 
 
-async def connect(caller: CallEngine, caller_rec: EventRecorder, callee: CallEngine,
-                  callee_rec: EventRecorder,
-                  media: CallMediaType = CallMediaType.AUDIO) -> dict[str, Any]:
+async def connect(
+    caller: CallEngine,
+    caller_rec: EventRecorder,
+    callee: CallEngine,
+    callee_rec: EventRecorder,
+    media: CallMediaType = CallMediaType.AUDIO,
+) -> dict[str, Any]:
     """Ring, accept, and wait for the caller's onCallBegin (returned)."""
     assert callee.user_id is not None
     await ring(caller, callee_rec, callee.user_id, media)

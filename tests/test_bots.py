@@ -44,18 +44,23 @@ def find(signal: np.ndarray, received: np.ndarray) -> tuple[int, float]:
     correlation peak (1.0 = identical shape)."""
     n = len(received) + len(signal)
     size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(received.astype(np.float64), size)
-                        * np.conj(np.fft.rfft(signal.astype(np.float64), size)), size)
-    corr = corr[:len(received) - len(signal) + 1]
+    corr = np.fft.irfft(
+        np.fft.rfft(received.astype(np.float64), size)
+        * np.conj(np.fft.rfft(signal.astype(np.float64), size)),
+        size,
+    )
+    corr = corr[: len(received) - len(signal) + 1]
     lag = int(np.argmax(np.abs(corr)))
-    window = received[lag:lag + len(signal)].astype(np.float64)
-    norm = np.sqrt(np.dot(window, window) * np.dot(signal.astype(np.float64),
-                                                   signal.astype(np.float64)))
+    window = received[lag : lag + len(signal)].astype(np.float64)
+    norm = np.sqrt(
+        np.dot(window, window) * np.dot(signal.astype(np.float64), signal.astype(np.float64))
+    )
     return lag, float(abs(corr[lag]) / norm) if norm else 0.0
 
 
-def probe_signal(seconds: float, rate: int, level_dbfs: float = -20.0, *,
-                 down: bool = False) -> np.ndarray:
+def probe_signal(
+    seconds: float, rate: int, level_dbfs: float = -20.0, *, down: bool = False
+) -> np.ndarray:
     """A linear chirp 300 Hz -> 3.4 kHz (or down) at ``level_dbfs`` RMS (speech band: Opus
     keeps it)."""
     t = np.arange(int(seconds * rate)) / rate
@@ -77,44 +82,46 @@ async def test_push_source_to_pull_iterator_round_trip(make_engine) -> None:
     await bob.accept()
     await ra.wait_for("onCallBegin")
     await rb.wait_for("onCallBegin")
-    while not got.frames:                       # media flows (silence while nothing queued)
+    while not got.frames:  # media flows (silence while nothing queued)
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
-    assert not np.any(got.since(0)[1])          # silence: nothing was queued yet
+    assert not np.any(got.since(0)[1])  # silence: nothing was queued yet
 
     signal = probe_signal(1.0, 16000)
     stereo_44k = np.repeat(probe_signal(1.0, 44100, -26.0, down=True)[:, None], 2, axis=1)
     mark = len(got.frames)
     sent_at = time.monotonic()
-    push.write(signal, 16000)                   # mono 16 kHz ...
-    push.write(stereo_44k, 44100)               # ... then stereo 44.1 kHz, 6 dB quieter
+    push.write(signal, 16000)  # mono 16 kHz ...
+    push.write(stereo_44k, 44100)  # ... then stereo 44.1 kHz, 6 dB quieter
     assert push.queued_seconds == pytest.approx(2.0, abs=0.01)
     await push.wait_for_playout(timeout=5)
     assert push.queued_seconds == 0 and push.samples_played == push.samples_written
-    await asyncio.sleep(0.6)                    # the tail is still on its way
+    await asyncio.sleep(0.6)  # the tail is still on its way
     first_at, received = got.since(mark)
     lag, peak = find(signal, received)
     assert peak > 0.8, peak
     one_way = first_at - sent_at + lag / 16000
-    level = rms_dbfs(received[lag:lag + len(signal)])
+    level = rms_dbfs(received[lag : lag + len(signal)])
     assert abs(level - rms_dbfs(signal)) < 2.0, (level, rms_dbfs(signal))
     lag2, peak2 = find(probe_signal(1.0, 16000, -26.0, down=True), received)
-    assert peak2 > 0.8 and abs(lag2 - lag - 16000) < 160          # right after the first
-    assert abs(rms_dbfs(received[lag2:lag2 + 16000]) + 26) < 2.0
-    second = rms_dbfs(received[lag2:lag2 + 16000])
-    print(f"\npush->pull: correlation {peak:.2f}, level {level:.1f} dBFS (sent "
-          f"{rms_dbfs(signal):.1f}), second part {second:.1f} (sent -26.0), "
-          f"one-way delay {one_way * 1000:.0f} ms")
+    assert peak2 > 0.8 and abs(lag2 - lag - 16000) < 160  # right after the first
+    assert abs(rms_dbfs(received[lag2 : lag2 + 16000]) + 26) < 2.0
+    second = rms_dbfs(received[lag2 : lag2 + 16000])
+    print(
+        f"\npush->pull: correlation {peak:.2f}, level {level:.1f} dBFS (sent "
+        f"{rms_dbfs(signal):.1f}), second part {second:.1f} (sent -26.0), "
+        f"one-way delay {one_way * 1000:.0f} ms"
+    )
     assert 0.01 < one_way < 0.3, one_way
 
-    push.write(signal, 16000)                   # clear(): barge-in
+    push.write(signal, 16000)  # clear(): barge-in
     await asyncio.sleep(0.1)
     push.clear()
     assert push.queued_seconds == 0
-    await push.wait_for_playout(timeout=0.1)    # nothing queued: returns at once
+    await push.wait_for_playout(timeout=0.1)  # nothing queued: returns at once
 
     await alice.hangup()
-    await asyncio.wait_for(got.task, 5)         # the stream ends with the call
+    await asyncio.wait_for(got.task, 5)  # the stream ends with the call
     assert got.stream.closed
 
 
@@ -134,20 +141,20 @@ async def test_echo_bot_level_and_delay(make_engine) -> None:
     volumes = [p["volumeMap"]["echo"] for p in ra.of("onUserVoiceVolumeChanged")][-5:]
     assert all(abs(v - 80) <= 4 for v in volumes), volumes
     await push.wait_for_playout(timeout=5)
-    await asyncio.sleep(0.5)                    # the echo of the tone dies away
+    await asyncio.sleep(0.5)  # the echo of the tone dies away
 
     delays = []
     chirp = probe_signal(0.25, RATE)
     for _ in range(3):
         mark = len(back.frames)
         sent_at = time.monotonic()
-        push.write(chirp)                       # played from the pump's next 20 ms tick
+        push.write(chirp)  # played from the pump's next 20 ms tick
         await asyncio.sleep(0.8)
         first_at, received = back.since(mark)
         lag, peak = find(chirp, received)
         assert peak > 0.7, peak
         delays.append((first_at - sent_at) + lag / RATE)
-        level = rms_dbfs(received[lag:lag + len(chirp)])
+        level = rms_dbfs(received[lag : lag + len(chirp)])
         assert abs(level + 20) < 2.0, level
     delay = float(np.median(delays))
     print(f"\necho: volume {volumes}, round-trip delay {[round(d * 1000) for d in delays]} ms")
@@ -158,8 +165,9 @@ async def test_echo_bot_level_and_delay(make_engine) -> None:
 
 
 async def test_record_bot_files_match_what_was_sent(make_engine, tmp_path: Path) -> None:
-    alice, ra = await make_engine("alice", audio_source=ToneSource(440, -20),
-                                  video_source=TestPatternSource(160, 120, 15))
+    alice, ra = await make_engine(
+        "alice", audio_source=ToneSource(440, -20), video_source=TestPatternSource(160, 120, 15)
+    )
     rec_engine, rr = await make_engine("recorder")
     said: list[str] = []
     bot = RecordBot(rec_engine, tmp_path, say=said.append)
@@ -181,7 +189,7 @@ async def test_record_bot_files_match_what_was_sent(make_engine, tmp_path: Path)
         seconds = w.getnframes() / w.getframerate()
     assert talked - 0.6 < seconds < talked + 0.3, (seconds, talked)
     voiced = np.flatnonzero(np.abs(data) > 300)
-    middle = data[voiced[0] + 4800:voiced[-1] - 4800]
+    middle = data[voiced[0] + 4800 : voiced[-1] - 4800]
     assert abs(rms_dbfs(middle) + 20) < 1.0, rms_dbfs(middle)
     with av.open(str(files.video)) as c:
         frames = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
@@ -189,12 +197,13 @@ async def test_record_bot_files_match_what_was_sent(make_engine, tmp_path: Path)
     counters = [TestPatternSource.decode_counter(f) for f in frames]
     assert counters == sorted(counters) and counters[-1] - counters[0] > 15
     assert any("recorded alice" in line for line in said)
-    print(f"\nrecord: {seconds:.2f} s of audio for {talked:.2f} s of call, level "
-          f"{rms_dbfs(middle):.2f} dBFS, {len(frames)} video frames")
+    print(
+        f"\nrecord: {seconds:.2f} s of audio for {talked:.2f} s of call, level "
+        f"{rms_dbfs(middle):.2f} dBFS, {len(frames)} video frames"
+    )
 
 
-async def test_remote_video_yields_rgb_frames_and_taps_are_guarded(make_engine, error_log
-                                                                  ) -> None:
+async def test_remote_video_yields_rgb_frames_and_taps_are_guarded(make_engine, error_log) -> None:
     alice, _ = await make_engine("alice", video_source=TestPatternSource(160, 120, 15))
     bob, rb = await make_engine("bob", video_source=TestPatternSource(160, 120, 15))
     calls = []
@@ -221,7 +230,8 @@ async def test_remote_video_yields_rgb_frames_and_taps_are_guarded(make_engine, 
     # the broken tap ran on every frame, was logged once, and broke nothing
     assert len(calls) > 10 and set(calls) == {48000}
     assert [r.getMessage() for r in error_log.records].count(
-        f"audio tap {broken!r} for alice failed") == 1
+        f"audio tap {broken!r} for alice failed"
+    ) == 1
     bob.remove_audio_tap("alice", broken)
     n = len(calls)
     await asyncio.sleep(0.2)

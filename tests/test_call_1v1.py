@@ -15,14 +15,25 @@ pytestmark = pytest.mark.loopback
 
 
 async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
-    alice, ra = await make_engine("alice", audio_source=ToneSource(440, level_dbfs=-20),
-                                  video_source=TestPatternSource(160, 120, 15))
-    bob, rb = await make_engine("bob", audio_source=ToneSource(660, level_dbfs=-40),
-                                video_source=TestPatternSource(160, 120, 15))
+    alice, ra = await make_engine(
+        "alice",
+        audio_source=ToneSource(440, level_dbfs=-20),
+        video_source=TestPatternSource(160, 120, 15),
+    )
+    bob, rb = await make_engine(
+        "bob",
+        audio_source=ToneSource(660, level_dbfs=-40),
+        video_source=TestPatternSource(160, 120, 15),
+    )
     await alice.call("bob", CallMediaType.VIDEO, CallParams(user_data="hello"))
     received = await rb.wait_for("onCallReceived")
-    assert received == {"callerId": "alice", "calleeIdList": ["bob"], "groupId": "",
-                        "callMediaType": 2, "userData": "hello"}
+    assert received == {
+        "callerId": "alice",
+        "calleeIdList": ["bob"],
+        "groupId": "",
+        "callMediaType": 2,
+        "userData": "hello",
+    }
     await bob.accept()
     begin_a = await ra.wait_for("onCallBegin")
     begin_b = await rb.wait_for("onCallBegin")
@@ -31,12 +42,11 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
     assert begin_a["callMediaType"] == begin_b["callMediaType"] == 2
 
     # let media connect and the jitter buffers fill, then read a few 300 ms windows
-    await rb.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"]["alice"] > 0,
-                      timeout=10)
+    await rb.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"]["alice"] > 0, timeout=10)
     await asyncio.sleep(2.5)
-    assert abs(recent_volume(rb, "alice") - 80) <= 4   # -20 dBFS tone decoded at bob
-    assert abs(recent_volume(ra, "bob") - 40) <= 4     # -40 dBFS tone decoded at alice
-    assert abs(recent_volume(ra, "alice") - 80) <= 4   # local volume from the source
+    assert abs(recent_volume(rb, "alice") - 80) <= 4  # -20 dBFS tone decoded at bob
+    assert abs(recent_volume(ra, "bob") - 40) <= 4  # -40 dBFS tone decoded at alice
+    assert abs(recent_volume(ra, "alice") - 80) <= 4  # local volume from the source
     assert abs(recent_volume(rb, "bob") - 40) <= 4
     for engine, other in ((alice, "bob"), (bob, "alice")):
         video = engine.peers[other].remote_video
@@ -51,15 +61,25 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
     assert end_a["totalTime"] == end_b["totalTime"] >= 3
     # each side learns the other's video is available when its first frame decodes
     assert ra.names() == ["onUserJoin", "onCallBegin", "onUserVideoAvailable", "onCallEnd"]
-    assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserVideoAvailable",
-                          "onUserLeave", "onCallEnd"]
+    assert rb.names() == [
+        "onCallReceived",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserVideoAvailable",
+        "onUserLeave",
+        "onCallEnd",
+    ]
     assert ra.of("onUserVideoAvailable") == [{"userId": "bob", "isVideoAvailable": True}]
     assert rb.of("onUserVideoAvailable") == [{"userId": "alice", "isVideoAvailable": True}]
     assert rb.of("onUserLeave") == [{"userId": "alice"}]
     assert ra.of("onUserJoin") == [{"userId": "bob"}]
     assert rb.of("onUserJoin") == [{"userId": "alice"}]
-    assert end_a == {"roomID": begin_a["roomID"], "callMediaType": 2, "callRole": 1,
-                     "totalTime": end_a["totalTime"]}
+    assert end_a == {
+        "roomID": begin_a["roomID"],
+        "callMediaType": 2,
+        "callRole": 1,
+        "totalTime": end_a["totalTime"],
+    }
     assert_payload_keys(ra)
     assert_payload_keys(rb)
     assert alice.peers == {} and bob.peers == {}
@@ -87,8 +107,10 @@ async def test_callee_rejects(make_engine) -> None:
     await bob.reject()
     await ra.wait_for("onCallCancelled")
     await quiet()
-    assert ra.sequence() == [("onUserReject", {"userId": "bob"}),
-                             ("onCallCancelled", {"userId": "alice"})]
+    assert ra.sequence() == [
+        ("onUserReject", {"userId": "bob"}),
+        ("onCallCancelled", {"userId": "alice"}),
+    ]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]
     with pytest.raises(CallError) as err:
         await bob.accept()  # nothing is ringing any more
@@ -102,8 +124,10 @@ async def test_callee_does_not_answer_in_time(make_engine) -> None:
     await ra.wait_for("onCallCancelled", timeout=6)
     await rb.wait_for("onCallCancelled")
     await quiet()
-    assert ra.sequence() == [("onUserNoResponse", {"userId": "bob"}),
-                             ("onCallCancelled", {"userId": "alice"})]
+    assert ra.sequence() == [
+        ("onUserNoResponse", {"userId": "bob"}),
+        ("onCallCancelled", {"userId": "alice"}),
+    ]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]
 
 
@@ -116,8 +140,10 @@ async def test_callee_busy_in_another_call(make_engine) -> None:
     await carol.call("bob", CallMediaType.AUDIO)
     await rc.wait_for("onCallCancelled")
     await quiet()
-    assert rc.sequence() == [("onUserLineBusy", {"userId": "bob"}),
-                             ("onCallCancelled", {"userId": "carol"})]
+    assert rc.sequence() == [
+        ("onUserLineBusy", {"userId": "bob"}),
+        ("onCallCancelled", {"userId": "carol"}),
+    ]
     assert rb.names() == before_bob  # the busy callee hears nothing
     await bob.hangup()
     await ra.wait_for("onCallEnd")
@@ -130,8 +156,10 @@ async def test_callee_ignores(make_engine) -> None:
     await bob.ignore()
     await ra.wait_for("onCallCancelled")
     await quiet()
-    assert ra.sequence() == [("onUserLineBusy", {"userId": "bob"}),
-                             ("onCallCancelled", {"userId": "alice"})]
+    assert ra.sequence() == [
+        ("onUserLineBusy", {"userId": "bob"}),
+        ("onCallCancelled", {"userId": "alice"}),
+    ]
     assert rb.sequence()[1:] == [("onCallCancelled", {"userId": "bob"})]
 
 

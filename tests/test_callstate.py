@@ -27,7 +27,10 @@ REPEATED = ErrorCode.REQUEST_REPEATED
 #: the reference page's res.* keys and their types, per event
 REFERENCE: dict[str, dict[str, type]] = {
     "onCallReceived": {
-        "callerId": str, "calleeIdList": list, "groupId": str, "callMediaType": int,
+        "callerId": str,
+        "calleeIdList": list,
+        "groupId": str,
+        "callMediaType": int,
         "userData": str,
     },
     "onCallCancelled": {"userId": str},
@@ -123,8 +126,13 @@ def ev(event: str, user: str) -> tuple[str, dict[str, Any]]:
 def received(caller: str, callees: list[str], group: str = "", media: int = 2, data: str = ""):
     return (
         "onCallReceived",
-        {"callerId": caller, "calleeIdList": callees, "groupId": group,
-         "callMediaType": media, "userData": data},
+        {
+            "callerId": caller,
+            "calleeIdList": callees,
+            "groupId": group,
+            "callMediaType": media,
+            "userData": data,
+        },
     )
 
 
@@ -157,12 +165,26 @@ def test_incoming_call(reg: CallRegistry, clock: Clock) -> None:
     assert reg.get_timer() == 1020.0
     a, b = call.members["A"], call.members["B"]
     assert (a.state, a.role, a.invited_by, a.deadline, a.began_at) == (
-        MemberState.JOINED, CallRole.CALLER, "", None, None)
+        MemberState.JOINED,
+        CallRole.CALLER,
+        "",
+        None,
+        None,
+    )
     assert (b.state, b.role, b.invited_by, b.deadline, b.began_at) == (
-        MemberState.RINGING, CallRole.CALLED, "A", 1020.0, None)
+        MemberState.RINGING,
+        CallRole.CALLED,
+        "A",
+        1020.0,
+        None,
+    )
     assert (a.audio, a.video, b.audio, b.video) == (True, True, True, True)
     assert call.snapshot() == {
-        "callId": "call-1", "roomID": 101, "groupId": "", "callMediaType": 2, "callerId": "A",
+        "callId": "call-1",
+        "roomID": 101,
+        "groupId": "",
+        "callMediaType": 2,
+        "callerId": "A",
         "members": [
             {"userId": "A", "state": "joined", "audio": True, "video": True},
             {"userId": "B", "state": "ringing", "audio": True, "video": True},
@@ -325,13 +347,22 @@ def test_device_changes(reg: CallRegistry, clock: Clock) -> None:
 
 def test_camera_in_audio_call_not_supported(reg: CallRegistry, clock: Clock) -> None:
     call = connected_1v1(reg, clock, AUDIO)
-    refused(reg, ErrorCode.SCENE_NOT_SUPPORTED, reg.set_device, clock(), "A", call.call_id,
-            video=True)
+    refused(
+        reg, ErrorCode.SCENE_NOT_SUPPORTED, reg.set_device, clock(), "A", call.call_id, video=True
+    )
     # closing a camera that is already off is a no-op, not an error
     assert reg.set_device(clock(), "A", call.call_id, video=False) == []
     # audio change plus refused video: nothing happens at all
-    refused(reg, ErrorCode.SCENE_NOT_SUPPORTED, reg.set_device, clock(), "A", call.call_id,
-            audio=False, video=True)
+    refused(
+        reg,
+        ErrorCode.SCENE_NOT_SUPPORTED,
+        reg.set_device,
+        clock(),
+        "A",
+        call.call_id,
+        audio=False,
+        video=True,
+    )
     assert call.members["A"].audio is True
 
 
@@ -339,8 +370,7 @@ def test_camera_in_audio_call_not_supported(reg: CallRegistry, clock: Clock) -> 
 
 
 def test_group_call_received(reg: CallRegistry, clock: Clock) -> None:
-    call, out = reg.start_call(clock(), "A", ["B", "C", "D"], AUDIO, group_id="g1",
-                               user_data="x")
+    call, out = reg.start_call(clock(), "A", ["B", "C", "D"], AUDIO, group_id="g1", user_data="x")
     rec = received("A", ["B", "C", "D"], group="g1", media=1, data="x")
     assert by_user(out) == {"B": [rec], "C": [rec], "D": [rec]}
     assert [n.user_id for n in out] == ["B", "C", "D"]
@@ -371,9 +401,7 @@ def test_group_accepts(reg: CallRegistry, clock: Clock) -> None:
     assert reg.get_timer() is None
 
 
-def test_group_reject_before_anyone_accepted_keeps_ringing(
-    reg: CallRegistry, clock: Clock
-) -> None:
+def test_group_reject_before_anyone_accepted_keeps_ringing(reg: CallRegistry, clock: Clock) -> None:
     call, _ = reg.start_call(clock(), "A", ["B", "C"], AUDIO, group_id="g")
     out = reg.reject(clock(1), "B", call.call_id)
     assert by_user(out) == {"B": [ev("onCallCancelled", "B")], "A": [ev("onUserReject", "B")]}
@@ -438,7 +466,11 @@ def test_invite_mid_call(reg: CallRegistry, clock: Clock) -> None:
     assert by_user(out) == {"C": [rec], "D": [rec]}
     c = call.members["C"]
     assert (c.state, c.role, c.invited_by, c.deadline) == (
-        MemberState.RINGING, CallRole.CALLED, "B", 1032.0)
+        MemberState.RINGING,
+        CallRole.CALLED,
+        "B",
+        1032.0,
+    )
     out = reg.accept(clock(1), "C", call.call_id)
     assert by_user(out) == {
         "A": [ev("onUserJoin", "C")],
@@ -485,12 +517,19 @@ def test_join_by_room_id(reg: CallRegistry, clock: Clock) -> None:
     }
     e = call.members["E"]
     assert (e.state, e.role, e.began_at, e.deadline) == (
-        MemberState.JOINED, CallRole.CALLED, clock(), None)
+        MemberState.JOINED,
+        CallRole.CALLED,
+        clock(),
+        None,
+    )
     refused(reg, REPEATED, reg.join, clock(), "E", room, AUDIO)
     # a ringing invitee joining by room id accepts
     _, out = reg.join(clock(1), "C", room, AUDIO)
     assert by_user(out)["C"] == [
-        begin(2, media=1), ev("onUserJoin", "A"), ev("onUserJoin", "B"), ev("onUserJoin", "E"),
+        begin(2, media=1),
+        ev("onUserJoin", "A"),
+        ev("onUserJoin", "B"),
+        ev("onUserJoin", "E"),
     ]
     assert reg.get_timer() is None
     out = reg.hangup(clock(10), "E", call.call_id)
@@ -659,10 +698,22 @@ def test_start_call_invalid_callees(reg: CallRegistry, clock: Clock, callees: An
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"media_type": 0}, {"media_type": 3}, {"media_type": True}, {"media_type": "1"},
-        {"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"timeout": float("inf")},
-        {"timeout": True}, {"group_id": None}, {"user_data": 5}, {"room_id": 0},
-        {"room_id": 2**31}, {"room_id": "7"}, {"caller": ""}, {"caller": 7},
+        {"media_type": 0},
+        {"media_type": 3},
+        {"media_type": True},
+        {"media_type": "1"},
+        {"timeout": 0},
+        {"timeout": -1},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": True},
+        {"group_id": None},
+        {"user_data": 5},
+        {"room_id": 0},
+        {"room_id": 2**31},
+        {"room_id": "7"},
+        {"caller": ""},
+        {"caller": 7},
     ],
 )
 def test_start_call_invalid_params(reg: CallRegistry, clock: Clock, kwargs: dict) -> None:

@@ -34,8 +34,14 @@ timeouts = st.sampled_from([1.0, 5.0, 30.0])
 
 #: events a joined member may get about the call it is in
 IN_CALL_EVENTS = {
-    "onUserJoin", "onUserLeave", "onUserReject", "onUserNoResponse", "onUserLineBusy",
-    "onCallMediaTypeChanged", "onUserAudioAvailable", "onUserVideoAvailable",
+    "onUserJoin",
+    "onUserLeave",
+    "onUserReject",
+    "onUserNoResponse",
+    "onUserLineBusy",
+    "onCallMediaTypeChanged",
+    "onUserAudioAvailable",
+    "onUserVideoAvailable",
 }
 #: events a waiting caller may get
 CALLING_EVENTS = {"onUserJoin", "onUserReject", "onUserNoResponse", "onUserLineBusy"}
@@ -47,8 +53,9 @@ class CallMachine(RuleBasedStateMachine):
         # deterministic ids: hypothesis replays draws that depend on the set of live calls
         ids = itertools.count(1)
         rooms = itertools.count(1000)
-        self.reg = CallRegistry(new_call_id=lambda: f"c{next(ids):04d}",
-                                new_room_id=lambda: next(rooms))
+        self.reg = CallRegistry(
+            new_call_id=lambda: f"c{next(ids):04d}", new_room_id=lambda: next(rooms)
+        )
         self.now = 0.0
         self.status: dict[tuple[str, str], str] = {}  # (user, call id) -> automaton state
         self.begins = 0
@@ -121,12 +128,13 @@ class CallMachine(RuleBasedStateMachine):
     def fire_timers(self) -> None:
         self._feed(self.reg.handle_timer(self.now))
 
-    @rule(caller=users, callees=callee_lists, m=media, timeout=timeouts,
-          group=st.booleans())
-    def start_call(self, caller: str, callees: list[str], m: CallMediaType, timeout: float,
-                   group: bool) -> None:
-        result = self._do(self.reg.start_call, caller, callees, m, timeout=timeout,
-                          group_id="g" if group else "")
+    @rule(caller=users, callees=callee_lists, m=media, timeout=timeouts, group=st.booleans())
+    def start_call(
+        self, caller: str, callees: list[str], m: CallMediaType, timeout: float, group: bool
+    ) -> None:
+        result = self._do(
+            self.reg.start_call, caller, callees, m, timeout=timeout, group_id="g" if group else ""
+        )
         if result is not None:
             call, out = result
             self.status[(caller, call.call_id)] = "calling"
@@ -142,8 +150,7 @@ class CallMachine(RuleBasedStateMachine):
     @rule(data=st.data(), callees=callee_lists, timeout=timeouts)
     def invite(self, data: st.DataObject, callees: list[str], timeout: float) -> None:
         user = self._pick_user(data)
-        out = self._do(self.reg.invite, user, self._pick_call(data, user), callees,
-                       timeout=timeout)
+        out = self._do(self.reg.invite, user, self._pick_call(data, user), callees, timeout=timeout)
         if out is not None:
             self._feed(out)
 
@@ -164,8 +171,9 @@ class CallMachine(RuleBasedStateMachine):
     @rule(data=st.data(), audio=st.none() | st.booleans(), video=st.none() | st.booleans())
     def device(self, data: st.DataObject, audio: bool | None, video: bool | None) -> None:
         user = self._pick_user(data)
-        out = self._do(self.reg.set_device, user, self._pick_call(data, user), audio=audio,
-                       video=video)
+        out = self._do(
+            self.reg.set_device, user, self._pick_call(data, user), audio=audio, video=video
+        )
         if out is not None:
             self._feed(out)
 
@@ -186,8 +194,12 @@ class CallMachine(RuleBasedStateMachine):
         self._feed(getattr(self.reg, op)(self.now, user, cid))
 
     @precondition(lambda self: bool(self._pairs(MemberState.JOINED)))
-    @rule(data=st.data(), op=st.sampled_from(["hangup", "invite", "switch", "mic", "camera"]),
-          callees=callee_lists, flag=st.booleans())
+    @rule(
+        data=st.data(),
+        op=st.sampled_from(["hangup", "invite", "switch", "mic", "camera"]),
+        callees=callee_lists,
+        flag=st.booleans(),
+    )
     def joined_acts(self, data: st.DataObject, op: str, callees: list[str], flag: bool) -> None:
         user, cid = data.draw(st.sampled_from(self._pairs(MemberState.JOINED)))
         call = self.reg.calls[cid]

@@ -23,8 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> dict:
     """Run ``code`` in a fresh interpreter at the repo root; it prints one JSON line last."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -43,7 +50,9 @@ NO_PORTAUDIO = """
 
 
 def test_no_portaudio_microphone_raises_1101_and_everything_else_runs() -> None:
-    out = run_python(NO_PORTAUDIO + """
+    out = run_python(
+        NO_PORTAUDIO
+        + """
     import asyncio, json, types
     import callkit.media as media, callkit  # importing never fails for want of PortAudio
     from callkit import CallEngine, CallError, CallMediaType
@@ -92,14 +101,16 @@ def test_no_portaudio_microphone_raises_1101_and_everything_else_runs() -> None:
 
     result["call_volume"] = asyncio.run(call())
     print(json.dumps(result))
-    """)
+    """
+    )
     for name in ("mic", "speaker", "list"):
         code, message, cls = out[name]
         assert code == -1101 and cls == "DeviceError", out[name]
         assert "PortAudio" in message or "sounddevice" in message, message
     if sys.platform.startswith("linux"):
-        assert out["mic"][1].startswith("the PortAudio library is not available "
-                                        "(PortAudio library not found)"), out["mic"]
+        assert out["mic"][1].startswith(
+            "the PortAudio library is not available (PortAudio library not found)"
+        ), out["mic"]
         assert out["sounddevice_imported"] == "PortAudio library not found"
     kind, speaker, lines = out["fallback"]
     assert kind == "ToneSource" and speaker is None
@@ -143,7 +154,8 @@ def test_microphone_and_speaker_through_real_portaudio(tmp_path: Path) -> None:
     device. Needs the PortAudio library (Debian: libportaudio2)."""
     ToneSource(440, -20).read(48000 * 10).astype("<i2").tofile(tmp_path / "tone.raw")
     (tmp_path / ".asoundrc").write_text(ASOUNDRC.format(raw=tmp_path / "tone.raw"))
-    out = run_python("""
+    out = run_python(
+        """
     import json, time
     import numpy as np
     from callkit import CallError
@@ -181,10 +193,12 @@ def test_microphone_and_speaker_through_real_portaudio(tmp_path: Path) -> None:
     print(json.dumps({"devices": devices, "shape": list(got.shape), "dtype": str(got.dtype),
                       "level": rms_dbfs(got[len(got) // 2:]), "errors": errors,
                       "speaker": repr(speaker), "left": left}))
-    """, env={"HOME": str(tmp_path)})
+    """,
+        env={"HOME": str(tmp_path)},
+    )
     assert ["default", True, True] in out["devices"], out["devices"]
     assert out["shape"] == [48000, 1] and out["dtype"] == "int16"
-    assert abs(out["level"] + 20) < 1.0, out["level"]       # the tone arrived, at its level
+    assert abs(out["level"] + 20) < 1.0, out["level"]  # the tone arrived, at its level
     assert out["errors"][0][0] == -1101 and "no-such-device" in out["errors"][0][1]
     assert out["errors"][1][0] == -1101 and "999" in out["errors"][1][1]
     assert out["speaker"].startswith("SpeakerSink(device='default'")
@@ -193,23 +207,25 @@ def test_microphone_and_speaker_through_real_portaudio(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- cameras
 
+
 def test_camera_through_pyav_capture_thread() -> None:
     """The capture thread with a real FFmpeg input (lavfi's test source, paced in real time)."""
     import time
 
-    cam = CameraSource("testsrc=size=320x240:rate=30,realtime", input_format="lavfi",
-                       width=160, height=120, fps=30)
+    cam = CameraSource(
+        "testsrc=size=320x240:rate=30,realtime", input_format="lavfi", width=160, height=120, fps=30
+    )
     try:
-        first = cam.read()                      # before the first capture: black, right size
+        first = cam.read()  # before the first capture: black, right size
         assert (first.width, first.height, first.format.name) == (160, 120, "yuv420p")
         deadline = time.monotonic() + 5
         while cam.frames_captured < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert cam.frames_captured >= 5 and cam.error is None
         a, b = cam.read(), cam.read()
-        assert a is not b and (a.width, a.height) == (160, 120)   # never the same object
+        assert a is not b and (a.width, a.height) == (160, 120)  # never the same object
         assert np.array_equal(a.to_ndarray(), b.to_ndarray())  # the same newest image
-        assert a.to_ndarray()[:120].std() > 10                   # a picture, not black
+        assert a.to_ndarray()[:120].std() > 10  # a picture, not black
     finally:
         cam.close()
 
@@ -226,19 +242,20 @@ def test_missing_camera_raises_1101() -> None:
 
 # ---------------------------------------------------------------------------- plumbing
 
+
 def test_sample_fifo_wraps_drops_oldest_and_prebuffers() -> None:
     fifo = SampleFifo(10, 1)
     fifo.write(np.arange(1, 8, dtype=np.int16).reshape(-1, 1))
     assert fifo.read(5)[:, 0].tolist() == [1, 2, 3, 4, 5]
     fifo.write(np.arange(8, 16, dtype=np.int16).reshape(-1, 1))  # wraps; 10 fit
     assert len(fifo) == 10 and fifo.dropped == 0
-    fifo.write(np.array([[16], [17]], dtype=np.int16))           # drops 6 and 7
+    fifo.write(np.array([[16], [17]], dtype=np.int16))  # drops 6 and 7
     assert fifo.dropped == 2
     assert fifo.read(12)[:, 0].tolist() == list(range(8, 18)) + [0, 0]
     assert fifo.underruns == 1
     primed = SampleFifo(100, 2, prebuffer=4)
     primed.write(np.ones((3, 2), dtype=np.int16))
-    assert not primed.read(2).any()                              # waits for 4 queued
+    assert not primed.read(2).any()  # waits for 4 queued
     primed.write(np.ones((1, 2), dtype=np.int16))
     assert primed.read(2).all() and len(primed) == 2
 
@@ -246,8 +263,9 @@ def test_sample_fifo_wraps_drops_oldest_and_prebuffers() -> None:
 def test_pcm_converter_resamples_and_remixes_keeping_level_and_pitch() -> None:
     conv = PcmConverter(48000, 1)
     stereo16k = np.repeat(ToneSource(1000, -20, sample_rate=16000).read(16000), 2, axis=1)
-    out = np.concatenate([conv.convert(stereo16k[i:i + 320], 16000)
-                          for i in range(0, 16000, 320)])
+    out = np.concatenate(
+        [conv.convert(stereo16k[i : i + 320], 16000) for i in range(0, 16000, 320)]
+    )
     assert out.dtype == np.int16 and out.shape[1] == 1
     assert abs(len(out) - 48000) < 200
     assert abs(rms_dbfs(out[2000:]) + 20) < 0.3

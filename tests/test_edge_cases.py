@@ -17,9 +17,11 @@ pytestmark = pytest.mark.loopback
 async def test_glare_one_call_survives(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
-    results = await asyncio.gather(alice.call("bob", CallMediaType.AUDIO),
-                                   bob.call("alice", CallMediaType.AUDIO),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        alice.call("bob", CallMediaType.AUDIO),
+        bob.call("alice", CallMediaType.AUDIO),
+        return_exceptions=True,
+    )
     errors = [r for r in results if isinstance(r, CallError)]
     assert len(errors) == 1 and errors[0].code == -1203, results
     winner, loser = (alice, bob) if results[0] is None else (bob, alice)
@@ -36,18 +38,17 @@ async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
     await ring(alice, rb, "bob")
-    accepted, cancelled = await asyncio.gather(bob.accept(), alice.hangup(),
-                                               return_exceptions=True)
+    accepted, cancelled = await asyncio.gather(bob.accept(), alice.hangup(), return_exceptions=True)
     assert cancelled is None
-    if accepted is None:      # accept won: the hangup then ended the connected call
+    if accepted is None:  # accept won: the hangup then ended the connected call
         await rb.wait_for("onCallEnd")
         await ra.wait_for("onCallEnd")
-    else:                     # cancel won: the accept was refused
+    else:  # cancel won: the accept was refused
         assert isinstance(accepted, CallError) and accepted.code == -1203
         assert rb.names() == ["onCallReceived", "onCallCancelled"]
     await quiet()
     assert alice.call_state is CallState.IDLE and bob.call_state is CallState.IDLE
-    await alice.call("bob", CallMediaType.AUDIO)     # and a new call works
+    await alice.call("bob", CallMediaType.AUDIO)  # and a new call works
     await rb.wait_for("onCallReceived", count=2)
 
 
@@ -58,11 +59,11 @@ async def test_accept_racing_the_timeout(make_engine) -> None:
     await asyncio.sleep(0.95)
     try:
         await bob.accept()
-    except CallError as exc:          # the timeout won
+    except CallError as exc:  # the timeout won
         assert exc.code == -1203
         await ra.wait_for("onUserNoResponse")
         assert rb.names() == ["onCallReceived", "onCallCancelled"]
-    else:                             # the accept won: no timeout afterwards
+    else:  # the accept won: no timeout afterwards
         await ra.wait_for("onCallBegin")
         await asyncio.sleep(1.0)
         assert "onUserNoResponse" not in ra.names()
@@ -97,9 +98,10 @@ async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
     await ring(alice, rb, "bob")
     call_id = alice.call_id
     from callkit.signaling import protocol as p
+
     for message in (p.Reject, p.Hangup, p.Accept, p.Ignore):
         with pytest.raises(CallError) as err:
-            await eve._client.request(message, call_id=call_id)   # a forged request
+            await eve._client.request(message, call_id=call_id)  # a forged request
         assert err.value.code == -1203, message
     for method in (eve.reject, eve.hangup):
         with pytest.raises(CallError) as err:
@@ -121,9 +123,9 @@ async def test_invite_validation(make_engine) -> None:
             await alice.invite_user(ids)
         assert err.value.code == -1202, ids
     with pytest.raises(CallError) as err:
-        await alice.invite_user(["bob"])            # already in the call
+        await alice.invite_user(["bob"])  # already in the call
     assert err.value.code == -1202
-    with pytest.raises(CallError) as err:            # 2 in the call + 8 more > 9
+    with pytest.raises(CallError) as err:  # 2 in the call + 8 more > 9
         await alice.invite_user([f"u{i}" for i in range(8)])
     assert err.value.code == -1202
     await alice.hangup()

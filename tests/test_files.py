@@ -23,16 +23,23 @@ from callkit.media import (
 from callkit.media.volume import rms_dbfs
 
 
-def write_audio(path: Path, seconds: float, *, rate: int = 44100, codec: str = "libopus",
-                level: float = -20.0, freq: float = 440.0) -> None:
+def write_audio(
+    path: Path,
+    seconds: float,
+    *,
+    rate: int = 44100,
+    codec: str = "libopus",
+    level: float = -20.0,
+    freq: float = 440.0,
+) -> None:
     """Encode a stereo tone with PyAV (any container/codec FFmpeg writes)."""
     tone = ToneSource(freq, level, sample_rate=rate, channels=2).read(int(seconds * rate))
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate,
-                                layout="stereo")
+        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate, layout="stereo")
         for i in range(0, len(tone), 1024):
-            frame = av.AudioFrame.from_ndarray(tone[i:i + 1024].reshape(1, -1), format="s16",
-                                               layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                tone[i : i + 1024].reshape(1, -1), format="s16", layout="stereo"
+            )
             frame.sample_rate = rate
             frame.pts = i
             frame.time_base = fractions.Fraction(1, rate)
@@ -42,8 +49,13 @@ def write_audio(path: Path, seconds: float, *, rate: int = 44100, codec: str = "
             out.mux(packet)
 
 
-def write_video(path: Path, frames: int, fps: int = 10, size: tuple[int, int] = (160, 120),
-                with_audio: bool = False) -> None:
+def write_video(
+    path: Path,
+    frames: int,
+    fps: int = 10,
+    size: tuple[int, int] = (160, 120),
+    with_audio: bool = False,
+) -> None:
     """A test-pattern video (frame counter in the picture), optionally with a tone."""
     pattern = TestPatternSource(*size, fps=fps)
     with av.open(str(path), "w") as out:
@@ -59,8 +71,9 @@ def write_video(path: Path, frames: int, fps: int = 10, size: tuple[int, int] = 
                 out.mux(packet)
             if audio is not None:
                 n = 48000 // fps
-                a = av.AudioFrame.from_ndarray(tone.read(n).reshape(1, -1), format="s16",
-                                               layout="mono")
+                a = av.AudioFrame.from_ndarray(
+                    tone.read(n).reshape(1, -1), format="s16", layout="mono"
+                )
                 a.sample_rate, a.pts, a.time_base = 48000, i * n, fractions.Fraction(1, 48000)
                 for packet in audio.encode(a):
                     out.mux(packet)
@@ -81,11 +94,17 @@ def drain(src: FileAudioSource, seconds: float) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-@pytest.mark.parametrize(("name", "codec", "rate"), [("tone.ogg", "libopus", 48000),
-                                                      ("tone.mp3", "libmp3lame", 44100),
-                                                      ("tone.wav", "pcm_s16le", 16000)])
-def test_file_audio_plays_at_its_level_then_finishes(tmp_path: Path, name: str, codec: str,
-                                                      rate: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "codec", "rate"),
+    [
+        ("tone.ogg", "libopus", 48000),
+        ("tone.mp3", "libmp3lame", 44100),
+        ("tone.wav", "pcm_s16le", 16000),
+    ],
+)
+def test_file_audio_plays_at_its_level_then_finishes(
+    tmp_path: Path, name: str, codec: str, rate: int
+) -> None:
     path = tmp_path / name
     write_audio(path, 1.0, rate=rate, codec=codec)
     src = FileAudioSource(path)
@@ -95,9 +114,9 @@ def test_file_audio_plays_at_its_level_then_finishes(tmp_path: Path, name: str, 
         assert got.shape[1] == 1 and got.dtype == np.int16
         sound = np.flatnonzero(np.abs(got[:, 0]) > 100)
         played = (sound[-1] - sound[0]) / 48000
-        assert abs(played - 1.0) < 0.08, played           # resampled to 48 kHz, full length
-        assert abs(rms_dbfs(got[sound[0] + 4800:sound[-1] - 4800]) + 20) < 0.5
-        assert src.finished and not got[-4800:].any()      # silence after the end
+        assert abs(played - 1.0) < 0.08, played  # resampled to 48 kHz, full length
+        assert abs(rms_dbfs(got[sound[0] + 4800 : sound[-1] - 4800]) + 20) < 0.5
+        assert src.finished and not got[-4800:].any()  # silence after the end
     finally:
         src.close()
 
@@ -109,7 +128,7 @@ def test_file_audio_loops(tmp_path: Path) -> None:
     try:
         got = drain(src, 1.2)
         assert not src.finished and src.position == pytest.approx(1.2, abs=0.03)
-        assert abs(rms_dbfs(got) + 20) < 0.5                # no gaps between the loops
+        assert abs(rms_dbfs(got) + 20) < 0.5  # no gaps between the loops
     finally:
         src.close()
 
@@ -117,7 +136,7 @@ def test_file_audio_loops(tmp_path: Path) -> None:
 def test_file_video_follows_timestamps_and_loops(tmp_path: Path) -> None:
     path = tmp_path / "pattern.webm"
     write_video(path, frames=20, fps=10)
-    once = FileVideoSource(path, fps=20)                    # read twice as fast as recorded
+    once = FileVideoSource(path, fps=20)  # read twice as fast as recorded
     looped = FileVideoSource(path, loop=True)
     try:
         assert (once.width, once.height, looped.fps) == (160, 120, 10)
@@ -126,14 +145,13 @@ def test_file_video_follows_timestamps_and_loops(tmp_path: Path) -> None:
             out = []
             for _ in range(n):
                 deadline = time.monotonic() + 0.5
-                while src._decoder.queue.empty() and not src._eof \
-                        and time.monotonic() < deadline:
+                while src._decoder.queue.empty() and not src._eof and time.monotonic() < deadline:
                     time.sleep(0.001)
                 out.append(TestPatternSource.decode_counter(src.read()))
             return out
 
         slow = counters(once, 44)
-        assert slow[:6] == [0, 0, 1, 1, 2, 2]               # each file frame shown twice
+        assert slow[:6] == [0, 0, 1, 1, 2, 2]  # each file frame shown twice
         assert slow[-4:] == [19, 19, 19, 19] and once.finished
         assert counters(looped, 45) == list(range(20)) * 2 + list(range(5))
         assert not looped.finished
@@ -166,12 +184,12 @@ async def test_recorder_writes_wav_and_mkv_off_the_loop(tmp_path: Path) -> None:
     rec = RecorderSink(tmp_path, prefix="call-")
     tone = ToneSource(440, -20, channels=2)
     pattern = TestPatternSource(160, 120, 15)
-    for i in range(50):                                     # 1 s: 20 ms audio, video at 12.5 fps
+    for i in range(50):  # 1 s: 20 ms audio, video at 12.5 fps
         rec.audio_tap("alice")(tone.read(960), 48000)
         if i % 4 == 0:
             rec.video_tap("alice")(pattern.read())
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.35)                               # a gap: recorded as silence
+    await asyncio.sleep(0.35)  # a gap: recorded as silence
     rec.write_audio("alice", tone.read(960), 48000)
     files = await rec.close()
     alice = files["alice"]
@@ -180,12 +198,12 @@ async def test_recorder_writes_wav_and_mkv_off_the_loop(tmp_path: Path) -> None:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (48000, 1, 2)
         data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert w.getnframes() == alice.audio_samples
-    assert 1.3 < alice.audio_seconds < 1.5, alice.audio_seconds   # 1 s + gap + 20 ms
+    assert 1.3 < alice.audio_seconds < 1.5, alice.audio_seconds  # 1 s + gap + 20 ms
     assert abs(rms_dbfs(data[:48000]) + 20) < 0.2
     silent = np.flatnonzero(np.abs(data) == 0)
-    assert len(silent) > 0.2 * 48000                              # the gap
+    assert len(silent) > 0.2 * 48000  # the gap
     with av.open(str(alice.video)) as c:
         frames = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
     assert len(frames) == alice.video_frames == 13
     assert [TestPatternSource.decode_counter(f) for f in frames] == list(range(13))
-    assert await rec.close() is files                            # idempotent
+    assert await rec.close() is files  # idempotent

@@ -41,11 +41,16 @@ async def test_oversized_frames_get_an_error_then_a_close(server: SignalingServe
     big = json.dumps({"v": 1, "type": "ping", "id": 5, "pad": "x" * 70_000})
     await alice.send_raw(big)
     frame = await alice.recv()
-    assert frame == {"v": 1, "type": "error", "code": -1403,  # no id: the frame is not read
-                     "message": "message larger than 65536 bytes"}
+    assert frame == {
+        "v": 1,
+        "type": "error",
+        "code": -1403,  # no id: the frame is not read
+        "message": "message larger than 65536 bytes",
+    }
     # multi-byte characters count in bytes, not characters
-    await alice.send_raw(json.dumps({"v": 1, "type": "ping", "id": 6, "pad": "é" * 40_000},
-                                    ensure_ascii=False))
+    await alice.send_raw(
+        json.dumps({"v": 1, "type": "ping", "id": 6, "pad": "é" * 40_000}, ensure_ascii=False)
+    )
     assert (await alice.recv())["code"] == -1403
     assert (await alice.request("ping"))["type"] == "ok"  # the connection stays up
     await alice.send_raw("x" * (2 * 1024 * 1024))  # beyond 1 MiB: the socket is closed
@@ -110,13 +115,15 @@ async def test_connection_caps() -> None:
         devices = []
         for _ in range(2):
             client = await RawClient.connect(url)
-            reply = await client.request("login", sdkAppId=SDK_APP_ID, userId="bob",
-                                         userSig=sig("bob"), multiDevice=True)
+            reply = await client.request(
+                "login", sdkAppId=SDK_APP_ID, userId="bob", userSig=sig("bob"), multiDevice=True
+            )
             assert reply["type"] == "ok"
             devices.append(client)
         third = await RawClient.connect(url)
-        reply = await third.request("login", sdkAppId=SDK_APP_ID, userId="bob",
-                                    userSig=sig("bob"), multiDevice=True)
+        reply = await third.request(
+            "login", sdkAppId=SDK_APP_ID, userId="bob", userSig=sig("bob"), multiDevice=True
+        )
         assert reply["type"] == "error" and reply["code"] == -1203
         assert reply["message"] == "too many sessions for this user (at most 2)"
         more = [await RawClient.connect(url) for _ in range(2)]  # 5 sockets open now
@@ -147,17 +154,34 @@ LANE_USERS = ["fz0", "fz1", "fz2", "fz3", "fz4", "fz5", "fzm", "fzm", None, None
 MULTI = {6, 7}
 ONLINE = ["fz0", "fz1", "fz2", "fz3", "fz4", "fz5", "fzm"]
 USER_POOL = [*ONLINE, "nobody", "", "bad id", "x" * 40]
-TYPES = ["login", "call", "accept", "reject", "ignore", "hangup", "invite", "join",
-         "switchMedia", "device", "relay", "selfInfo", "ping"]
+TYPES = [
+    "login",
+    "call",
+    "accept",
+    "reject",
+    "ignore",
+    "hangup",
+    "invite",
+    "join",
+    "switchMedia",
+    "device",
+    "relay",
+    "selfInfo",
+    "ping",
+]
+
 
 def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children,
-                                                            max_size=4)
+    return st.lists(children, max_size=4) | st.dictionaries(
+        st.text(max_size=6), children, max_size=4
+    )
 
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    _containers, max_leaves=8)
+    _containers,
+    max_leaves=8,
+)
 
 
 @dataclass(frozen=True)
@@ -170,37 +194,48 @@ class Ref:
 
 def request_fields(draw: Any, type_: str) -> dict[str, Any]:
     user = st.sampled_from(ONLINE) | st.sampled_from(USER_POOL)
-    users = (st.lists(st.sampled_from(ONLINE), min_size=1, max_size=2, unique=True)
-             | st.lists(st.sampled_from(USER_POOL), max_size=3))
+    users = st.lists(st.sampled_from(ONLINE), min_size=1, max_size=2, unique=True) | st.lists(
+        st.sampled_from(USER_POOL), max_size=3
+    )
     call = st.builds(Ref, st.just("call"), st.integers(0, 5))
     fields: dict[str, Any] = {}
     if type_ == "login":
         who = draw(st.sampled_from(USER_POOL))
-        fields = {"sdkAppId": draw(st.sampled_from([SDK_APP_ID, SDK_APP_ID + 1])),
-                  "userId": who, "userSig": draw(st.sampled_from(["garbage", Ref("sig", 0)])),
-                  "multiDevice": draw(st.booleans())}
+        fields = {
+            "sdkAppId": draw(st.sampled_from([SDK_APP_ID, SDK_APP_ID + 1])),
+            "userId": who,
+            "userSig": draw(st.sampled_from(["garbage", Ref("sig", 0)])),
+            "multiDevice": draw(st.booleans()),
+        }
         if draw(st.booleans()):
             fields["resume"] = draw(st.text(max_size=30))
     elif type_ == "call":
-        fields = {"callees": draw(users), "mediaType": draw(st.sampled_from([1, 2, 3])),
-                  "timeout": draw(st.sampled_from([1, 0.3, 3, -1])),
-                  "groupId": draw(st.sampled_from(["", "g1"]))}
+        fields = {
+            "callees": draw(users),
+            "mediaType": draw(st.sampled_from([1, 2, 3])),
+            "timeout": draw(st.sampled_from([1, 0.3, 3, -1])),
+            "groupId": draw(st.sampled_from(["", "g1"])),
+        }
     elif type_ in ("accept", "reject", "ignore", "hangup"):
         fields = {"callId": draw(call)}
     elif type_ == "invite":
         fields = {"callId": draw(call), "callees": draw(users), "timeout": 1}
     elif type_ == "join":
-        fields = {"roomId": draw(st.builds(Ref, st.just("room"), st.integers(0, 5))),
-                  "mediaType": draw(st.sampled_from([1, 2]))}
+        fields = {
+            "roomId": draw(st.builds(Ref, st.just("room"), st.integers(0, 5))),
+            "mediaType": draw(st.sampled_from([1, 2])),
+        }
     elif type_ == "switchMedia":
         fields = {"callId": draw(call), "mediaType": draw(st.sampled_from([1, 2]))}
     elif type_ == "device":
-        fields = {"callId": draw(call), "audio": draw(st.booleans()),
-                  "video": draw(st.booleans())}
+        fields = {"callId": draw(call), "audio": draw(st.booleans()), "video": draw(st.booleans())}
     elif type_ == "relay":
-        fields = {"callId": draw(call), "to": draw(user),
-                  "kind": draw(st.sampled_from(["offer", "answer", "candidate", "smoke"])),
-                  "data": draw(st.sampled_from([{"sdp": "v=0", "type": "offer"}, {}]))}
+        fields = {
+            "callId": draw(call),
+            "to": draw(user),
+            "kind": draw(st.sampled_from(["offer", "answer", "candidate", "smoke"])),
+            "data": draw(st.sampled_from([{"sdp": "v=0", "type": "offer"}, {}])),
+        }
     elif type_ == "selfInfo":
         fields = {"nickname": draw(st.text(max_size=10)), "avatarUrl": "https://x/a.png"}
     return fields
@@ -220,15 +255,30 @@ MUTATION = st.one_of(
 def action(draw: Any) -> tuple[int, str, Any]:
     """(lane, kind, payload): a request (maybe mutated), random JSON, text or bytes."""
     lane = draw(st.integers(0, len(LANE_USERS) - 1))
-    kind = draw(st.sampled_from(["flow"] + ["request"] * 5 + ["mutated"] * 4
-                                + ["json", "text", "bytes"] + ["kick"] * (lane == 8)))
+    kind = draw(
+        st.sampled_from(
+            ["flow"]
+            + ["request"] * 5
+            + ["mutated"] * 4
+            + ["json", "text", "bytes"]
+            + ["kick"] * (lane == 8)
+        )
+    )
     if kind == "kick":  # a stranger logs in as a lane's user: that lane is kicked (or not)
         return lane, kind, (draw(st.sampled_from(ONLINE)), draw(st.booleans()))
     if kind == "flow":  # a whole call between two lanes; maybe one step mutated
         callee = draw(st.integers(0, len(ONLINE) - 1))
         step = draw(st.integers(0, 8))
-        return lane, kind, (callee, draw(st.sampled_from([1, 2])), step,
-                            draw(st.lists(MUTATION, min_size=1, max_size=2)))
+        return (
+            lane,
+            kind,
+            (
+                callee,
+                draw(st.sampled_from([1, 2])),
+                step,
+                draw(st.lists(MUTATION, min_size=1, max_size=2)),
+            ),
+        )
     if kind in ("request", "mutated"):
         type_ = draw(st.sampled_from(TYPES[1:] * 3 + TYPES))  # logins are rarer
         fields = request_fields(draw, type_)
@@ -244,8 +294,13 @@ def action(draw: Any) -> tuple[int, str, Any]:
 def generate_actions(examples: int) -> list[tuple[int, str, Any]]:
     out: list[tuple[int, str, Any]] = []
 
-    @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(action(), min_size=50, max_size=50))
     def collect(actions: list[tuple[int, str, Any]]) -> None:
         out.extend(actions)
@@ -282,9 +337,17 @@ class Lane:
         self.reader = asyncio.ensure_future(self._read(self.ws))
         self.reader.add_done_callback(lambda _: self.changed.set())
         if self.user is not None:
-            await self.send_json({"v": 1, "type": "login", "id": 1, "sdkAppId": SDK_APP_ID,
-                                  "userId": self.user, "userSig": sig(self.user),
-                                  "multiDevice": self.index in MULTI})
+            await self.send_json(
+                {
+                    "v": 1,
+                    "type": "login",
+                    "id": 1,
+                    "sdkAppId": SDK_APP_ID,
+                    "userId": self.user,
+                    "userSig": sig(self.user),
+                    "multiDevice": self.index in MULTI,
+                }
+            )
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -339,8 +402,9 @@ def resolve(value: Any, lanes: list[Lane], lane: Lane) -> Any:
     if isinstance(value, Ref):
         pool = lane.calls if value.kind == "call" else lane.rooms
         if not pool:  # borrow another lane's, else a made-up one
-            pool = [x for other in lanes for x in (other.calls if value.kind == "call"
-                                                    else other.rooms)]
+            pool = [
+                x for other in lanes for x in (other.calls if value.kind == "call" else other.rooms)
+            ]
         if not pool:
             return "no-such-call" if value.kind == "call" else 4242
         return pool[-1 - value.n % min(len(pool), 6)]
@@ -357,8 +421,12 @@ def render(kind: str, payload: Any, lanes: list[Lane], lane: Lane, rid: int) -> 
     type_, fields, mutations = payload
     if fields.get("userSig") == Ref("sig", 0):  # a valid sig: logins that kick lanes
         fields = {**fields, "userSig": sig(str(fields["userId"]) or "fz0")}
-    wire: dict[str, Any] = {"v": 1, "type": type_, "id": rid,
-                            **{k: resolve(v, lanes, lane) for k, v in fields.items()}}
+    wire: dict[str, Any] = {
+        "v": 1,
+        "type": type_,
+        "id": rid,
+        **{k: resolve(v, lanes, lane) for k, v in fields.items()},
+    }
     truncate = 0
     for op, *args in mutations:
         keys = sorted(wire)
@@ -389,10 +457,26 @@ async def run_flow(lanes: list[Lane], caller: Lane, payload: Any, rid: int) -> N
     steps = [
         (caller, "call", {"callees": [target], "mediaType": media, "timeout": 2}),
         (callee, "accept", {"callId": Ref("call", 0)}),
-        (caller, "relay", {"callId": Ref("call", 0), "to": target, "kind": "offer",
-                           "data": {"sdp": "v=0", "type": "offer"}}),
-        (callee, "relay", {"callId": Ref("call", 0), "to": caller.user, "kind": "answer",
-                           "data": {"sdp": "v=0", "type": "answer"}}),
+        (
+            caller,
+            "relay",
+            {
+                "callId": Ref("call", 0),
+                "to": target,
+                "kind": "offer",
+                "data": {"sdp": "v=0", "type": "offer"},
+            },
+        ),
+        (
+            callee,
+            "relay",
+            {
+                "callId": Ref("call", 0),
+                "to": caller.user,
+                "kind": "answer",
+                "data": {"sdp": "v=0", "type": "answer"},
+            },
+        ),
         (callee, "device", {"callId": Ref("call", 0), "audio": False}),
         (caller, "switchMedia", {"callId": Ref("call", 0), "mediaType": 3 - media}),
         (caller, "invite", {"callId": Ref("call", 0), "callees": ["nobody"], "timeout": 0.5}),
@@ -401,8 +485,9 @@ async def run_flow(lanes: list[Lane], caller: Lane, payload: Any, rid: int) -> N
     ]
     for lane in (caller, callee):  # first leave whatever call the lane is in
         if lane.calls and lane.alive:
-            await lane.send_json({"v": 1, "type": "hangup", "id": rid + 9,
-                                  "callId": lane.calls[-1]})
+            await lane.send_json(
+                {"v": 1, "type": "hangup", "id": rid + 9, "callId": lane.calls[-1]}
+            )
     await drain([caller, callee])
     call_id: str | None = None
     for n, (lane, type_, fields) in enumerate(steps):
@@ -429,8 +514,10 @@ async def drain(lanes: list[Lane], timeout: float = 10.0) -> None:
         if not behind:
             return
         if loop.time() > deadline:
-            raise AssertionError("replies missing: " + ", ".join(
-                f"lane {lane.index}: {lane.replies}/{lane.sent}" for lane in behind))
+            raise AssertionError(
+                "replies missing: "
+                + ", ".join(f"lane {lane.index}: {lane.replies}/{lane.sent}" for lane in behind)
+            )
         lane = behind[0]
         lane.changed.clear()
         if lane.alive and lane.replies < lane.sent:
@@ -447,8 +534,11 @@ async def normal_call_works(url: str) -> None:
     assert (await bob.event("onCallReceived"))["callId"] == call_id
     assert (await bob.request("accept", callId=call_id))["type"] == "ok"
     await alice.event("onCallBegin")
-    assert (await bob.request("relay", callId=call_id, to="alice", kind="offer",
-                              data={"sdp": "v=0", "type": "offer"}))["type"] == "ok"
+    assert (
+        await bob.request(
+            "relay", callId=call_id, to="alice", kind="offer", data={"sdp": "v=0", "type": "offer"}
+        )
+    )["type"] == "ok"
     assert (await alice.request("hangup", callId=call_id))["type"] == "ok"
     await bob.event("onCallEnd")
     await alice.close()
@@ -460,8 +550,9 @@ async def test_fuzz_live_server(error_log: Any) -> None:
     actions = generate_actions(examples=FUZZ_EXAMPLES)
     generated = time.monotonic() - t0
     assert len(actions) >= 50 * FUZZ_EXAMPLES
-    config = ServerConfig(rate_per_s=100_000, rate_burst=100_000, login_timeout=2.0,
-                          resume_grace=0.5)
+    config = ServerConfig(
+        rate_per_s=100_000, rate_burst=100_000, login_timeout=2.0, resume_grace=0.5
+    )
     server = await started(config)
     url = server.url or ""
     lanes = [Lane(i, user, url) for i, user in enumerate(LANE_USERS)]
@@ -480,9 +571,17 @@ async def test_fuzz_live_server(error_log: Any) -> None:
                 await lane.close(abrupt=False)
                 await lane.open()
                 user, multi = payload
-                await lane.send_json({"v": 1, "type": "login", "id": 100 + i,
-                                      "sdkAppId": SDK_APP_ID, "userId": user,
-                                      "userSig": sig(user), "multiDevice": multi})
+                await lane.send_json(
+                    {
+                        "v": 1,
+                        "type": "login",
+                        "id": 100 + i,
+                        "sdkAppId": SDK_APP_ID,
+                        "userId": user,
+                        "userSig": sig(user),
+                        "multiDevice": multi,
+                    }
+                )
             else:
                 await lane.send(render(kind, payload, lanes, lane, 100 + i))
             if i % 25 == 24:
@@ -504,8 +603,11 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         deadline = loop.time() + 5
         while not server.idle() and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        assert server.idle(), (server.online_users(), server.held_users(),
-                               list(server.registry.calls))
+        assert server.idle(), (
+            server.online_users(),
+            server.held_users(),
+            list(server.registry.calls),
+        )
         assert server.stats.internal_errors == 0
         signaling_errors = [r for r in error_log.records if r.name.startswith("callkit.signaling")]
         assert not signaling_errors, [r.getMessage() for r in signaling_errors]
@@ -513,11 +615,13 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         await normal_call_works(url)
         assert server.stats.internal_errors == 0
         ok = server.stats.messages - server.stats.errors_sent
-        print(f"\nfuzz: {len(actions)} actions ({generated:.1f} s to generate), "
-              f"{server.stats.messages} frames handled in {elapsed:.1f} s "
-              f"({server.stats.messages / elapsed:.0f} msgs/s), {ok} ok / "
-              f"{server.stats.errors_sent} error replies, {reopened} sockets re-opened, "
-              f"{server.stats.kicked} kicks, {server.stats.held} holds")
+        print(
+            f"\nfuzz: {len(actions)} actions ({generated:.1f} s to generate), "
+            f"{server.stats.messages} frames handled in {elapsed:.1f} s "
+            f"({server.stats.messages / elapsed:.0f} msgs/s), {ok} ok / "
+            f"{server.stats.errors_sent} error replies, {reopened} sockets re-opened, "
+            f"{server.stats.kicked} kicks, {server.stats.held} holds"
+        )
     finally:
         for lane in lanes:
             await lane.close(abrupt=False)

@@ -23,8 +23,9 @@ def expected_volume(user: str) -> int:
 async def talkers(make_engine, *names: str):
     out = {}
     for name in names:
-        out[name] = await make_engine(name, audio_source=ToneSource(300 + 100 * len(out),
-                                                                    level_dbfs=LEVELS[name]))
+        out[name] = await make_engine(
+            name, audio_source=ToneSource(300 + 100 * len(out), level_dbfs=LEVELS[name])
+        )
     return out
 
 
@@ -34,8 +35,11 @@ async def assert_everyone_hears_everyone(parties: dict, names: list[str]) -> Non
         rec = parties[name][1]
         for other in names:
             if other != name:
-                await rec.wait_for("onUserVoiceVolumeChanged",
-                                   lambda p, o=other: p["volumeMap"].get(o, 0) > 0, timeout=10)
+                await rec.wait_for(
+                    "onUserVoiceVolumeChanged",
+                    lambda p, o=other: p["volumeMap"].get(o, 0) > 0,
+                    timeout=10,
+                )
     await asyncio.sleep(2.0)
     for name in names:
         rec = parties[name][1]
@@ -50,8 +54,13 @@ async def test_three_party_group_call_full_mesh(make_engine) -> None:
     await alice.group_call(["bob", "carol"], "team", CallMediaType.AUDIO)
     for rec in (rb, rc):
         received = await rec.wait_for("onCallReceived")
-        assert received == {"callerId": "alice", "calleeIdList": ["bob", "carol"],
-                            "groupId": "team", "callMediaType": 1, "userData": ""}
+        assert received == {
+            "callerId": "alice",
+            "calleeIdList": ["bob", "carol"],
+            "groupId": "team",
+            "callMediaType": 1,
+            "userData": "",
+        }
     await bob.accept()
     await ra.wait_for("onCallBegin")
     await carol.accept()
@@ -69,12 +78,18 @@ async def test_three_party_group_call_full_mesh(make_engine) -> None:
     await rb.wait_for("onCallEnd")
     await quiet()
     assert ra.names() == ["onUserJoin", "onCallBegin", "onUserJoin", "onUserLeave", "onCallEnd"]
-    assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserJoin",
-                          "onUserLeave", "onUserLeave", "onCallEnd"]
+    assert rb.names() == [
+        "onCallReceived",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserJoin",
+        "onUserLeave",
+        "onUserLeave",
+        "onCallEnd",
+    ]
     assert [p["userId"] for p in rb.of("onUserJoin")] == ["alice", "carol"]
     assert [p["userId"] for p in rb.of("onUserLeave")] == ["carol", "alice"]
-    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserJoin",
-                          "onCallEnd"]
+    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserJoin", "onCallEnd"]
     for rec in (ra, rb, rc):
         assert_payload_keys(rec)
 
@@ -85,10 +100,11 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
     carol, rc = await make_engine("carol")
     dave, rd = await make_engine("dave")
     _erin, re_ = await make_engine("erin")
-    await dave.call("erin", CallMediaType.AUDIO)      # dave is busy
+    await dave.call("erin", CallMediaType.AUDIO)  # dave is busy
     await re_.wait_for("onCallReceived")
-    await alice.group_call(["bob", "carol", "dave"], "g", CallMediaType.AUDIO,
-                           CallParams(timeout=20))
+    await alice.group_call(
+        ["bob", "carol", "dave"], "g", CallMediaType.AUDIO, CallParams(timeout=20)
+    )
     await ra.wait_for("onUserLineBusy")
     await rb.wait_for("onCallReceived")
     await bob.accept()
@@ -102,15 +118,22 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
     for rec in (ra, rb):
         assert await rec.wait_for("onUserNoResponse", timeout=6) == {"userId": "frank"}
     await quiet()
-    assert ra.sequence() == [("onUserLineBusy", {"userId": "dave"}),
-                             ("onUserJoin", {"userId": "bob"}),
-                             ("onCallBegin", ra.of("onCallBegin")[0]),
-                             ("onUserReject", {"userId": "carol"}),
-                             ("onUserNoResponse", {"userId": "frank"})]
-    assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserReject",
-                          "onUserNoResponse"]
+    assert ra.sequence() == [
+        ("onUserLineBusy", {"userId": "dave"}),
+        ("onUserJoin", {"userId": "bob"}),
+        ("onCallBegin", ra.of("onCallBegin")[0]),
+        ("onUserReject", {"userId": "carol"}),
+        ("onUserNoResponse", {"userId": "frank"}),
+    ]
+    assert rb.names() == [
+        "onCallReceived",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserReject",
+        "onUserNoResponse",
+    ]
     assert rc.names() == ["onCallReceived", "onCallCancelled"]
-    assert rd.names() == []   # the busy user hears nothing of it
+    assert rd.names() == []  # the busy user hears nothing of it
     await alice.hangup()
     await rb.wait_for("onCallEnd")
 
@@ -120,7 +143,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     (alice, ra), (bob, rb) = parties["alice"], parties["bob"]
     (carol, rc), (dave, rd) = parties["carol"], parties["dave"]
     begin = await connect(alice, ra, bob, rb)
-    await bob.invite_user(["carol"])          # any participant may invite
+    await bob.invite_user(["carol"])  # any participant may invite
     received = await rc.wait_for("onCallReceived")
     assert received["callerId"] == "bob" and set(received["calleeIdList"]) == {"alice", "carol"}
     await carol.accept()
@@ -136,7 +159,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     for engine, rec in ((dave, rd), (carol, rc), (bob, rb)):
         await engine.hangup()
         await rec.wait_for("onCallEnd")
-    await ra.wait_for("onCallEnd")   # the last one left ends the call
+    await ra.wait_for("onCallEnd")  # the last one left ends the call
 
 
 async def test_caller_leaves_group_while_others_ring_and_talk(make_engine) -> None:
@@ -157,22 +180,26 @@ async def test_caller_leaves_group_while_others_ring_and_talk(make_engine) -> No
     await bob.hangup()
     await rc.wait_for("onCallEnd")
     await quiet()
-    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave",
-                          "onCallEnd"]
+    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave", "onCallEnd"]
     assert rb.names()[-3:] == ["onUserLeave", "onUserJoin", "onCallEnd"]
 
 
 async def test_group_parameter_errors(make_engine) -> None:
     alice, _ = await make_engine("alice")
-    cases = [(["alice", "bob"], "self"), (["bob", "bob"], "duplicate"),
-             ([f"u{i}" for i in range(9)], "more than 8"), ([], "empty"), (["bob", 3], "type")]
+    cases = [
+        (["alice", "bob"], "self"),
+        (["bob", "bob"], "duplicate"),
+        ([f"u{i}" for i in range(9)], "more than 8"),
+        ([], "empty"),
+        (["bob", 3], "type"),
+    ]
     for ids, what in cases:
         with pytest.raises(CallError) as err:
             await alice.group_call(ids, "g", CallMediaType.AUDIO)
         assert err.value.code == -1202, what
     with pytest.raises(CallError) as err:
-        await alice.invite_user(["bob"])       # not in a call
+        await alice.invite_user(["bob"])  # not in a call
     assert err.value.code == -1203
     with pytest.raises(CallError) as err:
-        await alice.join_in_group_call(123456, "g", CallMediaType.AUDIO)   # no such room
+        await alice.join_in_group_call(123456, "g", CallMediaType.AUDIO)  # no such room
     assert err.value.code == -1202

@@ -25,9 +25,14 @@ async def quiet(seconds: float = 0.4) -> None:
     await asyncio.sleep(seconds)
 
 
-async def new_engine(server: SignalingServer, user: str, *, multi: bool = False,
-                     user_sig: str | None = None,
-                     **kwargs: Any) -> tuple[CallEngine, EventRecorder]:
+async def new_engine(
+    server: SignalingServer,
+    user: str,
+    *,
+    multi: bool = False,
+    user_sig: str | None = None,
+    **kwargs: Any,
+) -> tuple[CallEngine, EventRecorder]:
     engine = CallEngine(server.url or "", ice_addresses=LOOPBACK, **kwargs)
     rec = EventRecorder(engine, user)
     if multi:
@@ -42,8 +47,9 @@ async def destroy(*engines: CallEngine) -> None:
 
 async def raw_login(url: str, user: str, **extra: Any) -> tuple[RawClient, dict[str, Any]]:
     client = await RawClient.connect(url)
-    reply = await client.request("login", sdkAppId=SDK_APP_ID, userId=user, userSig=sig(user),
-                                 **extra)
+    reply = await client.request(
+        "login", sdkAppId=SDK_APP_ID, userId=user, userSig=sig(user), **extra
+    )
     assert reply["type"] == "ok", reply
     return client, reply["data"]
 
@@ -52,7 +58,8 @@ async def raw_login(url: str, user: str, **extra: Any) -> tuple[RawClient, dict[
 
 
 async def test_sig_expiry_while_online_ends_the_call_and_init_works_again(
-        server: SignalingServer, make_engine) -> None:
+    server: SignalingServer, make_engine
+) -> None:
     bob, rb = await make_engine("bob")
     alice, ra = await new_engine(server, "alice", user_sig=sig("alice", expire=2))
     try:
@@ -63,8 +70,13 @@ async def test_sig_expiry_while_online_ends_the_call_and_init_works_again(
         assert await ra.wait_for("onUserSigExpired", timeout=5) == {}
         await rb.wait_for("onCallEnd")
         await quiet()
-        assert rb.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave",
-                              "onCallEnd"]
+        assert rb.names() == [
+            "onCallReceived",
+            "onCallBegin",
+            "onUserJoin",
+            "onUserLeave",
+            "onCallEnd",
+        ]
         assert rb.of("onUserLeave") == [{"userId": "alice"}]
         assert ra.names() == ["onUserJoin", "onCallBegin", "onUserSigExpired"]
         assert alice.call_state.value == "idle" and alice.peers == {}
@@ -89,7 +101,8 @@ async def test_sig_expiry_while_online_ends_the_call_and_init_works_again(
 
 
 async def test_second_login_kicks_the_older_device_and_hangs_up_its_call(
-        server: SignalingServer, make_engine) -> None:
+    server: SignalingServer, make_engine
+) -> None:
     bob, rb = await make_engine("bob")
     alice1, ra1 = await new_engine(server, "alice")
     alice2, ra2 = await new_engine(server, "alice")  # not in a call yet: nothing to hang up
@@ -118,8 +131,10 @@ async def test_second_login_kicks_the_older_device_and_hangs_up_its_call(
             alice4, _ra4 = await new_engine(server, "alice")
             await ra3.wait_for("onKickedOffline")
             await rb.wait_for("onCallCancelled", count=1)
-            assert rb.sequence()[-2:] == [("onUserNoResponse", {"userId": "alice"}),
-                                          ("onCallCancelled", {"userId": "bob"})]
+            assert rb.sequence()[-2:] == [
+                ("onUserNoResponse", {"userId": "alice"}),
+                ("onCallCancelled", {"userId": "bob"}),
+            ]
             await destroy(alice4)
         finally:
             await destroy(alice3)
@@ -146,10 +161,12 @@ async def test_multi_device_first_accept_wins(server: SignalingServer, make_engi
         await ra.wait_for("onCallBegin")
         await rl.wait_for("onCallBegin")
         # media flows between alice and the laptop only
-        await ra.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0,
-                          timeout=10)
-        await rl.wait_for("onUserVoiceVolumeChanged",
-                          lambda p: p["volumeMap"].get("alice", 0) > 0, timeout=10)
+        await ra.wait_for(
+            "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0, timeout=10
+        )
+        await rl.wait_for(
+            "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("alice", 0) > 0, timeout=10
+        )
         assert phone.call_state.value == "idle" and phone.peers == {}
         assert list(laptop.peers) == ["alice"]
         with pytest.raises(CallError) as err:
@@ -170,8 +187,10 @@ async def test_multi_device_first_accept_wins(server: SignalingServer, make_engi
         assert await rl.wait_for("onCallCancelled") == {"userId": "bob", "reason": 8}
         assert rp.of("onCallCancelled")[-1] == {"userId": "bob"}
         await ra.wait_for("onCallCancelled")
-        assert ra.sequence()[-2:] == [("onUserReject", {"userId": "bob"}),
-                                      ("onCallCancelled", {"userId": "alice"})]
+        assert ra.sequence()[-2:] == [
+            ("onUserReject", {"userId": "bob"}),
+            ("onCallCancelled", {"userId": "alice"}),
+        ]
     finally:
         await destroy(phone, laptop)
 
@@ -187,14 +206,22 @@ async def test_multi_device_routing_and_limits_on_the_wire(server: SignalingServ
     cancelled = await phone.event("onCallCancelled")
     assert cancelled["payload"] == {"userId": "bob", "reason": 7} and "call" not in cancelled
     # the phone is the same user but not the device in the call: it may not act on it
-    for type_, fields in (("hangup", {}), ("accept", {}), ("device", {"audio": False}),
-                          ("switchMedia", {"mediaType": 2}), ("invite", {"callees": ["carol"]}),
-                          ("relay", {"to": "alice", "kind": "offer", "data": {}})):
+    for type_, fields in (
+        ("hangup", {}),
+        ("accept", {}),
+        ("device", {"audio": False}),
+        ("switchMedia", {"mediaType": 2}),
+        ("invite", {"callees": ["carol"]}),
+        ("relay", {"to": "alice", "kind": "offer", "data": {}}),
+    ):
         reply = await phone.request(type_, callId=call_id, **fields)
         assert reply["type"] == "error" and reply["code"] == -1203, (type_, reply)
     # SDP reaches the laptop, never the phone
-    assert (await alice.request("relay", callId=call_id, to="bob", kind="offer",
-                                data={"sdp": "v=0", "type": "offer"}))["type"] == "ok"
+    assert (
+        await alice.request(
+            "relay", callId=call_id, to="bob", kind="offer", data={"sdp": "v=0", "type": "offer"}
+        )
+    )["type"] == "ok"
     relayed = await laptop.recv()
     while relayed["type"] != "relayed":
         relayed = await laptop.recv()
@@ -202,13 +229,15 @@ async def test_multi_device_routing_and_limits_on_the_wire(server: SignalingServ
     assert (await alice.request("device", callId=call_id, audio=False))["type"] == "ok"
     await laptop.event("onUserAudioAvailable")
     assert (await phone.request("ping"))["type"] == "ok"
-    assert all(f["type"] != "relayed" and f.get("event") != "onUserAudioAvailable"
-               for f in phone.inbox)
+    assert all(
+        f["type"] != "relayed" and f.get("event") != "onUserAudioAvailable" for f in phone.inbox
+    )
     # a cap on devices per user
     more = [(await raw_login(server.url or "", "bob", multiDevice=True))[0] for _ in range(2)]
     extra = await RawClient.connect(server.url or "")
-    reply = await extra.request("login", sdkAppId=SDK_APP_ID, userId="bob", userSig=sig("bob"),
-                                multiDevice=True)
+    reply = await extra.request(
+        "login", sdkAppId=SDK_APP_ID, userId="bob", userSig=sig("bob"), multiDevice=True
+    )
     assert reply["type"] == "error" and reply["code"] == -1203
     assert "too many sessions" in reply["message"]
     # the laptop leaving cleanly takes bob out of the call even though other devices stay
@@ -229,18 +258,24 @@ async def test_multi_device_routing_and_limits_on_the_wire(server: SignalingServ
 # ------------------------------------------------------------------ self info
 
 
-async def test_self_info_shows_in_rest_and_call_snapshots(server: SignalingServer,
-                                                          make_engine) -> None:
+async def test_self_info_shows_in_rest_and_call_snapshots(
+    server: SignalingServer, make_engine
+) -> None:
     alice, ra = await make_engine("alice")
     await alice.set_self_info("Alice A.", "https://example.com/alice.png")
     base = (server.url or "").replace("ws://", "http://").replace("/ws", "")
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/users/alice") as r:
             assert r.status == 200
-            assert await r.json() == {"userId": "alice", "online": True, "devices": 1,
-                                      "heldDevices": 0, "nickname": "Alice A.",
-                                      "avatarUrl": "https://example.com/alice.png",
-                                      "callId": None}
+            assert await r.json() == {
+                "userId": "alice",
+                "online": True,
+                "devices": 1,
+                "heldDevices": 0,
+                "nickname": "Alice A.",
+                "avatarUrl": "https://example.com/alice.png",
+                "callId": None,
+            }
         for who in ("nobody", "bad%20id"):
             async with http.get(f"{base}/users/{who}") as r:
                 assert r.status == 404
@@ -263,11 +298,22 @@ async def test_self_info_shows_in_rest_and_call_snapshots(server: SignalingServe
 # ------------------------------------------------------------------ user ids
 
 
-@pytest.mark.parametrize("user_id,ok", [
-    ("alice", True), ("A-z_0-9", True), ("x" * 32, True), ("x" * 33, False), ("", False),
-    ("alice\n", False), ("a b", False), ("ümlaut", False), ("a.b", False), (7, False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    "user_id,ok",
+    [
+        ("alice", True),
+        ("A-z_0-9", True),
+        ("x" * 32, True),
+        ("x" * 33, False),
+        ("", False),
+        ("alice\n", False),
+        ("a b", False),
+        ("ümlaut", False),
+        ("a.b", False),
+        (7, False),
+        (None, False),
+    ],
+)
 def test_valid_user_id(user_id: object, ok: bool) -> None:
     assert p.valid_user_id(user_id) is ok
 
@@ -275,8 +321,7 @@ def test_valid_user_id(user_id: object, ok: bool) -> None:
 BAD_IDS = ["", "a" * 33, "has space", "alice\n", "ümlaut", "a/b", "a.b", "tab\t"]
 
 
-async def test_user_ids_are_validated_on_both_sides(server: SignalingServer,
-                                                    make_engine) -> None:
+async def test_user_ids_are_validated_on_both_sides(server: SignalingServer, make_engine) -> None:
     # engine side: init refuses before any network (-1201), even with no server at all
     offline = CallEngine("ws://127.0.0.1:9/ws")
     for bad in BAD_IDS:
@@ -316,10 +361,16 @@ async def test_only_members_act_on_a_call(server: SignalingServer) -> None:
     alice, bob, eve = [await login(url, u) for u in ("alice", "bob", "eve")]
     call_id = (await alice.request("call", callees=["bob"], mediaType=2))["data"]["call"]["callId"]
     await bob.event("onCallReceived")
-    for type_, fields in (("accept", {}), ("reject", {}), ("ignore", {}), ("hangup", {}),
-                          ("device", {"audio": False}), ("switchMedia", {"mediaType": 1}),
-                          ("invite", {"callees": ["carol"]}),
-                          ("relay", {"to": "bob", "kind": "offer", "data": {}})):
+    for type_, fields in (
+        ("accept", {}),
+        ("reject", {}),
+        ("ignore", {}),
+        ("hangup", {}),
+        ("device", {"audio": False}),
+        ("switchMedia", {"mediaType": 1}),
+        ("invite", {"callees": ["carol"]}),
+        ("relay", {"to": "bob", "kind": "offer", "data": {}}),
+    ):
         reply = await eve.request(type_, callId=call_id, **fields)
         assert reply["type"] == "error" and reply["code"] == -1203, (type_, reply)
     # the caller cannot answer its own call, the callee cannot invite before accepting
@@ -331,8 +382,12 @@ async def test_only_members_act_on_a_call(server: SignalingServer) -> None:
     # nothing eve did reached the call
     assert (await alice.request("ping"))["type"] == "ok"
     assert (await bob.request("ping"))["type"] == "ok"
-    assert not [f for f in alice.inbox + bob.inbox if f.get("event") in (
-        "onUserReject", "onUserLineBusy", "onCallMediaTypeChanged", "onUserAudioAvailable")]
+    assert not [
+        f
+        for f in alice.inbox + bob.inbox
+        if f.get("event")
+        in ("onUserReject", "onUserLineBusy", "onCallMediaTypeChanged", "onUserAudioAvailable")
+    ]
     assert not [f for f in alice.inbox + bob.inbox if f["type"] == "relayed"]
     assert [f for f in eve.inbox] == []
     await alice.request("hangup", callId=call_id)

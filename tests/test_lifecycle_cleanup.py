@@ -44,16 +44,20 @@ async def settle(check, what: str, timeout: float = 5.0) -> None:  # type: ignor
 
 
 async def test_destroy_mid_call_is_idempotent_and_leaves_nothing_running(
-        server: SignalingServer) -> None:
+    server: SignalingServer,
+) -> None:
     await asyncio.sleep(0.1)
     tasks_before = set(asyncio.all_tasks())
     sockets_before = open_sockets()
     engines: list[CallEngine] = []
     recs: list[EventRecorder] = []
     for user, freq in (("alice", 440), ("bob", 660)):
-        engine = CallEngine(server.url or "", ice_addresses=LOOPBACK,
-                            audio_source=ToneSource(freq, -20),
-                            video_source=TestPatternSource(160, 120, 15))
+        engine = CallEngine(
+            server.url or "",
+            ice_addresses=LOOPBACK,
+            audio_source=ToneSource(freq, -20),
+            video_source=TestPatternSource(160, 120, 15),
+        )
         recs.append(EventRecorder(engine, user))
         await engine.init(SDK_APP_ID, user, sig(user))
         engines.append(engine)
@@ -62,8 +66,9 @@ async def test_destroy_mid_call_is_idempotent_and_leaves_nothing_running(
     await alice.call("bob", CallMediaType.VIDEO)
     await rb.wait_for("onCallReceived")
     await bob.accept()
-    await ra.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0,
-                      timeout=10)
+    await ra.wait_for(
+        "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0, timeout=10
+    )
     assert list(alice.peers) == ["bob"] and list(bob.peers) == ["alice"]
     pcs = [alice.peers["bob"].pc, bob.peers["alice"].pc]
     assert len(open_sockets() - sockets_before) >= 4  # 2 websockets + UDP for media
@@ -82,18 +87,21 @@ async def test_destroy_mid_call_is_idempotent_and_leaves_nothing_running(
     await bob.destroy()
     assert bob.peers == {} and bob._client is None
     assert all(pc.connectionState == "closed" for pc in pcs)
-    await settle(lambda: server.online_users() == [] or server.online_users(),
-                 "users still online")
+    await settle(lambda: server.online_users() == [] or server.online_users(), "users still online")
 
     def leftovers() -> bool | list[str]:
-        left = [t for t in asyncio.all_tasks() - tasks_before
-                if not t.done() and t is not asyncio.current_task()]
+        left = [
+            t
+            for t in asyncio.all_tasks() - tasks_before
+            if not t.done() and t is not asyncio.current_task()
+        ]
         return True if not left else [repr(t.get_coro()) for t in left]
 
     await settle(leftovers, "tasks still running")
-    await settle(lambda: open_sockets() <= sockets_before or sorted(open_sockets() -
-                                                                    sockets_before),
-                 "sockets still open")
+    await settle(
+        lambda: open_sockets() <= sockets_before or sorted(open_sockets() - sockets_before),
+        "sockets still open",
+    )
     assert server.idle()
     assert ra.of("onError") == [] and rb.of("onError") == []
 
@@ -122,8 +130,11 @@ async def test_destroy_while_signaling_is_down_is_quick(server: SignalingServer)
     await engine.destroy()
     assert loop.time() - start < 3
     await other.destroy()
-    left = [t for t in asyncio.all_tasks() - tasks_before
-            if not t.done() and t is not asyncio.current_task()]
+    left = [
+        t
+        for t in asyncio.all_tasks() - tasks_before
+        if not t.done() and t is not asyncio.current_task()
+    ]
     for _ in range(100):
         if not left:
             break

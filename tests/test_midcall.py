@@ -15,10 +15,12 @@ pytestmark = pytest.mark.loopback
 
 
 async def connected_pair(make_engine, media: CallMediaType):
-    alice, ra = await make_engine("alice", audio_source=ToneSource(440, -20),
-                                  video_source=TestPatternSource(160, 120, 15))
-    bob, rb = await make_engine("bob", audio_source=ToneSource(660, -30),
-                                video_source=TestPatternSource(160, 120, 15))
+    alice, ra = await make_engine(
+        "alice", audio_source=ToneSource(440, -20), video_source=TestPatternSource(160, 120, 15)
+    )
+    bob, rb = await make_engine(
+        "bob", audio_source=ToneSource(660, -30), video_source=TestPatternSource(160, 120, 15)
+    )
     await connect(alice, ra, bob, rb, media)
     for rec, other in ((ra, "bob"), (rb, "alice")):
         await rec.wait_for("onUserVoiceVolumeChanged", lambda p, o=other: p["volumeMap"][o] > 0)
@@ -43,12 +45,14 @@ async def test_switch_video_to_audio_and_back(make_engine) -> None:
 
     await alice.switch_call_media_type(CallMediaType.AUDIO)
     for rec in (ra, rb):
-        assert await rec.wait_for("onCallMediaTypeChanged") == {"oldCallMediaType": 2,
-                                                                "newCallMediaType": 1}
+        assert await rec.wait_for("onCallMediaTypeChanged") == {
+            "oldCallMediaType": 2,
+            "newCallMediaType": 1,
+        }
     await asyncio.sleep(0.8)  # renegotiation + frames already in flight
-    assert alice.peers["bob"].negotiations > negotiations          # a real SDP round
+    assert alice.peers["bob"].negotiations > negotiations  # a real SDP round
     assert await frames_grow(alice, "bob") == 0 and await frames_grow(bob, "alice") == 0
-    assert recent_volume(ra, "bob", 2) > 0                           # audio goes on
+    assert recent_volume(ra, "bob", 2) > 0  # audio goes on
 
     with pytest.raises(CallError) as err:
         await bob.switch_call_media_type(CallMediaType.AUDIO)
@@ -83,26 +87,27 @@ async def test_audio_call_upgraded_to_video(make_engine) -> None:
 async def test_microphone_and_camera(make_engine) -> None:
     alice, ra, bob, rb = await connected_pair(make_engine, CallMediaType.VIDEO)
     await bob.close_microphone()
-    assert await ra.wait_for("onUserAudioAvailable") == {"userId": "bob",
-                                                          "isAudioAvailable": False}
+    assert await ra.wait_for("onUserAudioAvailable") == {"userId": "bob", "isAudioAvailable": False}
     await asyncio.sleep(1.2)
-    assert recent_volume(ra, "bob", 2) == 0      # silence reaches alice
-    assert recent_volume(rb, "bob", 2) == 0      # and bob's own meter says so
+    assert recent_volume(ra, "bob", 2) == 0  # silence reaches alice
+    assert recent_volume(rb, "bob", 2) == 0  # and bob's own meter says so
     await bob.open_microphone()
     await ra.wait_for("onUserAudioAvailable", lambda p: p["isAudioAvailable"])
     await asyncio.sleep(1.2)
     assert abs(recent_volume(ra, "bob", 2) - 60) <= 4
 
     await bob.close_camera()
-    assert await ra.wait_for("onUserVideoAvailable", lambda p: not p["isVideoAvailable"]) == \
-        {"userId": "bob", "isVideoAvailable": False}
+    assert await ra.wait_for("onUserVideoAvailable", lambda p: not p["isVideoAvailable"]) == {
+        "userId": "bob",
+        "isVideoAvailable": False,
+    }
     await asyncio.sleep(0.5)
     assert await frames_grow(alice, "bob") == 0
-    assert await frames_grow(bob, "alice") > 5   # alice's camera is untouched
+    assert await frames_grow(bob, "alice") > 5  # alice's camera is untouched
     await bob.open_camera()
     await ra.wait_for("onUserVideoAvailable", lambda p: p["isVideoAvailable"], count=2)
     await asyncio.sleep(0.5)
     assert await frames_grow(alice, "bob") > 5
-    assert "onUserAudioAvailable" not in rb.names()   # only the others are told
+    assert "onUserAudioAvailable" not in rb.names()  # only the others are told
     await alice.hangup()
     await rb.wait_for("onCallEnd")

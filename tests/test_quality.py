@@ -197,12 +197,15 @@ def test_three_percent_loss_reads_within_one_level_of_good(seed: int) -> None:
     assert set(levels) <= {EXCELLENT, GOOD, POOR}
 
 
-@pytest.mark.parametrize("z, n1, n2, l1, l2, differs", [
-    (3.0, 100, 100, 0, 20, True),
-    (3.0, 100, 100, 3, 5, False),
-    (3.0, 200, 100, 0, 0, False),
-    (3.0, 100, 100, 100, 100, False),
-])
+@pytest.mark.parametrize(
+    "z, n1, n2, l1, l2, differs",
+    [
+        (3.0, 100, 100, 0, 20, True),
+        (3.0, 100, 100, 3, 5, False),
+        (3.0, 200, 100, 0, 0, False),
+        (3.0, 100, 100, 100, 100, False),
+    ],
+)
 def test_loss_window_z_test_table(z, n1, n2, l1, l2, differs) -> None:
     from callkit.media.quality import _differs
 

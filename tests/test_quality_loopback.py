@@ -35,8 +35,11 @@ def quality_of(payload: dict, user: str) -> int:
 
 
 def reports(rec: EventRecorder, since: float = 0.0) -> list[tuple[float, dict]]:
-    return [(e.at, e.payload) for e in rec.events
-            if e.event == "onUserNetworkQualityChanged" and e.at >= since]
+    return [
+        (e.at, e.payload)
+        for e in rec.events
+        if e.event == "onUserNetworkQualityChanged" and e.at >= since
+    ]
 
 
 @dataclass
@@ -52,10 +55,12 @@ class Call:
 
 async def start_call(make_engine, name: str, *, sender_net=None, receiver_net=None) -> Call:
     s_id, r_id = f"{name}-sender", f"{name}-receiver"
-    sender, rs = await make_engine(s_id, audio_source=ToneSource(440, level_dbfs=-20),
-                                   network=sender_net)
-    receiver, rr = await make_engine(r_id, audio_source=ToneSource(660, level_dbfs=-20),
-                                     network=receiver_net)
+    sender, rs = await make_engine(
+        s_id, audio_source=ToneSource(440, level_dbfs=-20), network=sender_net
+    )
+    receiver, rr = await make_engine(
+        r_id, audio_source=ToneSource(660, level_dbfs=-20), network=receiver_net
+    )
     await sender.call(r_id, CallMediaType.AUDIO)
     await rr.wait_for("onCallReceived")
     await receiver.accept()
@@ -65,8 +70,7 @@ async def start_call(make_engine, name: str, *, sender_net=None, receiver_net=No
     deadline = time.monotonic() + 15.0
     while time.monotonic() < deadline:  # media connected both ways
         ps, pr = sender.peers.get(r_id), receiver.peers.get(s_id)
-        if ps is not None and pr is not None and ps.connected.is_set() \
-                and pr.connected.is_set():
+        if ps is not None and pr is not None and ps.connected.is_set() and pr.connected.is_set():
             call.connected_at = time.monotonic()
             return call
         await asyncio.sleep(0.05)
@@ -99,8 +103,9 @@ async def test_levels_follow_simulated_loss_and_delay(make_engine) -> None:
         ("loss20", Q.VERY_BAD, {"sender_net": NetworkConditions(loss=0.20, seed=20)}),
         ("delay400", Q.POOR, {"sender_net": delay, "receiver_net": delay}),
     ]
-    results = await asyncio.gather(*(steady_levels(make_engine, name, level, **nets)
-                                     for name, level, nets in cases))
+    results = await asyncio.gather(
+        *(steady_levels(make_engine, name, level, **nets) for name, level, nets in cases)
+    )
     problems = []
     for name, expected, viewed, own, call in results:
         line = f"{name}: expected {expected!r}, receiver saw {viewed}, sender's own {own}"
@@ -116,8 +121,10 @@ async def test_levels_follow_simulated_loss_and_delay(make_engine) -> None:
             for _, payload in reports(rec):  # one entry for us and one for the peer, always
                 ids = [e["userId"] for e in payload["networkQualityList"]]
                 assert ids == [me, other], payload
-                assert all(isinstance(e["quality"], int) and 0 <= e["quality"] <= 6
-                           for e in payload["networkQualityList"])
+                assert all(
+                    isinstance(e["quality"], int) and 0 <= e["quality"] <= 6
+                    for e in payload["networkQualityList"]
+                )
             times = [t for t, _ in reports(rec)]
             gaps = [b - a for a, b in itertools.pairwise(times)]
             assert gaps and 1.7 < statistics.median(gaps) < 2.5, gaps  # every 2 s
@@ -126,9 +133,11 @@ async def test_levels_follow_simulated_loss_and_delay(make_engine) -> None:
 
 async def wait_level(rec: EventRecorder, user: str, ok, since: float, timeout: float) -> float:
     """Seconds from ``since`` until a report where ``ok(level of user)``; fails after timeout."""
-    await rec.wait_for("onUserNetworkQualityChanged",
-                       lambda p: ok(quality_of(p, user)) and _after(rec, p, since),
-                       timeout=timeout + 1.0)
+    await rec.wait_for(
+        "onUserNetworkQualityChanged",
+        lambda p: ok(quality_of(p, user)) and _after(rec, p, since),
+        timeout=timeout + 1.0,
+    )
     at = next(t for t, p in reports(rec, since) if ok(quality_of(p, user)))
     return at - since
 
@@ -169,8 +178,7 @@ async def test_level_follows_changes_and_cut_off(make_engine) -> None:
 
     t = time.monotonic()
     s.set_network_conditions(NetworkConditions())
-    timings["uncut: back at receiver"] = await wait_level(
-        rr, sid, lambda q: q <= Q.GOOD, t, 4.0)
+    timings["uncut: back at receiver"] = await wait_level(rr, sid, lambda q: q <= Q.GOOD, t, 4.0)
     timings["uncut: own back"] = await wait_level(rs, sid, lambda q: q <= Q.GOOD, t, 6.0)
     print({k: round(v, 2) for k, v in timings.items()})
     assert timings["0->20% at receiver"] <= 6.0

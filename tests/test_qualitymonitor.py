@@ -19,8 +19,9 @@ S1, S2 = object(), object()  # stand-ins for PeerSessions (only identity matters
 
 
 def blk(at: float, seq: int, lost: int = 0, jitter: int = 0, rtt: float | None = None):
-    return ReportBlock(at=at, highest_seq=seq, packets_lost=lost, fraction_lost=0,
-                       jitter=jitter, rtt_ms=rtt)
+    return ReportBlock(
+        at=at, highest_seq=seq, packets_lost=lost, fraction_lost=0, jitter=jitter, rtt_ms=rtt
+    )
 
 
 class Link:
@@ -35,9 +36,20 @@ class Link:
         self.next_report = 0.0
         self.down_acc = self.up_acc = 0.0
 
-    def advance(self, now: float, dt: float, *, down_loss: float = 0.0, up_loss: float = 0.0,
-                rtt: float | None = 20.0, jitter: int = 48, cut_down: bool = False,
-                cut_up: bool = False, reports: bool = True, sending: bool = True) -> PeerSample:
+    def advance(
+        self,
+        now: float,
+        dt: float,
+        *,
+        down_loss: float = 0.0,
+        up_loss: float = 0.0,
+        rtt: float | None = 20.0,
+        jitter: int = 48,
+        cut_down: bool = False,
+        cut_up: bool = False,
+        reports: bool = True,
+        sending: bool = True,
+    ) -> PeerSample:
         n = round(50 * dt)
         if not cut_down:
             self.down_acc += n * down_loss
@@ -56,8 +68,14 @@ class Link:
         if reports and now >= self.next_report:
             blocks.append(blk(now, self.seq, self.up_lost, jitter, rtt))
             self.next_report = now + 1.0
-        return PeerSample(packets_received=self.recv, packets_lost=self.lost, jitter_ms=1.0,
-                          last_packet_at=None, blocks=blocks, packets_sent=self.sent)
+        return PeerSample(
+            packets_received=self.recv,
+            packets_lost=self.lost,
+            jitter_ms=1.0,
+            last_packet_at=None,
+            blocks=blocks,
+            packets_sent=self.sent,
+        )
 
 
 def run(mon: QualityMonitor, links: dict[str, Link], t0: float, t1: float, **kw):
@@ -66,8 +84,9 @@ def run(mon: QualityMonitor, links: dict[str, Link], t0: float, t1: float, **kw)
     t = t0
     while t < t1 - 1e-9:
         t = round(t + 0.5, 6)
-        samples = {u: (link.session, link.advance(t, 0.5, **kw.get(u, {})))
-                   for u, link in links.items()}
+        samples = {
+            u: (link.session, link.advance(t, 0.5, **kw.get(u, {}))) for u, link in links.items()
+        }
         out = mon.update(t, samples)
         if out is not None:
             reports.append((t, *out))
@@ -98,19 +117,26 @@ def test_a_late_loop_does_not_burst_reports() -> None:
 def test_unknown_before_media_and_down_on_failure() -> None:
     mon = QualityMonitor()
     mon.start(0.0)
-    out = mon.update(2.0, {"bob": (None, None), "carol": (S1, PeerSample(connected=False)),
-                           "dave": (S2, PeerSample(connected=False, failed=True))})
+    out = mon.update(
+        2.0,
+        {
+            "bob": (None, None),
+            "carol": (S1, PeerSample(connected=False)),
+            "dave": (S2, PeerSample(connected=False, failed=True)),
+        },
+    )
     assert out == (UNKNOWN, {"bob": UNKNOWN, "carol": UNKNOWN, "dave": DOWN})
 
 
-@pytest.mark.parametrize("loss, level", [(0.0, EXCELLENT), (0.03, GOOD), (0.05, POOR),
-                                         (0.08, BAD), (0.2, VERY_BAD)])
-def test_remote_level_from_loss_and_own_level_from_their_reports(loss: float,
-                                                                 level: int) -> None:
+@pytest.mark.parametrize(
+    "loss, level", [(0.0, EXCELLENT), (0.03, GOOD), (0.05, POOR), (0.08, BAD), (0.2, VERY_BAD)]
+)
+def test_remote_level_from_loss_and_own_level_from_their_reports(loss: float, level: int) -> None:
     mon = QualityMonitor()
     mon.start(0.0)
-    reports = run(mon, {"bob": Link()}, 0.0, 12.0,
-                  bob={"down_loss": loss, "up_loss": loss, "rtt": 20.0})
+    reports = run(
+        mon, {"bob": Link()}, 0.0, 12.0, bob={"down_loss": loss, "up_loss": loss, "rtt": 20.0}
+    )
     _, local, remote = reports[-1]
     assert remote == {"bob": level}
     assert local == level
@@ -144,12 +170,18 @@ def test_cut_off_user_is_down_at_once_and_back_at_once() -> None:
     # bob's packets stop arriving at t=6: DOWN is reported on the tick it is true (t=9),
     # not at the next regular report
     reports = run(mon, {"bob": link}, 6.0, 11.0, bob={"cut_down": True})
-    assert [(t, remote["bob"]) for t, _, remote in reports] == \
-        [(8.0, EXCELLENT), (9.0, DOWN), (10.0, DOWN)]
+    assert [(t, remote["bob"]) for t, _, remote in reports] == [
+        (8.0, EXCELLENT),
+        (9.0, DOWN),
+        (10.0, DOWN),
+    ]
     # they come back at 11.5: reported at once; the packets lost in the cut are not "loss"
     reports = run(mon, {"bob": link}, 11.0, 14.0)
-    assert [(t, remote["bob"]) for t, _, remote in reports] == \
-        [(11.5, EXCELLENT), (12.0, EXCELLENT), (14.0, EXCELLENT)]
+    assert [(t, remote["bob"]) for t, _, remote in reports] == [
+        (11.5, EXCELLENT),
+        (12.0, EXCELLENT),
+        (14.0, EXCELLENT),
+    ]
 
 
 def test_packet_times_from_any_stream_count_as_life() -> None:
@@ -246,8 +278,11 @@ async def test_step_survives_broken_sessions(caplog) -> None:
     mon = QualityMonitor()
     mon.start(0.0)
     with caplog.at_level(logging.ERROR, logger="callkit.media.qualitymonitor"):
-        out = await mon.step(["bob", "carol", "dave", "erin"],
-                             {"bob": Broken(), "carol": Waiting(), "erin": Closed()}, 2.0)
+        out = await mon.step(
+            ["bob", "carol", "dave", "erin"],
+            {"bob": Broken(), "carol": Waiting(), "erin": Closed()},
+            2.0,
+        )
     assert out == (UNKNOWN, {"bob": UNKNOWN, "carol": UNKNOWN, "dave": UNKNOWN, "erin": DOWN})
     assert "reading stats of bob failed" in caplog.text
     assert "carol" not in caplog.text and "erin" not in caplog.text

@@ -57,8 +57,10 @@ class TcpProxy:
             return
         link = (writer.transport, up_writer.transport)
         self._links.add(link)  # type: ignore[arg-type]
-        pumps = [asyncio.ensure_future(self._pump(reader, up_writer)),
-                 asyncio.ensure_future(self._pump(up_reader, writer))]
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, up_writer)),
+            asyncio.ensure_future(self._pump(up_reader, writer)),
+        ]
         self._tasks.update(pumps)
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for t in pumps:
@@ -106,21 +108,27 @@ async def engine_via(url: str, user: str, **kwargs: Any) -> tuple[CallEngine, Ev
 
 
 def volumes_of(rec: EventRecorder, user: str, since: float) -> list[int]:
-    return [e.payload["volumeMap"].get(user, 0) for e in rec.events
-            if e.event == "onUserVoiceVolumeChanged" and e.at >= since]
+    return [
+        e.payload["volumeMap"].get(user, 0)
+        for e in rec.events
+        if e.event == "onUserVoiceVolumeChanged" and e.at >= since
+    ]
 
 
-async def connected_call(alice: CallEngine, ra: EventRecorder, bob: CallEngine,
-                         rb: EventRecorder) -> None:
+async def connected_call(
+    alice: CallEngine, ra: EventRecorder, bob: CallEngine, rb: EventRecorder
+) -> None:
     await alice.call("bob", CallMediaType.AUDIO)
     await rb.wait_for("onCallReceived")
     await bob.accept()
     await ra.wait_for("onCallBegin")
     await rb.wait_for("onCallBegin")
-    await ra.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0,
-                      timeout=10)
-    await rb.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("alice", 0) > 0,
-                      timeout=10)
+    await ra.wait_for(
+        "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("bob", 0) > 0, timeout=10
+    )
+    await rb.wait_for(
+        "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("alice", 0) > 0, timeout=10
+    )
 
 
 async def test_call_survives_a_five_second_signaling_outage(server: SignalingServer) -> None:
@@ -203,8 +211,9 @@ async def test_call_ends_cleanly_when_signaling_never_comes_back() -> None:
 
 async def raw_login(url: str, user: str, **extra: Any) -> tuple[RawClient, dict[str, Any]]:
     client = await RawClient.connect(url)
-    reply = await client.request("login", sdkAppId=SDK_APP_ID, userId=user, userSig=sig(user),
-                                 **extra)
+    reply = await client.request(
+        "login", sdkAppId=SDK_APP_ID, userId=user, userSig=sig(user), **extra
+    )
     assert reply["type"] == "ok", reply
     return client, reply["data"]
 
@@ -225,7 +234,8 @@ async def test_resume_replays_held_events_before_the_reply() -> None:
         assert login["resumed"] is False and login["call"] is None
         assert login["resumeGrace"] == 5.0 and isinstance(login["sessionId"], str)
         call_id = (await alice.request("call", callees=["bob"], mediaType=1))["data"]["call"][
-            "callId"]
+            "callId"
+        ]
         await bob.event("onCallReceived")
         await bob.request("accept", callId=call_id)
         await alice.event("onCallBegin")
@@ -240,16 +250,32 @@ async def test_resume_replays_held_events_before_the_reply() -> None:
         assert info is not None and info["online"] is False and info["callId"] == call_id
         # the call goes on without bob's socket; what happens meanwhile is kept for him
         assert (await alice.request("device", callId=call_id, audio=False))["type"] == "ok"
-        assert (await alice.request("relay", callId=call_id, to="bob", kind="offer",
-                                    data={"sdp": "v=0", "type": "offer"}))["type"] == "ok"
+        assert (
+            await alice.request(
+                "relay",
+                callId=call_id,
+                to="bob",
+                kind="offer",
+                data={"sdp": "v=0", "type": "offer"},
+            )
+        )["type"] == "ok"
         # someone else logging in as bob on another socket without the token would kick it;
         # bob resumes with his session id instead
         bob2 = await RawClient.connect(url)
         rid = 1
-        await bob2.ws.send_str(json.dumps({"v": 1, "type": "login", "id": rid,
-                                           "sdkAppId": SDK_APP_ID, "userId": "bob",
-                                           "userSig": sig("bob"),
-                                           "resume": login["sessionId"]}))
+        await bob2.ws.send_str(
+            json.dumps(
+                {
+                    "v": 1,
+                    "type": "login",
+                    "id": rid,
+                    "sdkAppId": SDK_APP_ID,
+                    "userId": "bob",
+                    "userSig": sig("bob"),
+                    "resume": login["sessionId"],
+                }
+            )
+        )
         frames = [await bob2.recv() for _ in range(3)]
         assert [f["type"] for f in frames] == ["event", "relayed", "ok"]
         assert frames[0]["event"] == "onUserAudioAvailable"
@@ -283,7 +309,8 @@ async def test_dropped_socket_leaves_the_call_after_the_grace() -> None:
         alice, _ = await raw_login(url, "alice")
         bob, login = await raw_login(url, "bob")
         call_id = (await alice.request("call", callees=["bob"], mediaType=1))["data"]["call"][
-            "callId"]
+            "callId"
+        ]
         await bob.event("onCallReceived")
         await bob.request("accept", callId=call_id)
         await alice.event("onCallBegin")

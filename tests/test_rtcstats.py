@@ -217,8 +217,9 @@ async def test_real_loopback_values_plausible() -> None:
 class Block:
     """A stand-in for aiortc's RtcpReceiverInfo."""
 
-    def __init__(self, seq: int, lost: int = 0, lsr: int = 0, dlsr: int = 0, jitter: int = 0,
-                 frac: int = 0) -> None:
+    def __init__(
+        self, seq: int, lost: int = 0, lsr: int = 0, dlsr: int = 0, jitter: int = 0, frac: int = 0
+    ) -> None:
         self.ssrc = 1
         self.highest_sequence = seq
         self.packets_lost = lost
@@ -230,9 +231,10 @@ class Block:
 
 def test_rtcp_log_unwraps_sequence_numbers() -> None:
     log = RtcpLog()
-    assert [log.block_received(Block(s), float(i)).highest_seq
-            for i, s in enumerate([65500, 65535, 10, 200, 150, 70000 & 0xFFFF])] == \
-        [65500, 65535, 65546, 65736, 65686, 70000]
+    assert [
+        log.block_received(Block(s), float(i)).highest_seq
+        for i, s in enumerate([65500, 65535, 10, 200, 150, 70000 & 0xFFFF])
+    ] == [65500, 65535, 65546, 65736, 65686, 70000]
 
 
 def test_rtcp_log_rtt_from_any_recent_sr() -> None:

@@ -80,13 +80,13 @@ async def test_login_refuses_bad_sigs(server: SignalingServer) -> None:
     }
     for what, user_sig in cases.items():
         client = await RawClient.connect(server.url)
-        reply = await client.request("login", sdkAppId=SDK_APP_ID, userId="alice",
-                                     userSig=user_sig)
+        reply = await client.request("login", sdkAppId=SDK_APP_ID, userId="alice", userSig=user_sig)
         assert reply["type"] == "error" and reply["code"] == -1201, (what, reply)
         await client.close()
     client = await RawClient.connect(server.url)
-    reply = await client.request("login", sdkAppId=SDK_APP_ID + 1, userId="alice",
-                                 userSig=sig("alice"))
+    reply = await client.request(
+        "login", sdkAppId=SDK_APP_ID + 1, userId="alice", userSig=sig("alice")
+    )
     assert reply["type"] == "error" and reply["code"] == -1201
     await client.close()
 
@@ -97,16 +97,23 @@ GARBAGE = [
     ("unknown type", json.dumps({"v": 1, "type": "teleport", "id": 7}), -1402),
     ("bad version", json.dumps({"v": 99, "type": "ping", "id": 8}), -1402),
     ("missing fields", json.dumps({"v": 1, "type": "call", "id": 9}), -1202),
-    ("wrong types", json.dumps({"v": 1, "type": "call", "id": 10, "callees": "bob",
-                                "mediaType": "video"}), -1202),
-    ("bool as int", json.dumps({"v": 1, "type": "call", "id": 11, "callees": ["bob"],
-                                "mediaType": True}), -1202),
+    (
+        "wrong types",
+        json.dumps({"v": 1, "type": "call", "id": 10, "callees": "bob", "mediaType": "video"}),
+        -1202,
+    ),
+    (
+        "bool as int",
+        json.dumps({"v": 1, "type": "call", "id": 11, "callees": ["bob"], "mediaType": True}),
+        -1202,
+    ),
     ("huge", json.dumps({"v": 1, "type": "ping", "id": 12, "pad": "x" * 70000}), -1403),
 ]
 
 
-async def test_garbage_gets_error_replies_and_calls_still_work(server: SignalingServer,
-                                                               error_log) -> None:
+async def test_garbage_gets_error_replies_and_calls_still_work(
+    server: SignalingServer, error_log
+) -> None:
     # before login: anything but login is refused with -1201
     early = await RawClient.connect(server.url)
     reply = await early.request("call", callees=["bob"], mediaType=1)
@@ -121,14 +128,21 @@ async def test_garbage_gets_error_replies_and_calls_still_work(server: Signaling
         assert frame["type"] == "error", what
         assert frame["code"] == code, (what, frame)
         assert isinstance(frame["message"], str) and frame["message"], what
-    for frame in ("", "null", "{}", '{"type": null}', json.dumps({"type": "accept", "id": 1,
-                                                                     "callId": 5})):
+    for frame in (
+        "",
+        "null",
+        "{}",
+        '{"type": null}',
+        json.dumps({"type": "accept", "id": 1, "callId": 5}),
+    ):
         await alice.send_raw(frame)
         assert (await alice.recv())["type"] == "error"
     # out-of-place messages: accept / hangup with no call, relay to a stranger
-    for type_, fields in (("accept", {"callId": "nope"}), ("hangup", {"callId": "nope"}),
-                          ("relay", {"callId": "nope", "to": "bob", "kind": "offer",
-                                     "data": {}})):
+    for type_, fields in (
+        ("accept", {"callId": "nope"}),
+        ("hangup", {"callId": "nope"}),
+        ("relay", {"callId": "nope", "to": "bob", "kind": "offer", "data": {}}),
+    ):
         reply = await alice.request(type_, **fields)
         assert reply["type"] == "error" and reply["code"] == -1203, (type_, reply)
 
@@ -154,18 +168,26 @@ async def test_relay_only_between_members_of_the_same_call(server: SignalingServ
     call_id = reply["data"]["call"]["callId"]
     await bob.event("onCallReceived")
     # while ringing, not even the callee is a media member yet
-    reply = await alice.request("relay", callId=call_id, to="bob", kind="offer",
-                                data={"sdp": "x", "type": "offer"})
+    reply = await alice.request(
+        "relay", callId=call_id, to="bob", kind="offer", data={"sdp": "x", "type": "offer"}
+    )
     assert reply["code"] == -1203
     await bob.request("accept", callId=call_id)
-    reply = await alice.request("relay", callId=call_id, to="bob", kind="offer",
-                                data={"sdp": "v=0", "type": "offer"})
+    reply = await alice.request(
+        "relay", callId=call_id, to="bob", kind="offer", data={"sdp": "v=0", "type": "offer"}
+    )
     assert reply["type"] == "ok"
     relayed = await bob.recv()
     while relayed["type"] != "relayed":
         relayed = await bob.recv()
-    assert relayed == {"v": 1, "type": "relayed", "callId": call_id, "fromUser": "alice",
-                       "kind": "offer", "data": {"sdp": "v=0", "type": "offer"}}
+    assert relayed == {
+        "v": 1,
+        "type": "relayed",
+        "callId": call_id,
+        "fromUser": "alice",
+        "kind": "offer",
+        "data": {"sdp": "v=0", "type": "offer"},
+    }
     for sender, to in ((eve, "bob"), (eve, "alice")):
         reply = await sender.request("relay", callId=call_id, to=to, kind="offer", data={})
         assert reply["code"] == -1203
@@ -208,8 +230,18 @@ async def test_silent_client_is_detected_by_heartbeat(server: SignalingServer) -
     alice = await login(server.url, "alice")
     http = aiohttp.ClientSession()
     ws = await http.ws_connect(server.url, autoping=False)  # never answers pings
-    await ws.send_str(json.dumps({"v": 1, "type": "login", "id": 1, "sdkAppId": SDK_APP_ID,
-                                  "userId": "bob", "userSig": sig("bob")}))
+    await ws.send_str(
+        json.dumps(
+            {
+                "v": 1,
+                "type": "login",
+                "id": 1,
+                "sdkAppId": SDK_APP_ID,
+                "userId": "bob",
+                "userSig": sig("bob"),
+            }
+        )
+    )
     reply = await alice.request("call", callees=["bob"], mediaType=1)
     assert reply["type"] == "ok"
     loop = asyncio.get_running_loop()
@@ -225,8 +257,11 @@ async def test_unauthenticated_socket_is_closed(server: SignalingServer) -> None
     server.config.login_timeout = 0.5
     client = await RawClient.connect(server.url)
     msg = await client.ws.receive(timeout=5)
-    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.CLOSING)
+    assert msg.type in (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.CLOSING,
+    )
     await client.close()
 
 

@@ -41,7 +41,8 @@ class SoakClient:
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: dict[str, asyncio.Queue[dict[str, Any]]] = collections.defaultdict(
-            asyncio.Queue)
+            asyncio.Queue
+        )
         self.frames = 0
         self.reader = asyncio.ensure_future(self._read())
 
@@ -89,8 +90,9 @@ class Measure:
     @staticmethod
     def percentiles(values: list[float]) -> str:
         q = statistics.quantiles(values, n=100, method="inclusive")
-        return (f"p50 {q[49]:.1f} ms, p95 {q[94]:.1f} ms, p99 {q[98]:.1f} ms, "
-                f"max {max(values):.1f} ms")
+        return (
+            f"p50 {q[49]:.1f} ms, p95 {q[94]:.1f} ms, p99 {q[98]:.1f} ms, max {max(values):.1f} ms"
+        )
 
 
 async def timed(m: Measure, coro: Any) -> dict[str, Any]:
@@ -110,8 +112,9 @@ async def pair_loop(a: SoakClient, b: SoakClient, until: float, m: Measure, seed
         n += 1
         try:
             start = time.perf_counter()
-            reply = await timed(m, caller.request("call", callees=[callee.user],
-                                                  mediaType=rng.choice([1, 2])))
+            reply = await timed(
+                m, caller.request("call", callees=[callee.user], mediaType=rng.choice([1, 2]))
+            )
             call_id = reply["data"]["call"]["callId"]
             received = await callee.event("onCallReceived")
             m.ring_ms.append((time.perf_counter() - start) * 1000)
@@ -156,8 +159,9 @@ async def test_soak_500_clients_place_and_end_calls(error_log: Any) -> None:
         t0 = time.perf_counter()
         users = [f"soak{i:03d}" for i in range(CLIENTS)]
         for batch in range(0, CLIENTS, 50):
-            clients += await asyncio.gather(*(connect(http, url, u)
-                                              for u in users[batch:batch + 50]))
+            clients += await asyncio.gather(
+                *(connect(http, url, u) for u in users[batch : batch + 50])
+            )
         setup = time.perf_counter() - t0
         assert len(server.online_users()) == CLIENTS
 
@@ -169,7 +173,8 @@ async def test_soak_500_clients_place_and_end_calls(error_log: Any) -> None:
         pairs = [(clients[i], clients[i + 1]) for i in range(0, CLIENTS, 2)]
         await asyncio.wait_for(
             asyncio.gather(*(pair_loop(a, b, until, m, i) for i, (a, b) in enumerate(pairs))),
-            DURATION + 3 * TIMEOUT)
+            DURATION + 3 * TIMEOUT,
+        )
         elapsed = time.perf_counter() - start
         inbound = server.stats.messages - messages_before
         outbound = sum(c.frames for c in clients) - frames_before
@@ -182,9 +187,11 @@ async def test_soak_500_clients_place_and_end_calls(error_log: Any) -> None:
         assert m.calls >= CLIENTS // 2 * 10, m.calls  # every pair kept calling
         leftovers = [(c.user, c.leftover_events()) for c in clients if c.leftover_events()]
         assert leftovers == []
-        print(f"\nsoak: {CLIENTS} clients logged in in {setup:.1f} s; {m.calls} calls in "
-              f"{elapsed:.1f} s ({m.calls / elapsed:.0f} calls/s); server received "
-              f"{inbound / elapsed:.0f} msgs/s and sent {outbound / elapsed:.0f} frames/s")
+        print(
+            f"\nsoak: {CLIENTS} clients logged in in {setup:.1f} s; {m.calls} calls in "
+            f"{elapsed:.1f} s ({m.calls / elapsed:.0f} calls/s); server received "
+            f"{inbound / elapsed:.0f} msgs/s and sent {outbound / elapsed:.0f} frames/s"
+        )
         print(f"soak: request -> reply {Measure.percentiles(m.request_ms)}")
         print(f"soak: call -> callee's onCallReceived {Measure.percentiles(m.ring_ms)}")
     finally:

@@ -79,11 +79,18 @@ def test_silence() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "bad"),
-    [({"freq": 0}, "0"), ({"freq": -5.0}, "-5.0"), ({"freq": 24000}, "24000"),
-     ({"freq": "440"}, "'440'"), ({"level_dbfs": float("nan")}, "nan"),
-     ({"level_dbfs": 40.0}, "40.0"), ({"sample_rate": 0}, "0"),
-     ({"sample_rate": 48000.5}, "48000.5"),
-     ({"channels": 0}, "0"), ({"channels": True}, "True")],
+    [
+        ({"freq": 0}, "0"),
+        ({"freq": -5.0}, "-5.0"),
+        ({"freq": 24000}, "24000"),
+        ({"freq": "440"}, "'440'"),
+        ({"level_dbfs": float("nan")}, "nan"),
+        ({"level_dbfs": 40.0}, "40.0"),
+        ({"sample_rate": 0}, "0"),
+        ({"sample_rate": 48000.5}, "48000.5"),
+        ({"channels": 0}, "0"),
+        ({"channels": True}, "True"),
+    ],
 )
 def test_tone_bad_args(kwargs: dict, bad: str) -> None:
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
@@ -130,8 +137,18 @@ def test_pattern_read_equals_pattern_and_looks_like_colour_bars() -> None:
     rgb = TestPatternSource(320, 240, 15).read().to_ndarray(format="rgb24")
     row = rgb[200]  # eight bars of 40 px: white, yellow, cyan, green, magenta, red, blue, black
     centres = row[20::40].astype(int)
-    expected = np.array([[191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0],
-                         [191, 0, 191], [191, 0, 0], [0, 0, 191], [0, 0, 0]])
+    expected = np.array(
+        [
+            [191, 191, 191],
+            [191, 191, 0],
+            [0, 191, 191],
+            [0, 191, 0],
+            [191, 0, 191],
+            [191, 0, 0],
+            [0, 0, 191],
+            [0, 0, 0],
+        ]
+    )
     assert np.abs(centres - expected).max() <= 6
 
 
@@ -158,9 +175,17 @@ def test_pattern_tiny_and_odd_aligned_sizes() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "bad"),
-    [({"width": 0}, "0"), ({"width": 321}, "321"), ({"height": -2}, "-2"),
-     ({"height": 240.0}, "240.0"), ({"fps": 0}, "0"), ({"fps": 1000}, "1000"),
-     ({"fps": "15"}, "'15'"), ({"width": 100000}, "100000"), ({"width": 16}, "16")],
+    [
+        ({"width": 0}, "0"),
+        ({"width": 321}, "321"),
+        ({"height": -2}, "-2"),
+        ({"height": 240.0}, "240.0"),
+        ({"fps": 0}, "0"),
+        ({"fps": 1000}, "1000"),
+        ({"fps": "15"}, "'15'"),
+        ({"width": 100000}, "100000"),
+        ({"width": 16}, "16"),
+    ],
 )
 def test_pattern_bad_args(kwargs: dict, bad: str) -> None:
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")):

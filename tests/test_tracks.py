@@ -33,6 +33,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- pacing and fan-out without peer connections ------------------------------------------
 
+
 async def _count_frames(track: MediaStreamTrack, seconds: float) -> list[av.AudioFrame]:
     loop = asyncio.get_running_loop()
     frames = []
@@ -68,7 +69,7 @@ async def test_pump_skips_ahead_after_a_stall_instead_of_bursting() -> None:
     track = local.subscribe()
     await track.recv()
     await asyncio.sleep(0.05)
-    time.sleep(0.25)  # noqa: ASYNC251 -- deliberately block the loop: ~12 periods missed
+    time.sleep(0.25)
     await asyncio.sleep(0.005)
     burst = await _count_frames(track, 0.01)  # what the pump produced right after the stall
     await local.stop()
@@ -259,6 +260,7 @@ async def test_remote_video_counts_and_records_size() -> None:
 
 # -- real loopback through two aiortc peer connections -----------------------------------
 
+
 @pytest.fixture
 async def pc_pair(
     loopback_only: None,
@@ -282,8 +284,9 @@ async def _connect(pc1: RTCPeerConnection, pc2: RTCPeerConnection) -> None:
         assert cands and all(" 127.0.0.1 " in c for c in cands), cands
 
 
-async def _window(remote: RemoteAudio, local: LocalAudio | None, settle: float,
-                  window: float) -> tuple[int, int | None]:
+async def _window(
+    remote: RemoteAudio, local: LocalAudio | None, settle: float, window: float
+) -> tuple[int, int | None]:
     await asyncio.sleep(settle)
     remote.take_volume()
     if local is not None:

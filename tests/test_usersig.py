@@ -56,8 +56,13 @@ def test_public_vector_with_userbuf_byte_for_byte() -> None:
 
 def test_token_key_order() -> None:
     assert list(_decode(VECTOR_USERBUF_TOKEN)) == [
-        "TLS.ver", "TLS.identifier", "TLS.sdkappid", "TLS.expire", "TLS.time",
-        "TLS.userbuf", "TLS.sig",
+        "TLS.ver",
+        "TLS.identifier",
+        "TLS.sdkappid",
+        "TLS.expire",
+        "TLS.time",
+        "TLS.userbuf",
+        "TLS.sig",
     ]
 
 

@@ -32,9 +32,24 @@ def sine(level_dbfs: float, n: int = 48000, freq: float = 440.0, rate: int = 480
 
 @pytest.mark.parametrize(
     ("level", "volume"),
-    [(-math.inf, 0), (-120.0, 0), (-60.0, 0), (-59.8, 0), (-59.7, 1), (-50.0, 20), (-40.0, 40),
-     (-30.0, 60), (-20.0, 80), (-15.2, 90), (-10.0, 100), (-3.0, 100), (0.0, 100), (6.0, 100),
-     (math.nan, 0), (math.inf, 100)],
+    [
+        (-math.inf, 0),
+        (-120.0, 0),
+        (-60.0, 0),
+        (-59.8, 0),
+        (-59.7, 1),
+        (-50.0, 20),
+        (-40.0, 40),
+        (-30.0, 60),
+        (-20.0, 80),
+        (-15.2, 90),
+        (-10.0, 100),
+        (-3.0, 100),
+        (0.0, 100),
+        (6.0, 100),
+        (math.nan, 0),
+        (math.inf, 100),
+    ],
 )
 def test_volume_formula(level: float, volume: int) -> None:
     assert volume_from_dbfs(level) == volume
@@ -97,8 +112,9 @@ def _mono_frame(samples: np.ndarray) -> av.AudioFrame:
     return frame
 
 
-@pytest.mark.parametrize("level", [-140.0, -127.4, -100.0, -80.0, -60.0, -45.5, -30.0, -20.0,
-                                   -12.3, -6.0, -1.0, 0.0])
+@pytest.mark.parametrize(
+    "level", [-140.0, -127.4, -100.0, -80.0, -60.0, -45.5, -30.0, -20.0, -12.3, -6.0, -1.0, 0.0]
+)
 def test_audio_level_matches_aiortc_for_mono(level: float) -> None:
     rng = np.random.default_rng(int(-level * 10))
     samples = sine(level, 960)
@@ -143,8 +159,9 @@ def test_audio_level_stereo_is_correct_where_aiortc_is_3db_off() -> None:
 
 
 def _stereo_frame(mono: np.ndarray) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16",
-                                       layout="stereo")
+    frame = av.AudioFrame.from_ndarray(
+        np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo"
+    )
     frame.sample_rate = 48000
     return frame
 

@@ -23,8 +23,15 @@ from callkit.media import ToneSource
 
 pytestmark = pytest.mark.loopback
 
-STEPS = [(-10.0, 100, 10), (-20.0, 80, 20), (-30.0, 60, 30), (-40.0, 40, 40),
-         (-50.0, 20, 50), (-60.0, 0, 60), (-math.inf, 0, 127)]
+STEPS = [
+    (-10.0, 100, 10),
+    (-20.0, 80, 20),
+    (-30.0, 60, 30),
+    (-40.0, 40, 40),
+    (-50.0, 20, 50),
+    (-60.0, 0, 60),
+    (-math.inf, 0, 127),
+]
 
 
 async def test_volume_and_rtp_audio_level_follow_the_tone(make_engine, monkeypatch) -> None:
@@ -45,10 +52,10 @@ async def test_volume_and_rtp_audio_level_follow_the_tone(make_engine, monkeypat
     await alice.call("bob", CallMediaType.AUDIO)
     await rb.wait_for("onCallReceived")
     await bob.accept()
-    await rb.wait_for("onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("alice", 0) > 0,
-                      timeout=15)
-    receivers = {t.receiver for t in bob.peers["alice"].pc.getTransceivers()
-                 if t.kind == "audio"}
+    await rb.wait_for(
+        "onUserVoiceVolumeChanged", lambda p: p["volumeMap"].get("alice", 0) > 0, timeout=15
+    )
+    receivers = {t.receiver for t in bob.peers["alice"].pc.getTransceivers() if t.kind == "audio"}
 
     results = []
     for level, volume, dbov in STEPS:
@@ -56,16 +63,29 @@ async def test_volume_and_rtp_audio_level_follow_the_tone(make_engine, monkeypat
         await asyncio.sleep(0.8)  # pump queue + jitter buffer + one 300 ms window to flush
         since = time.monotonic()
         await asyncio.sleep(1.0)
-        got = [e.payload["volumeMap"] for e in rb.events
-               if e.event == "onUserVoiceVolumeChanged" and e.at >= since]
-        own = [e.payload["volumeMap"] for e in ra.events
-               if e.event == "onUserVoiceVolumeChanged" and e.at >= since]
+        got = [
+            e.payload["volumeMap"]
+            for e in rb.events
+            if e.event == "onUserVoiceVolumeChanged" and e.at >= since
+        ]
+        own = [
+            e.payload["volumeMap"]
+            for e in ra.events
+            if e.event == "onUserVoiceVolumeChanged" and e.at >= since
+        ]
         levels = [lv for t, rcv, lv in headers if t >= since and rcv in receivers]
-        results.append((level, volume, dbov,
-                        statistics.median(m["alice"] for m in got),
-                        statistics.median(m["alice"] for m in own),
-                        statistics.median(lv[1] for lv in levels) if levels else None,
-                        {lv[0] for lv in levels}, len(levels)))
+        results.append(
+            (
+                level,
+                volume,
+                dbov,
+                statistics.median(m["alice"] for m in got),
+                statistics.median(m["alice"] for m in own),
+                statistics.median(lv[1] for lv in levels) if levels else None,
+                {lv[0] for lv in levels},
+                len(levels),
+            )
+        )
     print("\n".join(str(r) for r in results))
     for level, volume, dbov, received, local, header, vad, packets in results:
         assert abs(received - volume) <= 4, (level, received)

@@ -43,13 +43,15 @@ class PushAudioSource(AudioSource):
     ``write`` from another thread only through ``loop.call_soon_threadsafe``.
     """
 
-    def __init__(self, sample_rate: int = 48000, channels: int = 1, *,
-                 max_queue_seconds: float | None = None) -> None:
+    def __init__(
+        self, sample_rate: int = 48000, channels: int = 1, *, max_queue_seconds: float | None = None
+    ) -> None:
         super().__init__(sample_rate, channels)
         if max_queue_seconds is not None and max_queue_seconds <= 0:
             raise ValueError(f"max_queue_seconds must be positive, got {max_queue_seconds!r}")
-        self._max_queue = (None if max_queue_seconds is None
-                           else max(1, round(max_queue_seconds * sample_rate)))
+        self._max_queue = (
+            None if max_queue_seconds is None else max(1, round(max_queue_seconds * sample_rate))
+        )
         self._chunks: collections.deque[np.ndarray] = collections.deque()
         self._queued = 0
         self._conv = PcmConverter(sample_rate, channels)
@@ -71,8 +73,7 @@ class PushAudioSource(AudioSource):
 
     def write(self, samples: Any, sample_rate: int | None = None) -> None:
         """Queue ``samples`` recorded at ``sample_rate`` (default: this source's rate)."""
-        data = self._conv.convert(samples, self.sample_rate if sample_rate is None
-                                  else sample_rate)
+        data = self._conv.convert(samples, self.sample_rate if sample_rate is None else sample_rate)
         if not len(data):
             return
         with self._lock:
@@ -111,7 +112,7 @@ class PushAudioSource(AudioSource):
             while got < n and self._chunks:
                 head = self._chunks[0]
                 take = min(n - got, len(head))
-                out[got:got + take] = head[:take]
+                out[got : got + take] = head[:take]
                 got += take
                 if take == len(head):
                     self._chunks.popleft()
@@ -147,14 +148,18 @@ class PushAudioSource(AudioSource):
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"{self.queued_seconds:.2f} s still queued after {timeout} s "
-                               "(is anything reading this source?)") from None
+            raise TimeoutError(
+                f"{self.queued_seconds:.2f} s still queued after {timeout} s "
+                "(is anything reading this source?)"
+            ) from None
         finally:
             self._waiters = [w for w in self._waiters if w[1] is not fut]
 
     def __repr__(self) -> str:
-        return (f"PushAudioSource(sample_rate={self.sample_rate}, channels={self.channels}, "
-                f"queued={self.queued_seconds:.3f}s)")
+        return (
+            f"PushAudioSource(sample_rate={self.sample_rate}, channels={self.channels}, "
+            f"queued={self.queued_seconds:.3f}s)"
+        )
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -168,8 +173,9 @@ class MixSource(AudioSource):
     Sources may be added and removed at any time; each is read for every frame.
     """
 
-    def __init__(self, sources: Iterable[AudioSource] = (), *, sample_rate: int = 48000,
-                 channels: int = 1) -> None:
+    def __init__(
+        self, sources: Iterable[AudioSource] = (), *, sample_rate: int = 48000, channels: int = 1
+    ) -> None:
         super().__init__(sample_rate, channels)
         self._sources: list[AudioSource] = []
         for s in sources:
@@ -185,8 +191,9 @@ class MixSource(AudioSource):
         if not isinstance(source, AudioSource):
             raise TypeError(f"expected an AudioSource, got {type(source).__name__}")
         if source.sample_rate != self.sample_rate:
-            raise ValueError(f"source runs at {source.sample_rate} Hz, the mix at "
-                             f"{self.sample_rate} Hz")
+            raise ValueError(
+                f"source runs at {source.sample_rate} Hz, the mix at {self.sample_rate} Hz"
+            )
         if source not in self._sources:
             self._sources.append(source)
 
@@ -221,9 +228,13 @@ class PushVideoSource(VideoSource):
 
     def write(self, image: np.ndarray | av.VideoFrame) -> None:
         """Show ``image`` from the next frame on."""
-        frame = image if isinstance(image, av.VideoFrame) else \
-            av.VideoFrame.from_ndarray(np.ascontiguousarray(image, dtype=np.uint8),
-                                       format="rgb24")
+        frame = (
+            image
+            if isinstance(image, av.VideoFrame)
+            else av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(image, dtype=np.uint8), format="rgb24"
+            )
+        )
         out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
         if out is frame:
             out = fresh_frame(frame)

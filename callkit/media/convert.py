@@ -16,7 +16,12 @@ import av
 import numpy as np
 
 __all__ = [
-    "PcmConverter", "SampleFifo", "as_int16", "black_frame", "fresh_frame", "remix",
+    "PcmConverter",
+    "SampleFifo",
+    "as_int16",
+    "black_frame",
+    "fresh_frame",
+    "remix",
 ]
 
 
@@ -78,12 +83,16 @@ class PcmConverter:
         x = remix(x, work)
         if self._resampler is None or self._in_rate != sample_rate:
             self._in_rate = sample_rate
-            self._resampler = av.AudioResampler(format="s16", layout="mono" if work == 1
-                                                else "stereo", rate=self.sample_rate)
+            self._resampler = av.AudioResampler(
+                format="s16", layout="mono" if work == 1 else "stereo", rate=self.sample_rate
+            )
         if not len(x):
             return np.zeros((0, self.channels), dtype=np.int16)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x).reshape(1, -1), format="s16",
-                                           layout="mono" if work == 1 else "stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(x).reshape(1, -1),
+            format="s16",
+            layout="mono" if work == 1 else "stereo",
+        )
         frame.sample_rate = sample_rate
         out = [f.to_ndarray().reshape(-1, work) for f in self._resampler.resample(frame)]
         y = np.concatenate(out) if out else np.zeros((0, work), dtype=np.int16)
@@ -127,7 +136,7 @@ class SampleFifo:
         with self._lock:
             if n >= cap:
                 self.dropped += self._size + n - cap
-                x, n = x[n - cap:], cap
+                x, n = x[n - cap :], cap
                 self._start, self._size = 0, 0
             over = self._size + n - cap
             if over > 0:
@@ -136,9 +145,9 @@ class SampleFifo:
                 self._size -= over
             end = (self._start + self._size) % cap
             first = min(n, cap - end)
-            self._buf[end:end + first] = x[:first]
+            self._buf[end : end + first] = x[:first]
             if first < n:
-                self._buf[:n - first] = x[first:]
+                self._buf[: n - first] = x[first:]
             self._size += n
             if not self._primed and self._size >= self.prebuffer:
                 self._primed = True
@@ -159,9 +168,9 @@ class SampleFifo:
                 return 0
             got = min(n, self._size)
             first = min(got, cap - self._start)
-            out[:first] = self._buf[self._start:self._start + first]
+            out[:first] = self._buf[self._start : self._start + first]
             if first < got:
-                out[first:got] = self._buf[:got - first]
+                out[first:got] = self._buf[: got - first]
             out[got:] = 0
             self._start = (self._start + got) % cap
             self._size -= got

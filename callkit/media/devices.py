@@ -55,14 +55,18 @@ def _sounddevice() -> Any:
         raise DeviceError(
             f"the PortAudio library is not available ({exc}); install it "
             "(Debian/Ubuntu: apt-get install libportaudio2; the macOS and Windows "
-            "sounddevice wheels include it)") from None
+            "sounddevice wheels include it)"
+        ) from None
     except ImportError as exc:
-        raise DeviceError(f"the sounddevice package is not installed ({exc}); "
-                          "pip install sounddevice (the 'devices' extra)") from None
+        raise DeviceError(
+            f"the sounddevice package is not installed ({exc}); "
+            "pip install sounddevice (the 'devices' extra)"
+        ) from None
     return sounddevice
 
 
 # ---------------------------------------------------------------------------------- listing
+
 
 @dataclass(frozen=True)
 class AudioDevice:
@@ -92,12 +96,18 @@ def list_audio_devices() -> list[AudioDevice]:
     devices = []
     for info in raw:
         idx = int(info["index"])
-        devices.append(AudioDevice(
-            index=idx, name=str(info["name"]), host_api=str(apis[info["hostapi"]]["name"]),
-            max_input_channels=int(info["max_input_channels"]),
-            max_output_channels=int(info["max_output_channels"]),
-            default_sample_rate=float(info["default_samplerate"]),
-            is_default_input=idx == default_in, is_default_output=idx == default_out))
+        devices.append(
+            AudioDevice(
+                index=idx,
+                name=str(info["name"]),
+                host_api=str(apis[info["hostapi"]]["name"]),
+                max_input_channels=int(info["max_input_channels"]),
+                max_output_channels=int(info["max_output_channels"]),
+                default_sample_rate=float(info["default_samplerate"]),
+                is_default_input=idx == default_in,
+                is_default_output=idx == default_out,
+            )
+        )
     return devices
 
 
@@ -136,6 +146,7 @@ def find_audio_device(device: int | str | None, kind: Literal["input", "output"]
 
 # ---------------------------------------------------------------------------------- audio
 
+
 class MicrophoneSource(AudioSource):
     """Live microphone input (PortAudio), as an AudioSource for the engine.
 
@@ -146,25 +157,41 @@ class MicrophoneSource(AudioSource):
     latency stays bounded. Reads never block: missing samples are silence.
     """
 
-    def __init__(self, device: int | str | None = None, *, sample_rate: int = 48000,
-                 channels: int = 1, buffer_ms: int = 100, latency: str | float = "low") -> None:
+    def __init__(
+        self,
+        device: int | str | None = None,
+        *,
+        sample_rate: int = 48000,
+        channels: int = 1,
+        buffer_ms: int = 100,
+        latency: str | float = "low",
+    ) -> None:
         super().__init__(sample_rate, channels)
         sd = _sounddevice()
         self.device = find_audio_device(device, "input")
         if channels > self.device.max_input_channels:
-            raise DeviceError(f"microphone {self.device.name!r} has "
-                              f"{self.device.max_input_channels} channels, {channels} asked for")
+            raise DeviceError(
+                f"microphone {self.device.name!r} has "
+                f"{self.device.max_input_channels} channels, {channels} asked for"
+            )
         self._fifo = SampleFifo(max(1, sample_rate * buffer_ms // 1000), channels)
         self.overflows = 0
         """PortAudio input overflows reported to the callback."""
         try:
-            self._stream = sd.InputStream(device=self.device.index, samplerate=sample_rate,
-                                          channels=channels, dtype="int16", latency=latency,
-                                          callback=self._callback)
+            self._stream = sd.InputStream(
+                device=self.device.index,
+                samplerate=sample_rate,
+                channels=channels,
+                dtype="int16",
+                latency=latency,
+                callback=self._callback,
+            )
             self._stream.start()
         except (sd.PortAudioError, ValueError) as exc:  # ValueError: unsupported settings
-            raise DeviceError(f"microphone {self.device.name!r} cannot be opened at "
-                              f"{sample_rate} Hz x {channels}: {exc}") from None
+            raise DeviceError(
+                f"microphone {self.device.name!r} cannot be opened at "
+                f"{sample_rate} Hz x {channels}: {exc}"
+            ) from None
 
     def _callback(self, indata: np.ndarray, frames: int, time: Any, status: Any) -> None:
         if status and status.input_overflow:
@@ -189,8 +216,10 @@ class MicrophoneSource(AudioSource):
                 super().close()
 
     def __repr__(self) -> str:
-        return (f"MicrophoneSource(device={self.device.name!r}, "
-                f"sample_rate={self.sample_rate}, channels={self.channels})")
+        return (
+            f"MicrophoneSource(device={self.device.name!r}, "
+            f"sample_rate={self.sample_rate}, channels={self.channels})"
+        )
 
 
 class SpeakerSink:
@@ -204,9 +233,16 @@ class SpeakerSink:
     ``prebuffer_ms`` are queued again; at most ``buffer_ms`` are held per input.
     """
 
-    def __init__(self, device: int | str | None = None, *, sample_rate: int = 48000,
-                 channels: int = 2, buffer_ms: int = 300, prebuffer_ms: int = 40,
-                 latency: str | float = "low") -> None:
+    def __init__(
+        self,
+        device: int | str | None = None,
+        *,
+        sample_rate: int = 48000,
+        channels: int = 2,
+        buffer_ms: int = 300,
+        prebuffer_ms: int = 40,
+        latency: str | float = "low",
+    ) -> None:
         sd = _sounddevice()
         self.device = find_audio_device(device, "output")
         channels = min(channels, self.device.max_output_channels)
@@ -221,20 +257,29 @@ class SpeakerSink:
         self.underflows = 0
         """PortAudio output underflows reported to the callback."""
         try:
-            self._stream = sd.OutputStream(device=self.device.index, samplerate=sample_rate,
-                                           channels=channels, dtype="int16", latency=latency,
-                                           callback=self._callback)
+            self._stream = sd.OutputStream(
+                device=self.device.index,
+                samplerate=sample_rate,
+                channels=channels,
+                dtype="int16",
+                latency=latency,
+                callback=self._callback,
+            )
             self._stream.start()
         except (sd.PortAudioError, ValueError) as exc:
-            raise DeviceError(f"speaker {self.device.name!r} cannot be opened at "
-                              f"{sample_rate} Hz x {channels}: {exc}") from None
+            raise DeviceError(
+                f"speaker {self.device.name!r} cannot be opened at "
+                f"{sample_rate} Hz x {channels}: {exc}"
+            ) from None
 
     def _input(self, key: Any) -> tuple[SampleFifo, PcmConverter]:
         with self._lock:
             entry = self._inputs.get(key)
             if entry is None:
-                entry = (SampleFifo(self._capacity, self.channels, prebuffer=self._prebuffer),
-                         PcmConverter(self.sample_rate, self.channels))
+                entry = (
+                    SampleFifo(self._capacity, self.channels, prebuffer=self._prebuffer),
+                    PcmConverter(self.sample_rate, self.channels),
+                )
                 self._inputs[key] = entry
             return entry
 
@@ -249,8 +294,10 @@ class SpeakerSink:
         """``fn(samples, sample_rate)`` writing to input ``key`` (cached per key)."""
         fn = self._taps.get(key)
         if fn is None:
+
             def fn(samples: np.ndarray, sample_rate: int) -> None:
                 self.write(samples, sample_rate, key)
+
             self._taps[key] = fn
         return fn
 
@@ -286,8 +333,10 @@ class SpeakerSink:
             self._stream.close(ignore_errors=True)
 
     def __repr__(self) -> str:
-        return (f"SpeakerSink(device={self.device.name!r}, sample_rate={self.sample_rate}, "
-                f"channels={self.channels})")
+        return (
+            f"SpeakerSink(device={self.device.name!r}, sample_rate={self.sample_rate}, "
+            f"channels={self.channels})"
+        )
 
 
 # ---------------------------------------------------------------------------------- camera
@@ -328,8 +377,7 @@ def _default_camera(input_format: str) -> str:
         return cams[0].device
     if input_format == "avfoundation":
         return "0"
-    raise DeviceError(f"no default camera for {input_format!r}: pass device= "
-                      "(dshow: 'video=NAME')")
+    raise DeviceError(f"no default camera for {input_format!r}: pass device= (dshow: 'video=NAME')")
 
 
 class CameraSource(VideoSource):
@@ -344,18 +392,28 @@ class CameraSource(VideoSource):
     constructor (which may block briefly): a missing one raises DeviceError(-1101).
     """
 
-    def __init__(self, device: str | None = None, *, width: int = 640, height: int = 480,
-                 fps: float = 30, input_format: str | None = None,
-                 options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        *,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 30,
+        input_format: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(width, height, fps)
         fmt = input_format or _CAMERA_FORMATS.get(sys.platform.rstrip("0123456789"))
         if fmt is None:
-            raise DeviceError(f"no camera input format known for platform {sys.platform!r}; "
-                              "pass input_format=")
+            raise DeviceError(
+                f"no camera input format known for platform {sys.platform!r}; pass input_format="
+            )
         known = {name for names in av.formats_available for name in names.split(",")}
         if fmt not in known:  # e.g. "video4linux2,v4l2" is one entry
-            raise DeviceError(f"this PyAV build's FFmpeg has no {fmt!r} input format, so it "
-                              "cannot open cameras (install a PyAV built with it)")
+            raise DeviceError(
+                f"this PyAV build's FFmpeg has no {fmt!r} input format, so it "
+                "cannot open cameras (install a PyAV built with it)"
+            )
         self.device = device if device is not None else _default_camera(fmt)
         self.input_format = fmt
         opts = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
@@ -374,8 +432,9 @@ class CameraSource(VideoSource):
         self.frames_captured = 0
         self.error: str | None = None
         """Why capture stopped early, if it did."""
-        self._thread = threading.Thread(target=self._capture, name=f"camera {self.device}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._capture, name=f"camera {self.device}", daemon=True
+        )
         self._thread.start()
 
     def _capture(self) -> None:
@@ -387,7 +446,7 @@ class CameraSource(VideoSource):
                 with self._lock:
                     self._latest, self._handed_out = out, False
                 self.frames_captured += 1
-        except Exception as exc:  # noqa: BLE001 - unplugged, decoder error: report, go black
+        except Exception as exc:
             if not self._stop.is_set():
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("camera %s stopped: %s", self.device, self.error)
@@ -412,5 +471,7 @@ class CameraSource(VideoSource):
             super().close()
 
     def __repr__(self) -> str:
-        return (f"CameraSource({self.device!r}, input_format={self.input_format!r}, "
-                f"width={self.width}, height={self.height}, fps={self.fps})")
+        return (
+            f"CameraSource({self.device!r}, input_format={self.input_format!r}, "
+            f"width={self.width}, height={self.height}, fps={self.fps})"
+        )

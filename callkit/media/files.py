@@ -38,7 +38,7 @@ __all__ = ["FileAudioSource", "FileSource", "FileVideoSource", "RecordedFiles", 
 log = logging.getLogger(__name__)
 
 _END = object()  # end of file (not looping)
-_POLL = 0.1      # how often blocked worker threads look at their stop flag
+_POLL = 0.1  # how often blocked worker threads look at their stop flag
 
 
 def _open(path: str | os.PathLike[str], kind: str) -> tuple[Any, Any]:
@@ -55,8 +55,9 @@ def _open(path: str | os.PathLike[str], kind: str) -> tuple[Any, Any]:
 class _Decoder:
     """A daemon thread running ``produce(put)`` into a bounded queue until done or stopped."""
 
-    def __init__(self, name: str, size: int, produce: Callable[[Callable[[Any], bool]], None]
-                 ) -> None:
+    def __init__(
+        self, name: str, size: int, produce: Callable[[Callable[[Any], bool]], None]
+    ) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(size)
         self._stop = threading.Event()
         self._produce = produce
@@ -77,7 +78,7 @@ class _Decoder:
     def _run(self) -> None:
         try:
             self._produce(self._put)
-        except Exception as exc:  # noqa: BLE001 - a bad file: report it, play silence
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("%s: decoding stopped: %s", self._thread.name, self.error)
         finally:
@@ -97,23 +98,37 @@ class FileAudioSource(AudioSource):
     audio stream) / ``av.FFmpegError`` (not a media file) in the constructor.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, loop: bool = False,
-                 sample_rate: int = 48000, channels: int = 1, buffer_ms: int = 500) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        loop: bool = False,
+        sample_rate: int = 48000,
+        channels: int = 1,
+        buffer_ms: int = 500,
+    ) -> None:
         super().__init__(sample_rate, channels)
         self.path = os.fspath(path)
         self.loop = bool(loop)
         container, stream = _open(path, "audio")
-        self.duration: float | None = (float(stream.duration * stream.time_base)
-                                       if stream.duration is not None else
-                                       container.duration / 1e6 if container.duration else None)
+        self.duration: float | None = (
+            float(stream.duration * stream.time_base)
+            if stream.duration is not None
+            else container.duration / 1e6
+            if container.duration
+            else None
+        )
         """Length of the file's audio in seconds (None if the file does not say)."""
         self._pending = np.zeros((0, channels), dtype=np.int16)
         self._eof = False
         self.samples_read = 0
         self.underruns = 0
         # about 20 ms per queued chunk: enough chunks for buffer_ms
-        self._decoder = _Decoder(f"file audio {self.path}", max(4, buffer_ms // 20),
-                                 lambda put: self._produce(container, stream, put))
+        self._decoder = _Decoder(
+            f"file audio {self.path}",
+            max(4, buffer_ms // 20),
+            lambda put: self._produce(container, stream, put),
+        )
 
     def _produce(self, container: Any, stream: Any, put: Callable[[Any], bool]) -> None:
         conv = PcmConverter(self.sample_rate, self.channels)
@@ -171,8 +186,10 @@ class FileAudioSource(AudioSource):
         super().close()
 
     def __repr__(self) -> str:
-        return (f"FileAudioSource({self.path!r}, loop={self.loop}, "
-                f"sample_rate={self.sample_rate}, channels={self.channels})")
+        return (
+            f"FileAudioSource({self.path!r}, loop={self.loop}, "
+            f"sample_rate={self.sample_rate}, channels={self.channels})"
+        )
 
 
 class FileVideoSource(VideoSource):
@@ -185,9 +202,15 @@ class FileVideoSource(VideoSource):
     looping) the last frame repeats and :attr:`finished` becomes True.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, loop: bool = False,
-                 width: int | None = None, height: int | None = None,
-                 fps: float | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        loop: bool = False,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+    ) -> None:
         container, stream = _open(path, "video")
         cc = stream.codec_context
         w = width or max(16, cc.width // 2 * 2)
@@ -205,8 +228,11 @@ class FileVideoSource(VideoSource):
         self._last: av.VideoFrame | None = None
         self._last_handed = True
         self._eof = False
-        self._decoder = _Decoder(f"file video {self.path}", max(4, int(self.fps) // 2),
-                                 lambda put: self._produce(container, stream, put))
+        self._decoder = _Decoder(
+            f"file video {self.path}",
+            max(4, int(self.fps) // 2),
+            lambda put: self._produce(container, stream, put),
+        )
 
     def _produce(self, container: Any, stream: Any, put: Callable[[Any], bool]) -> None:
         offset, first, last = 0.0, None, 0.0
@@ -217,8 +243,7 @@ class FileVideoSource(VideoSource):
                     if first is None:
                         first = t
                     last = t
-                    out = frame.reformat(width=self.width, height=self.height,
-                                         format="yuv420p")
+                    out = frame.reformat(width=self.width, height=self.height, format="yuv420p")
                     if not put((offset + t - first, out)):
                         return
                 if not self.loop or first is None:
@@ -265,8 +290,10 @@ class FileVideoSource(VideoSource):
         super().close()
 
     def __repr__(self) -> str:
-        return (f"FileVideoSource({self.path!r}, loop={self.loop}, width={self.width}, "
-                f"height={self.height}, fps={self.fps})")
+        return (
+            f"FileVideoSource({self.path!r}, loop={self.loop}, width={self.width}, "
+            f"height={self.height}, fps={self.fps})"
+        )
 
 
 class FileSource:
@@ -276,10 +303,18 @@ class FileSource:
     its own thread; see :class:`FileAudioSource` and :class:`FileVideoSource`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, loop: bool = False,
-                 audio: bool = True, video: bool = True, sample_rate: int = 48000,
-                 width: int | None = None, height: int | None = None,
-                 fps: float | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        loop: bool = False,
+        audio: bool = True,
+        video: bool = True,
+        sample_rate: int = 48000,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         with av.open(self.path) as probe:
             has_audio = bool(probe.streams.audio)
@@ -289,10 +324,14 @@ class FileSource:
             raise ValueError(f"{self.path!r} has no {wanted or 'wanted'} stream")
         self.audio: FileAudioSource | None = (
             FileAudioSource(path, loop=loop, sample_rate=sample_rate)
-            if audio and has_audio else None)
+            if audio and has_audio
+            else None
+        )
         self.video: FileVideoSource | None = (
             FileVideoSource(path, loop=loop, width=width, height=height, fps=fps)
-            if video and has_video else None)
+            if video and has_video
+            else None
+        )
 
     @property
     def finished(self) -> bool:
@@ -307,6 +346,7 @@ class FileSource:
 
 
 # ---------------------------------------------------------------------------------- recording
+
 
 @dataclass
 class RecordedFiles:
@@ -347,8 +387,15 @@ class RecorderSink:
     encoding falls more than ~30 frames behind.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, prefix: str = "",
-                 sample_rate: int = 48000, channels: int = 1, video: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        prefix: str = "",
+        sample_rate: int = 48000,
+        channels: int = 1,
+        video: bool = True,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
@@ -386,8 +433,10 @@ class RecorderSink:
         """``fn(samples, sample_rate)`` recording ``user_id`` (the same object per user)."""
         fn = self._audio_taps.get(user_id)
         if fn is None:
+
             def fn(samples: np.ndarray, sample_rate: int) -> None:
                 self.write_audio(user_id, samples, sample_rate)
+
             self._audio_taps[user_id] = fn
         return fn
 
@@ -395,8 +444,10 @@ class RecorderSink:
         """``fn(frame)`` recording ``user_id``'s video (the same object per user)."""
         fn = self._video_taps.get(user_id)
         if fn is None:
+
             def fn(frame: av.VideoFrame) -> None:
                 self.write_video(user_id, frame)
+
             self._video_taps[user_id] = fn
         return fn
 
@@ -422,7 +473,7 @@ class RecorderSink:
                 else:
                     self._video_backlog -= 1
                     self._write_video(user, rec, data, at)
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the rest
+            except Exception as exc:
                 msg = f"{kind} of {user}: {type(exc).__name__}: {exc}"
                 if msg not in rec.errors:
                     rec.errors.append(msg)
@@ -430,11 +481,12 @@ class RecorderSink:
         for (user, kind), writer in self._writers.items():
             try:
                 writer.close()
-            except Exception as exc:  # noqa: BLE001 - close the other files all the same
+            except Exception as exc:
                 self.files[user].errors.append(f"closing {kind}: {exc}")
 
-    def _write_audio(self, user: str, rec: RecordedFiles, samples: np.ndarray, rate: int,
-                     at: float) -> None:
+    def _write_audio(
+        self, user: str, rec: RecordedFiles, samples: np.ndarray, rate: int, at: float
+    ) -> None:
         writer = self._writers.get((user, "audio"))
         if writer is None:
             path = self.directory / f"{self.prefix}{user}.wav"
@@ -451,8 +503,7 @@ class RecorderSink:
         writer.write(data)
         rec.audio_samples = writer.written
 
-    def _write_video(self, user: str, rec: RecordedFiles, frame: av.VideoFrame,
-                     at: float) -> None:
+    def _write_video(self, user: str, rec: RecordedFiles, frame: av.VideoFrame, at: float) -> None:
         writer = self._writers.get((user, "video"))
         if writer is None:
             path = self.directory / f"{self.prefix}{user}.mkv"
@@ -490,19 +541,22 @@ class _VideoWriter:
         self._last_pts = -1
         self._out = av.open(str(path), "w", format="matroska")
         try:
-            self._stream = self._out.add_stream("libvpx", rate=30, options={
-                "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
+            self._stream = self._out.add_stream(
+                "libvpx",
+                rate=30,
+                options={"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"},
+            )
         except (av.FFmpegError, ValueError):  # no libvpx: Motion JPEG plays everywhere
             self._stream = self._out.add_stream("mjpeg", rate=30)
         self._stream.width, self._stream.height = width, height
-        self._stream.pix_fmt = "yuv420p" if self._stream.codec_context.name != "mjpeg" \
-            else "yuvj420p"
+        self._stream.pix_fmt = (
+            "yuv420p" if self._stream.codec_context.name != "mjpeg" else "yuvj420p"
+        )
         self._stream.codec_context.time_base = self._TB
         self._stream.codec_context.bit_rate = 1_000_000
 
     def write(self, frame: av.VideoFrame, at: float) -> None:
-        out = frame.reformat(width=self.width, height=self.height,
-                             format=self._stream.pix_fmt)
+        out = frame.reformat(width=self.width, height=self.height, format=self._stream.pix_fmt)
         if out is frame:  # never stamp a frame other taps may still hold
             out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
         pts = max(self._last_pts + 1, round((at - self.t0) * 1000))

@@ -40,13 +40,22 @@ class PeerSession:
     the owner feeds what comes back into :meth:`handle_signal`.
     """
 
-    def __init__(self, remote_user: str, *, offerer: bool, signal: Signal,
-                 local_audio: LocalAudio, local_video: LocalVideo | None,
-                 send_video: bool = False, ice_servers: list[RTCIceServer] | None = None,
-                 host_addresses: list[str] | None = None, shaper: NetworkShaper | None = None,
-                 on_failed: Callable[["PeerSession", str], None] | None = None,
-                 on_audio_frame: Callable[[str, Any, int], None] | None = None,
-                 on_video_frame: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        remote_user: str,
+        *,
+        offerer: bool,
+        signal: Signal,
+        local_audio: LocalAudio,
+        local_video: LocalVideo | None,
+        send_video: bool = False,
+        ice_servers: list[RTCIceServer] | None = None,
+        host_addresses: list[str] | None = None,
+        shaper: NetworkShaper | None = None,
+        on_failed: Callable[["PeerSession", str], None] | None = None,
+        on_audio_frame: Callable[[str, Any, int], None] | None = None,
+        on_video_frame: Callable[[str, Any], None] | None = None,
+    ) -> None:
         self.remote_user = remote_user
         self.offerer = offerer
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
@@ -163,11 +172,11 @@ class PeerSession:
         if kind == "offer":
             async with self._lock:
                 await self.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+                    RTCSessionDescription(sdp=data["sdp"], type=data["type"])
+                )
                 self._attach_tracks()
                 answer = await self.pc.createAnswer()
-                icehooks.attach(self.pc, host_addresses=self._host_addresses,
-                                shaper=self._shaper)
+                icehooks.attach(self.pc, host_addresses=self._host_addresses, shaper=self._shaper)
                 await self.pc.setLocalDescription(answer)
                 self.negotiations += 1
                 self._start_watchdog()
@@ -179,7 +188,8 @@ class PeerSession:
                     log.debug("unexpected answer from %s", self.remote_user)
                     return
                 await self.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=data["sdp"], type=data["type"]))
+                    RTCSessionDescription(sdp=data["sdp"], type=data["type"])
+                )
                 self._awaiting_answer = False
                 self.negotiations += 1
                 again, self._again = self._again, False
@@ -198,8 +208,9 @@ class PeerSession:
         try:
             await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
-            self._fail(f"media to {self.remote_user} did not connect within "
-                       f"{CONNECT_TIMEOUT:.0f} s")
+            self._fail(
+                f"media to {self.remote_user} did not connect within {CONNECT_TIMEOUT:.0f} s"
+            )
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -221,13 +232,19 @@ class PeerSession:
         user = self.remote_user
         if track.kind == "audio":
             audio_hook = self._on_audio_frame
-            self.remote_audio = RemoteAudio(track, on_frame=None if audio_hook is None else (
-                lambda samples, rate: audio_hook(user, samples, rate)))
+            self.remote_audio = RemoteAudio(
+                track,
+                on_frame=None
+                if audio_hook is None
+                else (lambda samples, rate: audio_hook(user, samples, rate)),
+            )
             self.remote_audio.start()
         elif track.kind == "video":
             video_hook = self._on_video_frame
-            self.remote_video = RemoteVideo(track, on_frame=None if video_hook is None else (
-                lambda frame: video_hook(user, frame)))
+            self.remote_video = RemoteVideo(
+                track,
+                on_frame=None if video_hook is None else (lambda frame: video_hook(user, frame)),
+            )
             self.remote_video.start()
 
     async def get_stats(self) -> Any:

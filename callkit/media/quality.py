@@ -130,8 +130,9 @@ class LossWindow:
     while a jump from 0 % to 20 % (or back) shows within ``recent`` seconds.
     """
 
-    def __init__(self, span: float = 6.0, recent: float = 2.0, *, z: float = 3.0,
-                 min_packets: int = 20) -> None:
+    def __init__(
+        self, span: float = 6.0, recent: float = 2.0, *, z: float = 3.0, min_packets: int = 20
+    ) -> None:
         if not 0 < recent <= span:
             raise ValueError(f"need 0 < recent <= span, got recent={recent!r} span={span!r}")
         self.span = float(span)
@@ -168,8 +169,11 @@ class LossWindow:
             else:
                 old_e += e
                 old_l += lost
-        if old_e >= self.min_packets and new_e >= self.min_packets \
-                and _differs(old_l, old_e, new_l, new_e, self.z):
+        if (
+            old_e >= self.min_packets
+            and new_e >= self.min_packets
+            and _differs(old_l, old_e, new_l, new_e, self.z)
+        ):
             while self._samples and self._samples[0][0] <= split:
                 self._samples.popleft()
             self.changes += 1
@@ -250,8 +254,14 @@ class QualityTracker:
       e.g. before the first RTCP report) count as 0 ms.
     """
 
-    def __init__(self, *, down_after: float = DOWN_AFTER, loss_span: float = 6.0,
-                 loss_recent: float = 2.0, from_zero: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        down_after: float = DOWN_AFTER,
+        loss_span: float = 6.0,
+        loss_recent: float = 2.0,
+        from_zero: bool = True,
+    ) -> None:
         self.down_after = down_after
         self.loss = LossWindow(loss_span, loss_recent)
         self.from_zero = from_zero
@@ -266,8 +276,14 @@ class QualityTracker:
         self._prev: tuple[int, int] | None = None
         self._silent = False
 
-    def add(self, now: float, *, packets_received: int, packets_lost: int,
-            last_packet_at: float | None = None) -> None:
+    def add(
+        self,
+        now: float,
+        *,
+        packets_received: int,
+        packets_lost: int,
+        last_packet_at: float | None = None,
+    ) -> None:
         """Record the cumulative counters read at ``now``."""
         recv, lost = int(packets_received), int(packets_lost)
         if self._prev is None:
@@ -287,13 +303,22 @@ class QualityTracker:
                 self._silent = False
                 self.loss.clear()
                 d_lost = 0
-        elif last_packet_at is not None and self.last_packet_at is not None \
-                and last_packet_at > self.last_packet_at:
+        elif (
+            last_packet_at is not None
+            and self.last_packet_at is not None
+            and last_packet_at > self.last_packet_at
+        ):
             self.last_packet_at = min(now, last_packet_at)
         self.loss.add(now, d_recv + d_lost, d_lost)
 
-    def evaluate(self, now: float, *, jitter_ms: float | None, rtt_ms: float | None,
-                 connection_failed: bool = False) -> int:
+    def evaluate(
+        self,
+        now: float,
+        *,
+        jitter_ms: float | None,
+        rtt_ms: float | None,
+        connection_failed: bool = False,
+    ) -> int:
         """The level at ``now`` (also stored in :attr:`level`)."""
         if connection_failed:
             self.level = DOWN
@@ -311,11 +336,24 @@ class QualityTracker:
             self.level = UNKNOWN if self.last_score is None else level_from_score(self.last_score)
         return self.level
 
-    def update(self, now: float, *, packets_received: int, packets_lost: int,
-               jitter_ms: float | None, rtt_ms: float | None, connection_failed: bool = False,
-               last_packet_at: float | None = None) -> int:
+    def update(
+        self,
+        now: float,
+        *,
+        packets_received: int,
+        packets_lost: int,
+        jitter_ms: float | None,
+        rtt_ms: float | None,
+        connection_failed: bool = False,
+        last_packet_at: float | None = None,
+    ) -> int:
         """:meth:`add` then :meth:`evaluate`; returns the level."""
-        self.add(now, packets_received=packets_received, packets_lost=packets_lost,
-                 last_packet_at=last_packet_at)
-        return self.evaluate(now, jitter_ms=jitter_ms, rtt_ms=rtt_ms,
-                             connection_failed=connection_failed)
+        self.add(
+            now,
+            packets_received=packets_received,
+            packets_lost=packets_lost,
+            last_packet_at=last_packet_at,
+        )
+        return self.evaluate(
+            now, jitter_ms=jitter_ms, rtt_ms=rtt_ms, connection_failed=connection_failed
+        )

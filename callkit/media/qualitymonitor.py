@@ -71,8 +71,9 @@ class _Peer:
     def __init__(self, session: Any, down_after: float, span: float, recent: float) -> None:
         self.session = session
         self.down = QualityTracker(down_after=down_after, loss_span=span, loss_recent=recent)
-        self.up = QualityTracker(down_after=down_after, loss_span=span, loss_recent=recent,
-                                 from_zero=False)
+        self.up = QualityTracker(
+            down_after=down_after, loss_span=span, loss_recent=recent, from_zero=False
+        )
         self.rtt = RttWindow(span)
         self.up_jitter_ms: float | None = None
         self.last_block_at: float | None = None
@@ -88,9 +89,15 @@ class QualityMonitor:
     ``loss_span`` / ``loss_recent``: the adaptive loss window (:class:`LossWindow`).
     """
 
-    def __init__(self, *, interval: float = 2.0, tick: float = 0.5,
-                 down_after: float = DOWN_AFTER, loss_span: float = 6.0,
-                 loss_recent: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float = 2.0,
+        tick: float = 0.5,
+        down_after: float = DOWN_AFTER,
+        loss_span: float = 6.0,
+        loss_recent: float = 2.0,
+    ) -> None:
         if interval <= 0 or tick <= 0:
             raise ValueError(f"interval and tick must be > 0, got {interval!r}, {tick!r}")
         self.interval = float(interval)
@@ -127,8 +134,9 @@ class QualityMonitor:
 
     # ------------------------------------------------------------------ sampling (I/O)
 
-    async def step(self, users: Sequence[str], peers: Mapping[str, Any],
-                   now: float) -> tuple[int, dict[str, int]] | None:
+    async def step(
+        self, users: Sequence[str], peers: Mapping[str, Any], now: float
+    ) -> tuple[int, dict[str, int]] | None:
         """Sample every user's peer connection; return ``(local level, {user: level})`` when
         a report is due or someone went DOWN / came back, else None."""
         samples: dict[str, tuple[Any, PeerSample | None]] = {}
@@ -145,8 +153,9 @@ class QualityMonitor:
 
     # ------------------------------------------------------------------ pure part
 
-    def update(self, now: float, samples: Mapping[str, tuple[Any, PeerSample | None]]
-               ) -> tuple[int, dict[str, int]] | None:
+    def update(
+        self, now: float, samples: Mapping[str, tuple[Any, PeerSample | None]]
+    ) -> tuple[int, dict[str, int]] | None:
         """Feed one round of samples (``{user: (session, sample)}``, sample None when the
         user has no peer connection yet) and return a report if one is due."""
         remote: dict[str, int] = {}
@@ -162,7 +171,8 @@ class QualityMonitor:
             self._next_due = now + self.interval
         due = now >= self._next_due - self.tick / 2
         flipped = (self._local == DOWN) != (self._local_reported == DOWN) or any(
-            (lv == DOWN) != (self._reported.get(u, UNKNOWN) == DOWN) for u, lv in remote.items())
+            (lv == DOWN) != (self._reported.get(u, UNKNOWN) == DOWN) for u, lv in remote.items()
+        )
         if not (due or flipped):
             return None
         if due:
@@ -173,8 +183,9 @@ class QualityMonitor:
         self._local_reported = self._local
         return self._local, remote
 
-    def _measure(self, user: str, session: Any, sample: PeerSample | None,
-                 now: float) -> tuple[int, int | None]:
+    def _measure(
+        self, user: str, session: Any, sample: PeerSample | None, now: float
+    ) -> tuple[int, int | None]:
         """Return (the user's level, our uplink level to them or None if not measured)."""
         if session is None or sample is None:
             return UNKNOWN, None
@@ -184,8 +195,9 @@ class QualityMonitor:
             return UNKNOWN, None
         peer = self._peers.get(user)
         if peer is None or peer.session is not session:
-            peer = self._peers[user] = _Peer(session, self.down_after, self.loss_span,
-                                             self.loss_recent)
+            peer = self._peers[user] = _Peer(
+                session, self.down_after, self.loss_span, self.loss_recent
+            )
         for block in sample.blocks:
             if block.rtt_ms is not None:
                 peer.rtt.add(block.at, block.rtt_ms)
@@ -193,8 +205,12 @@ class QualityMonitor:
 
         # downlink: what we receive from them
         if sample.packets_received is not None:
-            peer.down.add(now, packets_received=sample.packets_received,
-                          packets_lost=sample.packets_lost, last_packet_at=sample.last_packet_at)
+            peer.down.add(
+                now,
+                packets_received=sample.packets_received,
+                packets_lost=sample.packets_lost,
+                last_packet_at=sample.last_packet_at,
+            )
         elif sample.last_packet_at is not None and peer.down.last_packet_at is None:
             peer.down.last_packet_at = sample.last_packet_at
         if peer.down.last_packet_at is None:  # nothing yet: the DOWN clock starts now

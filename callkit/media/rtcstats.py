@@ -231,7 +231,7 @@ class RtcpLog:
         self._taken = self._added
         if new <= 0:
             return []
-        return list(self.blocks)[-min(new, len(self.blocks)):]
+        return list(self.blocks)[-min(new, len(self.blocks)) :]
 
     # -- recording (called by the hooks) ---------------------------------------------------
     def sr_sent(self, lsr: int, packet_count: int, at: float) -> None:
@@ -257,9 +257,14 @@ class RtcpLog:
             sample = at - sent - report.dlsr / 65536.0
             if sample >= 0:
                 rtt = sample * 1000.0
-        block = ReportBlock(at=at, highest_seq=ext, packets_lost=int(report.packets_lost),
-                            fraction_lost=int(report.fraction_lost), jitter=int(report.jitter),
-                            rtt_ms=rtt)
+        block = ReportBlock(
+            at=at,
+            highest_seq=ext,
+            packets_lost=int(report.packets_lost),
+            fraction_lost=int(report.fraction_lost),
+            jitter=int(report.jitter),
+            rtt_ms=rtt,
+        )
         self.blocks.append(block)
         self.last_block = block
         self._added += 1
@@ -287,8 +292,9 @@ def install_rtcp_hooks() -> None:
             for packet in packets:
                 if isinstance(packet, RtcpSrPacket):
                     info = packet.sender_info
-                    rtcp_log(self).sr_sent((info.ntp_timestamp >> 16) & 0xFFFFFFFF,
-                                           info.packet_count, _now())
+                    rtcp_log(self).sr_sent(
+                        (info.ntp_timestamp >> 16) & 0xFFFFFFFF, info.packet_count, _now()
+                    )
             await orig_send(self, packets)
 
         setattr(_send_rtcp, _MARK, True)

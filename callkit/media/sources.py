@@ -33,7 +33,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 def _check_real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")  # noqa: TRY004 (documented)
+        raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
     if math.isnan(v) or v > hi or v < lo or (lo_open and v == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
@@ -85,8 +85,13 @@ class ToneSource(AudioSource):
     ``level_dbfs=-inf`` gives silence.
     """
 
-    def __init__(self, freq: float = 440.0, level_dbfs: float = -20.0,
-                 sample_rate: int = 48000, channels: int = 1) -> None:
+    def __init__(
+        self,
+        freq: float = 440.0,
+        level_dbfs: float = -20.0,
+        sample_rate: int = 48000,
+        channels: int = 1,
+    ) -> None:
         super().__init__(sample_rate, channels)
         self._phase = 0.0
         self.freq = freq
@@ -101,8 +106,9 @@ class ToneSource(AudioSource):
     def freq(self, value: float) -> None:
         v = _check_real("freq", value, 0.0, self.sample_rate / 2, lo_open=True)
         if v >= self.sample_rate / 2:
-            raise ValueError(f"freq must be below sample_rate/2 ({self.sample_rate / 2}), "
-                             f"got {value!r}")
+            raise ValueError(
+                f"freq must be below sample_rate/2 ({self.sample_rate / 2}), got {value!r}"
+            )
         self._freq = v
 
     @property
@@ -112,8 +118,12 @@ class ToneSource(AudioSource):
 
     @level_dbfs.setter
     def level_dbfs(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
-                or value > 20.0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or math.isnan(value)
+            or value > 20.0
+        ):
             raise ValueError(f"level_dbfs must be a number <= 20 (or -inf), got {value!r}")
         self._level = float(value)
         amp = 0.0 if math.isinf(self._level) else 32767.0 * 10 ** (self._level / 20) * math.sqrt(2)
@@ -131,8 +141,10 @@ class ToneSource(AudioSource):
         return np.repeat(mono[:, None], self.channels, axis=1)
 
     def __repr__(self) -> str:
-        return (f"ToneSource(freq={self._freq}, level_dbfs={self._level}, "
-                f"sample_rate={self.sample_rate}, channels={self.channels})")
+        return (
+            f"ToneSource(freq={self._freq}, level_dbfs={self._level}, "
+            f"sample_rate={self.sample_rate}, channels={self.channels})"
+        )
 
 
 class VideoSource:
@@ -166,10 +178,19 @@ class VideoSource:
 
 
 # 75 % colour bars: white, yellow, cyan, green, magenta, red, blue, black
-_BAR_RGB = np.array([
-    [191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0],
-    [191, 0, 191], [191, 0, 0], [0, 0, 191], [0, 0, 0],
-], dtype=np.float64)
+_BAR_RGB = np.array(
+    [
+        [191, 191, 191],
+        [191, 191, 0],
+        [0, 191, 191],
+        [0, 191, 0],
+        [191, 0, 191],
+        [191, 0, 0],
+        [0, 0, 191],
+        [0, 0, 0],
+    ],
+    dtype=np.float64,
+)
 
 
 def _rgb_to_yuv601(rgb: np.ndarray) -> np.ndarray:
@@ -204,8 +225,10 @@ class TestPatternSource(VideoSource):
     def __init__(self, width: int = 320, height: int = 240, fps: float = 15) -> None:
         super().__init__(width, height, fps)
         if self.width < self.COUNTER_BITS + 2:
-            raise ValueError(f"width must be at least {self.COUNTER_BITS + 2} to hold the "
-                             f"frame counter, got {width!r}")
+            raise ValueError(
+                f"width must be at least {self.COUNTER_BITS + 2} to hold the "
+                f"frame counter, got {width!r}"
+            )
         self.frames_read = 0
         w = self.width
         bar = np.arange(w) * len(_BAR_YUV) // w
@@ -245,13 +268,17 @@ class TestPatternSource(VideoSource):
         v[:ch, :cw] = _C_NEUTRAL
         value = index & ((1 << bits) - 1)
         on = (value >> np.arange(bits - 1, -1, -1)) & 1
-        y[b:2 * b, b:(bits + 1) * b] = np.repeat(np.where(on, _Y_ON, _Y_OFF), b).astype(np.uint8)
+        y[b : 2 * b, b : (bits + 1) * b] = np.repeat(np.where(on, _Y_ON, _Y_OFF), b).astype(
+            np.uint8
+        )
 
     def read(self) -> av.VideoFrame:
         """Return the next frame (yuv420p) and advance the counter."""
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        y, u, v = (np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, :p.width]
-                   for p in frame.planes)
+        y, u, v = (
+            np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+            for p in frame.planes
+        )
         self._draw(self.frames_read, y, u, v)
         self.frames_read += 1
         return frame

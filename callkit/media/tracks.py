@@ -233,8 +233,11 @@ class _AudioConverter:
         self.source = source
         self.out_rate = out_rate
         self.in_rate = int(source.sample_rate)
-        self._resampler = (None if self.in_rate == out_rate else
-                           av.AudioResampler(format="s16", layout="mono", rate=out_rate))
+        self._resampler = (
+            None
+            if self.in_rate == out_rate
+            else av.AudioResampler(format="s16", layout="mono", rate=out_rate)
+        )
         self._fifo = np.zeros(0, dtype=np.int16)
 
     def _read_mono(self, n: int) -> np.ndarray:
@@ -257,8 +260,9 @@ class _AudioConverter:
             if have >= n:
                 break
             m = math.ceil((n - have) * self.in_rate / self.out_rate) + 1
-            frame = av.AudioFrame.from_ndarray(self._read_mono(m).reshape(1, -1),
-                                               format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                self._read_mono(m).reshape(1, -1), format="s16", layout="mono"
+            )
             frame.sample_rate = self.in_rate
             for out in self._resampler.resample(frame):
                 data = out.to_ndarray().reshape(-1)
@@ -293,19 +297,29 @@ class LocalAudio(_Fanout):
     _kind = "audio"
     _max_backlog = 3  # at most 60 ms of queued audio when the consumer (re)starts
 
-    def __init__(self, source: AudioSource | None = None, *, frame_ms: int = 20,
-                 sample_rate: int = 48000, channels: int = 2) -> None:
+    def __init__(
+        self,
+        source: AudioSource | None = None,
+        *,
+        frame_ms: int = 20,
+        sample_rate: int = 48000,
+        channels: int = 2,
+    ) -> None:
         super().__init__()
         if channels not in (1, 2) or isinstance(channels, bool):
             raise ValueError(f"channels must be 1 or 2, got {channels!r}")
         if isinstance(frame_ms, bool) or not isinstance(frame_ms, int) or not 10 <= frame_ms <= 120:
             raise ValueError(f"frame_ms must be an int in [10, 120], got {frame_ms!r}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) \
-                or not 8000 <= sample_rate <= 192000:
+        if (
+            isinstance(sample_rate, bool)
+            or not isinstance(sample_rate, int)
+            or not 8000 <= sample_rate <= 192000
+        ):
             raise ValueError(f"sample_rate must be an int in [8000, 192000], got {sample_rate!r}")
         if sample_rate * frame_ms % 1000:
-            raise ValueError(f"frame_ms={frame_ms} is not a whole number of samples at "
-                             f"{sample_rate!r} Hz")
+            raise ValueError(
+                f"frame_ms={frame_ms} is not a whole number of samples at {sample_rate!r} Hz"
+            )
         self.frame_ms = frame_ms
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
@@ -573,8 +587,9 @@ class RemoteAudio(_RemoteConsumer):
     logged, never raised.
     """
 
-    def __init__(self, track: MediaStreamTrack, *,
-                 on_frame: Callable[[np.ndarray, int], None] | None = None) -> None:
+    def __init__(
+        self, track: MediaStreamTrack, *, on_frame: Callable[[np.ndarray, int], None] | None = None
+    ) -> None:
         super().__init__(track)
         self.on_frame = on_frame
         self.sample_rate: int | None = None
@@ -605,8 +620,9 @@ class RemoteVideo(_RemoteConsumer):
     quick. Hook exceptions are logged, never raised.
     """
 
-    def __init__(self, track: MediaStreamTrack, *,
-                 on_frame: Callable[[av.VideoFrame], None] | None = None) -> None:
+    def __init__(
+        self, track: MediaStreamTrack, *, on_frame: Callable[[av.VideoFrame], None] | None = None
+    ) -> None:
         super().__init__(track)
         self.on_frame = on_frame
         self.last_size: tuple[int, int] | None = None

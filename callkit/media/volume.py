@@ -71,7 +71,7 @@ def sum_squares(samples: Any) -> tuple[int, int]:
     # float64 dot (BLAS) is about twice as fast as an int64 one and exact per chunk
     total = 0
     for start in range(0, n, _CHUNK):
-        part = x[start:start + _CHUNK].astype(np.float64)
+        part = x[start : start + _CHUNK].astype(np.float64)
         total += int(np.dot(part, part))
     return total, n
 
@@ -199,7 +199,8 @@ _MARK = "_callkit_audio_level"
 
 #: aiortc's own ``compute_audio_level_dbov`` (pure-Python loop), as found at import.
 aiortc_compute_audio_level_dbov = getattr(
-    aiortc.rtp.compute_audio_level_dbov, "original", aiortc.rtp.compute_audio_level_dbov)
+    aiortc.rtp.compute_audio_level_dbov, "original", aiortc.rtp.compute_audio_level_dbov
+)
 
 
 def compute_audio_level_dbov(frame: Any) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from callkit import CallEngine, CallError
 from callkit.signaling import gen_user_sig
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"   # where `callkit serve` listens by default
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"  # where `callkit serve` listens by default
 DEFAULT_SDK_APP_ID = 1400000001
 
 
@@ -29,9 +29,13 @@ def add_login_args(parser: argparse.ArgumentParser, user: str) -> None:
     auth = parser.add_mutually_exclusive_group(required=True)
     auth.add_argument("--secret-key", help="the server's secret: a UserSig is made from it")
     auth.add_argument("--usersig", help="a UserSig for --user (e.g. from `callkit usersig`)")
-    parser.add_argument("--ice-address", action="append", metavar="ADDR",
-                        help="use only this local address for media (repeatable; e.g. "
-                             "127.0.0.1 for calls within one machine)")
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        metavar="ADDR",
+        help="use only this local address for media (repeatable; e.g. "
+        "127.0.0.1 for calls within one machine)",
+    )
 
 
 async def login(args: argparse.Namespace, **engine_kwargs: Any) -> CallEngine:
@@ -57,11 +61,15 @@ class AutoAnswer:
     of the call (onCallEnd or onCallCancelled). Callbacks may be coroutines.
     """
 
-    def __init__(self, engine: CallEngine, *,
-                 on_user: Callable[[str], Any] | None = None,
-                 on_begin: Callable[[dict[str, Any]], Any] | None = None,
-                 on_end: Callable[[dict[str, Any]], Any] | None = None,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        engine: CallEngine,
+        *,
+        on_user: Callable[[str], Any] | None = None,
+        on_begin: Callable[[dict[str, Any]], Any] | None = None,
+        on_end: Callable[[dict[str, Any]], Any] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.engine = engine
         self.users: set[str] = set()
         self.calls_answered = 0

@@ -35,7 +35,7 @@ class EchoBot:
     def __init__(self, engine: CallEngine, *, max_delay: float = 0.2) -> None:
         self.engine = engine
         self.max_delay = max_delay
-        self.mix = MixSource()                    # one voice per remote participant
+        self.mix = MixSource()  # one voice per remote participant
         engine.set_audio_source(self.mix)
         self.answer = AutoAnswer(engine, on_user=self._echo)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -52,7 +52,7 @@ class EchoBot:
         try:
             async for samples in stream:  # int16 (n, 1) numpy arrays at 48 kHz
                 voice.write(samples)
-        finally:                           # the user left or the call ended
+        finally:  # the user left or the call ended
             self.mix.remove(voice)
 
     async def close(self) -> None:

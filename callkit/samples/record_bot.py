@@ -30,8 +30,9 @@ from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_u
 class RecordBot:
     """Answers ``engine``'s calls and records every remote participant into ``directory``."""
 
-    def __init__(self, engine: CallEngine, directory: str | Path, *, video: bool = True,
-                 say: Any = print) -> None:
+    def __init__(
+        self, engine: CallEngine, directory: str | Path, *, video: bool = True, say: Any = print
+    ) -> None:
         self.engine = engine
         self.directory = Path(directory)
         self.video = video
@@ -45,7 +46,7 @@ class RecordBot:
     def _record(self, user: str) -> None:
         if self.recorder is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            prefix = f"{stamp}-{len(self.recordings) + 1}-"   # unique per call
+            prefix = f"{stamp}-{len(self.recordings) + 1}-"  # unique per call
             self.recorder = RecorderSink(self.directory, prefix=prefix, video=self.video)
         self.engine.add_audio_tap(user, self.recorder.audio_tap(user))
         self.engine.add_video_tap(user, self.recorder.video_tap(user))
@@ -64,8 +65,10 @@ class RecordBot:
         self.recordings.append(files)
         for user, rec in files.items():
             paths = ", ".join(str(p) for p in (rec.audio, rec.video) if p is not None)
-            self._say(f"recorded {user}: {rec.audio_seconds:.1f} s audio, "
-                      f"{rec.video_frames} video frames -> {paths}")
+            self._say(
+                f"recorded {user}: {rec.audio_seconds:.1f} s audio, "
+                f"{rec.video_frames} video frames -> {paths}"
+            )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -79,8 +82,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     async def go() -> int:
         engine = await login(args)
         bot = RecordBot(engine, args.out, video=not args.no_video)
-        print(f"record bot {args.user!r} online at {args.url}, writing to {args.out}/",
-              flush=True)
+        print(f"record bot {args.user!r} online at {args.url}, writing to {args.out}/", flush=True)
         try:
             await run_until_stopped(engine)
         finally:

@@ -50,7 +50,7 @@ from callkit.media import (
 )
 from callkit.samples.common import add_login_args, login, run
 
-HELP = __doc__[__doc__.index("Commands"):__doc__.index("It uses")].rstrip()
+HELP = __doc__[__doc__.index("Commands") : __doc__.index("It uses")].rstrip()
 
 
 def volume_bar(volume: int, width: int = 10) -> str:
@@ -66,26 +66,45 @@ class Softphone:
     phone.run(lines)`` runs a whole session. Output goes to ``out``, one line at a time.
     """
 
-    def __init__(self, engine: CallEngine, *, out: TextIO = sys.stdout,
-                 speaker: SpeakerSink | None = None, camera: str | None = "auto",
-                 meter_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: CallEngine,
+        *,
+        out: TextIO = sys.stdout,
+        speaker: SpeakerSink | None = None,
+        camera: str | None = "auto",
+        meter_interval: float = 1.0,
+    ) -> None:
         self.engine = engine
         self.out = out
         self.speaker = speaker
-        self.camera_device = camera   # "auto", a device, or None for the test pattern
+        self.camera_device = camera  # "auto", a device, or None for the test pattern
         self.camera: VideoSource | None = None
         self.meter_interval = meter_interval
         self.in_call = False
-        self.users: list[str] = []     # remote participants of the current call
+        self.users: list[str] = []  # remote participants of the current call
         self.volumes: dict[str, int] = {}
         self.quality: dict[str, int] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        for name in ("onCallReceived", "onCallBegin", "onCallEnd", "onCallCancelled",
-                     "onUserJoin", "onUserLeave", "onUserReject", "onUserNoResponse",
-                     "onUserLineBusy", "onUserAudioAvailable", "onUserVideoAvailable",
-                     "onCallMediaTypeChanged", "onError", "onKickedOffline",
-                     "onUserSigExpired", "onUserVoiceVolumeChanged",
-                     "onUserNetworkQualityChanged"):
+        for name in (
+            "onCallReceived",
+            "onCallBegin",
+            "onCallEnd",
+            "onCallCancelled",
+            "onUserJoin",
+            "onUserLeave",
+            "onUserReject",
+            "onUserNoResponse",
+            "onUserLineBusy",
+            "onUserAudioAvailable",
+            "onUserVideoAvailable",
+            "onCallMediaTypeChanged",
+            "onError",
+            "onKickedOffline",
+            "onUserSigExpired",
+            "onUserVoiceVolumeChanged",
+            "onUserNetworkQualityChanged",
+        ):
             engine.add_event_listener(name, self._listener(name))
 
     def say(self, text: str) -> None:
@@ -95,6 +114,7 @@ class Softphone:
     def _listener(self, name: str) -> Any:
         def on_event(res: dict[str, Any]) -> None:
             self._on_event(name, res)
+
         return on_event
 
     def _on_event(self, name: str, res: dict[str, Any]) -> None:
@@ -106,8 +126,9 @@ class Softphone:
             kind = CallMediaType(res["callMediaType"]).name.lower()
             others = [u for u in res["calleeIdList"] if u != self.engine.user_id]
             group = f" (group with {', '.join(others)})" if others else ""
-            self.say(f"<< incoming {kind} call from {res['callerId']}{group}: "
-                     "type accept or reject")
+            self.say(
+                f"<< incoming {kind} call from {res['callerId']}{group}: type accept or reject"
+            )
             self._add_user(res["callerId"])
             if res["callMediaType"] == CallMediaType.VIDEO:
                 task = asyncio.ensure_future(self._open_camera())
@@ -124,12 +145,18 @@ class Softphone:
             self._remove_user(res["userId"])
             self.say(f"== {res['userId']} left")
         elif name in ("onUserReject", "onUserNoResponse", "onUserLineBusy"):
-            what = {"onUserReject": "rejected the call", "onUserNoResponse": "did not answer",
-                    "onUserLineBusy": "is busy"}[name]
+            what = {
+                "onUserReject": "rejected the call",
+                "onUserNoResponse": "did not answer",
+                "onUserLineBusy": "is busy",
+            }[name]
             self.say(f"== {res['userId']} {what}")
         elif name in ("onCallEnd", "onCallCancelled"):
-            self.say(f"== call ended after {res['totalTime']} s" if name == "onCallEnd"
-                     else "== call cancelled")
+            self.say(
+                f"== call ended after {res['totalTime']} s"
+                if name == "onCallEnd"
+                else "== call cancelled"
+            )
             self._end_call()
         elif name == "onUserAudioAvailable":
             self.say(f"== {res['userId']} {'unmuted' if res['isAudioAvailable'] else 'muted'}")
@@ -141,8 +168,10 @@ class Softphone:
         elif name == "onError":
             self.say(f"!! error {res['code']}: {res['msg']}")
         elif name in ("onKickedOffline", "onUserSigExpired"):
-            self.say("!! logged out: " + ("logged in elsewhere" if name == "onKickedOffline"
-                                          else "UserSig expired"))
+            self.say(
+                "!! logged out: "
+                + ("logged in elsewhere" if name == "onKickedOffline" else "UserSig expired")
+            )
             self._end_call()
 
     def _add_user(self, user: str) -> None:
@@ -270,11 +299,13 @@ class Softphone:
             if not audio:
                 self.say("-- no audio devices")
             for d in audio:
-                kinds = [k for k, n in (("in", d.max_input_channels),
-                                        ("out", d.max_output_channels)) if n]
+                kinds = [
+                    k
+                    for k, n in (("in", d.max_input_channels), ("out", d.max_output_channels))
+                    if n
+                ]
                 mark = "*" if d.is_default_input or d.is_default_output else " "
-                self.say(f"{mark} audio {d.index:2d}: {d.name} [{'/'.join(kinds)}, "
-                         f"{d.host_api}]")
+                self.say(f"{mark} audio {d.index:2d}: {d.name} [{'/'.join(kinds)}, {d.host_api}]")
         except CallError as exc:
             self.say(f"-- no audio devices: {exc.message}")
         cams = list_cameras()
@@ -334,18 +365,28 @@ def open_audio(args: argparse.Namespace, say: Any) -> tuple[AudioSource, Speaker
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the softphone on stdin/stdout until ``quit`` or end of input."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                     epilog=HELP, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n")[0],
+        epilog=HELP,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     add_login_args(parser, user="alice")
     parser.add_argument("--mic", help="microphone: PortAudio index or part of its name")
     parser.add_argument("--speaker", help="speaker: PortAudio index or part of its name")
     parser.add_argument("--camera", help="camera device (default: the first one)")
     parser.add_argument("--tone", action="store_true", help="send a tone, not the microphone")
     parser.add_argument("--no-speaker", action="store_true", help="do not play received audio")
-    parser.add_argument("--pattern", action="store_true", help="send a test pattern, not the "
-                                                               "camera")
-    parser.add_argument("--meters", type=float, default=1.0, metavar="SECONDS",
-                        help="print volume and quality this often in a call (1.0)")
+    parser.add_argument(
+        "--pattern", action="store_true", help="send a test pattern, not the camera"
+    )
+    parser.add_argument(
+        "--meters",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="print volume and quality this often in a call (1.0)",
+    )
     args = parser.parse_args(argv)
     if args.mic is not None and args.mic.isdigit():
         args.mic = int(args.mic)
@@ -359,8 +400,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         audio, speaker = open_audio(args, say)
         try:
             engine = await login(args, audio_source=audio)
-            phone = Softphone(engine, speaker=speaker, meter_interval=args.meters,
-                              camera=None if args.pattern else args.camera or "auto")
+            phone = Softphone(
+                engine,
+                speaker=speaker,
+                meter_interval=args.meters,
+                camera=None if args.pattern else args.camera or "auto",
+            )
             say(f"logged in as {args.user} at {args.url}; type help for commands")
             try:
                 await phone.run(stdin_lines())

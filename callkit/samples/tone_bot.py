@@ -30,8 +30,15 @@ from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_u
 class ToneBot:
     """Answers ``engine``'s calls and plays a tone, or ``file`` from its start per call."""
 
-    def __init__(self, engine: CallEngine, *, freq: float = 440.0, level_dbfs: float = -20.0,
-                 file: str | None = None, loop: bool = False) -> None:
+    def __init__(
+        self,
+        engine: CallEngine,
+        *,
+        freq: float = 440.0,
+        level_dbfs: float = -20.0,
+        file: str | None = None,
+        loop: bool = False,
+    ) -> None:
         self.engine = engine
         self.file, self.loop = file, loop
         self.playing: FileSource | None = None
@@ -70,8 +77,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         engine = await login(args)
         ToneBot(engine, freq=args.freq, level_dbfs=args.level, file=args.file, loop=args.loop)
         what = args.file or f"{args.freq:g} Hz at {args.level:g} dBFS"
-        print(f"tone bot {args.user!r} online at {args.url}, playing {what}; call it",
-              flush=True)
+        print(f"tone bot {args.user!r} online at {args.url}, playing {what}; call it", flush=True)
         await run_until_stopped(engine)
         return 0
 

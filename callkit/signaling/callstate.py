@@ -378,8 +378,13 @@ class CallRegistry:
         for m in call.members.values():
             m.video = media_type is CallMediaType.VIDEO
         return [
-            _notify(call, j, "onCallMediaTypeChanged",
-                    oldCallMediaType=int(old), newCallMediaType=int(media_type))
+            _notify(
+                call,
+                j,
+                "onCallMediaTypeChanged",
+                oldCallMediaType=int(old),
+                newCallMediaType=int(media_type),
+            )
             for j in call.joined()
         ]
 
@@ -405,12 +410,20 @@ class CallRegistry:
         out: list[Notify] = []
         if audio is not None and audio != member.audio:
             member.audio = audio
-            out += [_notify(call, o, "onUserAudioAvailable",
-                            userId=member.user_id, isAudioAvailable=audio) for o in others]
+            out += [
+                _notify(
+                    call, o, "onUserAudioAvailable", userId=member.user_id, isAudioAvailable=audio
+                )
+                for o in others
+            ]
         if video is not None and video != member.video:
             member.video = video
-            out += [_notify(call, o, "onUserVideoAvailable",
-                            userId=member.user_id, isVideoAvailable=video) for o in others]
+            out += [
+                _notify(
+                    call, o, "onUserVideoAvailable", userId=member.user_id, isVideoAvailable=video
+                )
+                for o in others
+            ]
         return out
 
     def disconnect(self, now: float, user_id: str) -> list[Notify]:
@@ -481,8 +494,15 @@ class CallRegistry:
         invited_by: str,
         deadline: float | None,
     ) -> Member:
-        member = Member(user_id, state, role, invited_by, deadline, None,
-                        video=call.media_type is CallMediaType.VIDEO)
+        member = Member(
+            user_id,
+            state,
+            role,
+            invited_by,
+            deadline,
+            None,
+            video=call.media_type is CallMediaType.VIDEO,
+        )
         call.members[user_id] = member
         self._user_call[user_id] = call.call_id
         if deadline is not None:
@@ -490,8 +510,9 @@ class CallRegistry:
         return member
 
     def _add_invitee(self, call: Call, user_id: str, inviter: str, deadline: float) -> Member:
-        return self._add_member(call, user_id, MemberState.RINGING, CallRole.CALLED, inviter,
-                                deadline)
+        return self._add_member(
+            call, user_id, MemberState.RINGING, CallRole.CALLED, inviter, deadline
+        )
 
     def _remove_member(self, call: Call, user_id: str) -> None:
         del call.members[user_id]
@@ -505,20 +526,39 @@ class CallRegistry:
         del self._room_call[call.room_id]
 
     def _received(self, call: Call, callee: str, inviter: str, callee_list: list[str]) -> Notify:
-        return _notify(call, callee, "onCallReceived", callerId=inviter,
-                       calleeIdList=list(callee_list), groupId=call.group_id,
-                       callMediaType=int(call.media_type), userData=call.user_data)
+        return _notify(
+            call,
+            callee,
+            "onCallReceived",
+            callerId=inviter,
+            calleeIdList=list(callee_list),
+            groupId=call.group_id,
+            callMediaType=int(call.media_type),
+            userData=call.user_data,
+        )
 
     def _begin(self, now: float, call: Call, member: Member) -> Notify:
         member.began_at = now
-        return _notify(call, member.user_id, "onCallBegin", roomID=call.room_id,
-                       callMediaType=int(call.media_type), callRole=int(member.role))
+        return _notify(
+            call,
+            member.user_id,
+            "onCallBegin",
+            roomID=call.room_id,
+            callMediaType=int(call.media_type),
+            callRole=int(member.role),
+        )
 
     def _end(self, now: float, call: Call, member: Member) -> Notify:
         assert member.began_at is not None
-        return _notify(call, member.user_id, "onCallEnd", roomID=call.room_id,
-                       callMediaType=int(call.media_type), callRole=int(member.role),
-                       totalTime=max(0, round(now - member.began_at)))
+        return _notify(
+            call,
+            member.user_id,
+            "onCallEnd",
+            roomID=call.room_id,
+            callMediaType=int(call.media_type),
+            callRole=int(member.role),
+            totalTime=max(0, round(now - member.began_at)),
+        )
 
     def _enter(self, now: float, call: Call, member: Member) -> list[Notify]:
         """``member`` (ringing, or just added) joins: the call begins for it."""
@@ -546,8 +586,10 @@ class CallRegistry:
     def _leave(self, now: float, call: Call, member: Member) -> list[Notify]:
         """A joined member hangs up: cancels a call nobody accepted yet, else leaves it."""
         if not call.begun:
-            out = [_notify(call, u, "onCallCancelled", userId=call.caller_id)
-                   for u in [member.user_id, *call.ringing()]]
+            out = [
+                _notify(call, u, "onCallCancelled", userId=call.caller_id)
+                for u in [member.user_id, *call.ringing()]
+            ]
             self._remove_call(call)
             return out
         self._remove_member(call, member.user_id)

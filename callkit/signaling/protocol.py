@@ -247,8 +247,21 @@ class SigExpired(Message):
 
 CLIENT_MESSAGES: dict[str, type[Request]] = {
     cls.TYPE: cls
-    for cls in (Login, Call, Accept, Reject, Ignore, Hangup, Invite, Join, SwitchMedia, Device,
-                Relay, SelfInfo, Ping)
+    for cls in (
+        Login,
+        Call,
+        Accept,
+        Reject,
+        Ignore,
+        Hangup,
+        Invite,
+        Join,
+        SwitchMedia,
+        Device,
+        Relay,
+        SelfInfo,
+        Ping,
+    )
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (Reply, ErrorReply, Event, Relayed, Kicked, SigExpired)
@@ -312,21 +325,25 @@ def from_wire(obj: Any, registry: dict[str, type[Message]] | None = None) -> Mes
     request_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
     v = obj.get("v", VERSION)
     if v != VERSION:
-        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"unsupported protocol version {v!r:.20}",
-                            request_id)
+        raise ProtocolError(
+            ErrorCode.PROTOCOL_ERROR, f"unsupported protocol version {v!r:.20}", request_id
+        )
     kind = obj.get("type")
     cls = registry.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"unknown message type {kind!r:.40}",
-                            request_id)
+        raise ProtocolError(
+            ErrorCode.PROTOCOL_ERROR, f"unknown message type {kind!r:.40}", request_id
+        )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     try:
         for f in dataclasses.fields(cls):
             key = _camel(f.name)
             if key not in obj:
-                has_default = (f.default is not dataclasses.MISSING
-                               or f.default_factory is not dataclasses.MISSING)
+                has_default = (
+                    f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING
+                )
                 if f.name == "id" and issubclass(cls, Request):
                     raise ValueError("id is required")
                 if has_default and not _required(cls, f.name):
@@ -379,8 +396,11 @@ def peek_id(text: str | bytes) -> int | None:
     return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
 
 
-def decode(text: str | bytes, registry: dict[str, type[Message]] | None = None,
-           max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def decode(
+    text: str | bytes,
+    registry: dict[str, type[Message]] | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Message:
     """Parse and validate one text frame; raises ProtocolError (never anything else)."""
     if frame_size(text) > max_bytes:
         raise ProtocolError(ErrorCode.RATE_LIMITED, f"message larger than {max_bytes} bytes")

@@ -79,8 +79,12 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.resume_grace < 0:
             raise ValueError(f"resume_grace must be >= 0, got {self.resume_grace!r}")
-        for name in ("max_message_bytes", "max_sessions_per_user", "max_connections",
-                     "max_held_messages"):
+        for name in (
+            "max_message_bytes",
+            "max_sessions_per_user",
+            "max_connections",
+            "max_held_messages",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -136,18 +140,23 @@ class Stats:
 class SignalingServer:
     """The signaling service: ``url = await start(host, port)``, then ``await stop()``."""
 
-    def __init__(self, sdk_app_id: int, secret_key: str, config: ServerConfig | None = None,
-                 registry: CallRegistry | None = None) -> None:
+    def __init__(
+        self,
+        sdk_app_id: int,
+        secret_key: str,
+        config: ServerConfig | None = None,
+        registry: CallRegistry | None = None,
+    ) -> None:
         self.sdk_app_id = sdk_app_id
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
         self.stats = Stats()
-        self._online: dict[str, list[Session]] = {}   # user -> sessions with an open socket
-        self._held: dict[str, list[Session]] = {}     # user -> sessions waiting for a resume
-        self._sessions: dict[str, Session] = {}       # session id -> open or held session
+        self._online: dict[str, list[Session]] = {}  # user -> sessions with an open socket
+        self._held: dict[str, list[Session]] = {}  # user -> sessions waiting for a resume
+        self._sessions: dict[str, Session] = {}  # session id -> open or held session
         self._owner: dict[str, tuple[str, Session]] = {}  # user -> (call id, owning session)
-        self._profiles: dict[str, dict[str, str]] = {}    # user -> {nickname, avatarUrl}
+        self._profiles: dict[str, dict[str, str]] = {}  # user -> {nickname, avatarUrl}
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
@@ -164,9 +173,11 @@ class SignalingServer:
             p.Invite: self._on_invite,
             p.Join: self._on_join,
             p.SwitchMedia: lambda s, m, now: self.registry.switch_media_type(
-                now, s.user_id, self._own(s, m.call_id), m.media_type),
+                now, s.user_id, self._own(s, m.call_id), m.media_type
+            ),
             p.Device: lambda s, m, now: self.registry.set_device(
-                now, s.user_id, self._own(s, m.call_id), audio=m.audio, video=m.video),
+                now, s.user_id, self._own(s, m.call_id), audio=m.audio, video=m.video
+            ),
             p.SelfInfo: self._on_self_info,
             p.Ping: lambda s, m, now: [],
         }
@@ -250,8 +261,9 @@ class SignalingServer:
     # ------------------------------------------------------------------ REST
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "online": len(self._online),
-                                  "calls": len(self.registry.calls)})
+        return web.json_response(
+            {"ok": True, "online": len(self._online), "calls": len(self.registry.calls)}
+        )
 
     async def _calls(self, request: web.Request) -> web.Response:
         return web.json_response([self._snapshot(c) for c in self.registry.calls.values()])
@@ -269,12 +281,16 @@ class SignalingServer:
         if len(self._sockets) >= self.config.max_connections:
             self.stats.refused_connections += 1
             return web.json_response({"error": "too many connections"}, status=503)
-        ws = web.WebSocketResponse(heartbeat=self.config.heartbeat, autoping=False,
-                                   max_msg_size=self.config.max_message_bytes * 16)
+        ws = web.WebSocketResponse(
+            heartbeat=self.config.heartbeat,
+            autoping=False,
+            max_msg_size=self.config.max_message_bytes * 16,
+        )
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
-        session = Session(ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(),
-                          last_seen=loop.time())
+        session = Session(
+            ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(), last_seen=loop.time()
+        )
         self._sockets.add(ws)
         self.stats.connections += 1
         login_timer = loop.call_later(self.config.login_timeout, self._login_timeout, session)
@@ -289,8 +305,9 @@ class SignalingServer:
                         login_timer.cancel()
                 elif msg.type is WSMsgType.BINARY:
                     session.last_seen = loop.time()
-                    await self._send_error(session, None, ErrorCode.PROTOCOL_ERROR,
-                                           "binary frames are not supported")
+                    await self._send_error(
+                        session, None, ErrorCode.PROTOCOL_ERROR, "binary frames are not supported"
+                    )
                 elif msg.type is WSMsgType.PING:
                     session.last_seen = loop.time()
                     with contextlib.suppress(ConnectionError, RuntimeError):
@@ -321,14 +338,16 @@ class SignalingServer:
     def _login_timeout(self, session: Session) -> None:
         if session.user_id is None and not session.ws.closed:
             log.info("closing a socket that did not log in in time")
-            self._spawn(session.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                         message=b"login timeout"))
+            self._spawn(
+                session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"login timeout")
+            )
 
     def _allow(self, session: Session) -> bool:
         now = asyncio.get_running_loop().time()
         cfg = self.config
-        session.tokens = min(cfg.rate_burst,
-                             session.tokens + (now - session.last_refill) * cfg.rate_per_s)
+        session.tokens = min(
+            cfg.rate_burst, session.tokens + (now - session.last_refill) * cfg.rate_per_s
+        )
         session.last_refill = now
         if session.tokens < 1.0:
             return False
@@ -339,8 +358,12 @@ class SignalingServer:
         self.stats.messages += 1
         if not self._allow(session):
             self.stats.rate_limited += 1
-            await self._send_error(session, p.peek_id(text), ErrorCode.RATE_LIMITED,
-                                   f"too many messages (more than {self.config.rate_per_s:g}/s)")
+            await self._send_error(
+                session,
+                p.peek_id(text),
+                ErrorCode.RATE_LIMITED,
+                f"too many messages (more than {self.config.rate_per_s:g}/s)",
+            )
             return
         try:
             msg = p.decode(text, max_bytes=self.config.max_message_bytes)
@@ -366,7 +389,7 @@ class SignalingServer:
             data, notifies, *direct = result
             await session.send(p.Reply(id=msg.id, data=data))
             await self._deliver(notifies, also=[session.user_id])
-            for target, message in (direct[0] if direct else ()):
+            for target, message in direct[0] if direct else ():
                 await self._send(target, message)
             self._wake.set()
         except CallStateError as exc:
@@ -376,8 +399,9 @@ class SignalingServer:
             log.exception("internal error handling %s", type(msg).__name__)
             await self._send_error(session, msg.id, ErrorCode.INTERNAL, "internal error")
 
-    async def _send_error(self, session: Session, request_id: int | None, code: int,
-                          message: str) -> None:
+    async def _send_error(
+        self, session: Session, request_id: int | None, code: int, message: str
+    ) -> None:
         self.stats.errors_sent += 1
         await session.send(p.ErrorReply(id=request_id, code=int(code), message=message))
 
@@ -412,32 +436,37 @@ class SignalingServer:
         touched = {u for u in also if u is not None}
         for n in notifies:
             call = self.registry.calls.get(n.call_id)
-            event = p.Event(event=n.event, call_id=n.call_id, payload=n.payload,
-                            call=self._snapshot(call) if call is not None else None)
+            event = p.Event(
+                event=n.event,
+                call_id=n.call_id,
+                payload=n.payload,
+                call=self._snapshot(call) if call is not None else None,
+            )
             for session in self._targets(n.user_id, n.call_id):
                 await self._send(session, event)
             touched.add(n.user_id)
         for user in touched:
             owner = self._owner.get(user)
             call = self.registry.call_of(user)
-            if owner is not None and (call is None or call.call_id != owner[0]
-                                      or owner[1].released):
+            if owner is not None and (
+                call is None or call.call_id != owner[0] or owner[1].released
+            ):
                 del self._owner[user]
 
     def _own(self, session: Session, call_id: str) -> str:
         """Refuse an action on a call that another device of the same user owns."""
         owner = self._owner.get(session.user_id or "")
         if owner is not None and owner[0] == call_id and owner[1] is not session:
-            raise CallStateError(ErrorCode.REQUEST_REFUSED,
-                                 "this call is handled on another device")
+            raise CallStateError(
+                ErrorCode.REQUEST_REFUSED, "this call is handled on another device"
+            )
         return call_id
 
     def _snapshot(self, call: Call) -> dict[str, Any]:
         """The call snapshot, each member with its ``nickname`` and ``avatarUrl``."""
         snap = call.snapshot()
         for member in snap["members"]:
-            member.update(self._profiles.get(member["userId"]) or
-                          {"nickname": "", "avatarUrl": ""})
+            member.update(self._profiles.get(member["userId"]) or {"nickname": "", "avatarUrl": ""})
         return snap
 
     # ------------------------------------------------------------------ sessions
@@ -446,12 +475,17 @@ class SignalingServer:
         if session.user_id is not None:
             raise CallStateError(ErrorCode.REQUEST_REPEATED, "already logged in")
         if not valid_user_id(msg.user_id):
-            raise CallStateError(ErrorCode.INIT_FAIL, "invalid userId (letters, digits, '-' and "
-                                                      "'_', at most 32)")
+            raise CallStateError(
+                ErrorCode.INIT_FAIL, "invalid userId (letters, digits, '-' and '_', at most 32)"
+            )
         try:
-            info = verify_user_sig(msg.sdk_app_id if msg.sdk_app_id == self.sdk_app_id else -1,
-                                   self.secret_key, msg.user_id, msg.user_sig,
-                                   now=self.config.wall_clock())
+            info = verify_user_sig(
+                msg.sdk_app_id if msg.sdk_app_id == self.sdk_app_id else -1,
+                self.secret_key,
+                msg.user_id,
+                msg.user_sig,
+                now=self.config.wall_clock(),
+            )
         except UserSigError as exc:
             raise CallStateError(ErrorCode.INIT_FAIL, f"login refused: {exc.reason}") from None
         if msg.sdk_app_id != self.sdk_app_id:
@@ -463,9 +497,10 @@ class SignalingServer:
         others = [s for s in self._devices(user) if s is not old]
         keep = msg.multi_device and all(s.multi_device for s in others)
         if keep and len(others) >= self.config.max_sessions_per_user:
-            raise CallStateError(ErrorCode.REQUEST_REFUSED,
-                                 f"too many sessions for this user (at most "
-                                 f"{self.config.max_sessions_per_user})")
+            raise CallStateError(
+                ErrorCode.REQUEST_REFUSED,
+                f"too many sessions for this user (at most {self.config.max_sessions_per_user})",
+            )
         if not keep:
             for other in others:
                 await self._kick(other)
@@ -479,14 +514,24 @@ class SignalingServer:
         self._sessions[session.session_id] = session
         delay = max(0.0, info.expires_at - self.config.wall_clock())
         session.expiry_handle = asyncio.get_running_loop().call_later(
-            delay, lambda: self._spawn(self._expire(session)))
+            delay, lambda: self._spawn(self._expire(session))
+        )
         call = self._call_for(session)
         for message in outbox:  # what happened while the socket was gone, then the reply
             await session.send(message)
-        await session.send(p.Reply(id=msg.id, data={
-            "userId": user, "sigExpiresAt": info.expires_at, "sessionId": session.session_id,
-            "resumed": old is not None, "resumeGrace": self.config.resume_grace,
-            "call": self._snapshot(call) if call is not None else None}))
+        await session.send(
+            p.Reply(
+                id=msg.id,
+                data={
+                    "userId": user,
+                    "sigExpiresAt": info.expires_at,
+                    "sessionId": session.session_id,
+                    "resumed": old is not None,
+                    "resumeGrace": self.config.resume_grace,
+                    "call": self._snapshot(call) if call is not None else None,
+                },
+            )
+        )
 
     def _take_over(self, old: Session, new: Session) -> list[p.Message]:
         """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
@@ -544,7 +589,8 @@ class SignalingServer:
             loop = asyncio.get_running_loop()
             delay = max(0.0, session.last_seen + grace - loop.time())
             session.hold_handle = loop.call_later(
-                delay, lambda: self._spawn(self._release(session)))
+                delay, lambda: self._spawn(self._release(session))
+            )
             log.info("holding %s's session for %.1f s after a dropped socket", user, delay)
             return
         await self._release(session)
@@ -556,8 +602,7 @@ class SignalingServer:
         call = self.registry.call_of(user)
         if owner is not None and call is not None and owner[0] == call.call_id:
             return owner[1] is session
-        return call is not None and not any(
-            s is not session for s in self._devices(user))
+        return call is not None and not any(s is not session for s in self._devices(user))
 
     async def _release(self, session: Session) -> None:
         """Forget a session; if its user is no longer reachable for its call, it leaves."""
@@ -618,13 +663,20 @@ class SignalingServer:
     def _on_call(self, session: Session, msg: p.Call, now: float):  # type: ignore[no-untyped-def]
         self._check_ids(msg.callees)
         call, notifies = self.registry.start_call(
-            now, session.user_id, msg.callees, msg.media_type, group_id=msg.group_id,
-            timeout=msg.timeout, user_data=msg.user_data)
+            now,
+            session.user_id,
+            msg.callees,
+            msg.media_type,
+            group_id=msg.group_id,
+            timeout=msg.timeout,
+            user_data=msg.user_data,
+        )
         self._owner[session.user_id or ""] = (call.call_id, session)
         return {"call": self._snapshot(call)}, notifies
 
-    def _on_answer(self, session: Session, msg: Any, now: float,
-                   op: Callable[[float, str, str], list[Notify]]):  # type: ignore[no-untyped-def]
+    def _on_answer(
+        self, session: Session, msg: Any, now: float, op: Callable[[float, str, str], list[Notify]]
+    ):  # type: ignore[no-untyped-def]
         """accept / reject / ignore / hangup; the first device to answer a ringing call owns
         it, and the user's other devices stop ringing (``reason`` 7 or 8)."""
         user = session.user_id or ""
@@ -636,17 +688,25 @@ class SignalingServer:
         direct: list[tuple[Session, p.Message]] = []
         if ringing:
             self._owner[user] = (msg.call_id, session)
-            reason = (CallEndReason.OTHER_DEVICE_ACCEPTED if op == self.registry.accept
-                      else CallEndReason.OTHER_DEVICE_REJECT)
-            cancelled = p.Event(event="onCallCancelled", call_id=msg.call_id,
-                                payload={"userId": user, "reason": int(reason)}, call=None)
+            reason = (
+                CallEndReason.OTHER_DEVICE_ACCEPTED
+                if op == self.registry.accept
+                else CallEndReason.OTHER_DEVICE_REJECT
+            )
+            cancelled = p.Event(
+                event="onCallCancelled",
+                call_id=msg.call_id,
+                payload={"userId": user, "reason": int(reason)},
+                call=None,
+            )
             direct = [(s, cancelled) for s in self._devices(user) if s is not session]
         return {}, notifies, direct
 
     def _on_invite(self, session: Session, msg: p.Invite, now: float) -> list[Notify]:
         self._check_ids(msg.callees)
-        return self.registry.invite(now, session.user_id, self._own(session, msg.call_id),
-                                    msg.callees, timeout=msg.timeout)
+        return self.registry.invite(
+            now, session.user_id, self._own(session, msg.call_id), msg.callees, timeout=msg.timeout
+        )
 
     def _on_join(self, session: Session, msg: p.Join, now: float):  # type: ignore[no-untyped-def]
         call, notifies = self.registry.join(now, session.user_id, msg.room_id, msg.media_type)
@@ -654,23 +714,27 @@ class SignalingServer:
         return {"call": self._snapshot(call)}, notifies
 
     def _on_self_info(self, session: Session, msg: p.SelfInfo, now: float) -> list[Notify]:
-        self._profiles[session.user_id or ""] = {"nickname": msg.nickname,
-                                                 "avatarUrl": msg.avatar_url}
+        self._profiles[session.user_id or ""] = {
+            "nickname": msg.nickname,
+            "avatarUrl": msg.avatar_url,
+        }
         return []
 
     async def _on_relay(self, session: Session, msg: p.Relay) -> None:
         call = self.registry.calls.get(msg.call_id)
         members = call.joined() if call is not None else []
         if session.user_id not in members or msg.to not in members or msg.to == session.user_id:
-            raise CallStateError(ErrorCode.REQUEST_REFUSED,
-                                 "relay only between members of the same call")
+            raise CallStateError(
+                ErrorCode.REQUEST_REFUSED, "relay only between members of the same call"
+            )
         self._own(session, msg.call_id)
         if msg.kind not in p.Relay.KINDS:
             raise CallStateError(ErrorCode.PARAM_INVALID, f"unknown relay kind {msg.kind!r:.20}")
         if len(p.json.dumps(msg.data)) > p.MAX_RELAY_BYTES:
             raise CallStateError(ErrorCode.PARAM_INVALID, "relay payload too large")
-        forwarded = p.Relayed(call_id=msg.call_id, from_user=session.user_id, kind=msg.kind,
-                              data=msg.data)
+        forwarded = p.Relayed(
+            call_id=msg.call_id, from_user=session.user_id, kind=msg.kind, data=msg.data
+        )
         await session.send(p.Reply(id=msg.id))
         for target in self._targets(msg.to, msg.call_id):
             await self._send(target, forwarded)
@@ -692,13 +756,22 @@ class SignalingServer:
             return None
         call = self.registry.call_of(user_id)
         profile = self._profiles.get(user_id) or {"nickname": "", "avatarUrl": ""}
-        return {"userId": user_id, "online": user_id in self._online,
-                "devices": len(self._online.get(user_id, ())),
-                "heldDevices": len(self._held.get(user_id, ())),
-                **profile, "callId": call.call_id if call is not None else None}
+        return {
+            "userId": user_id,
+            "online": user_id in self._online,
+            "devices": len(self._online.get(user_id, ())),
+            "heldDevices": len(self._held.get(user_id, ())),
+            **profile,
+            "callId": call.call_id if call is not None else None,
+        }
 
     def idle(self) -> bool:
         """True when no call, session, owner or profile is left (after every socket closed)."""
         return self.registry.is_idle() and not (
-            self._online or self._held or self._sessions or self._owner or self._profiles
-            or self._sockets)
+            self._online
+            or self._held
+            or self._sessions
+            or self._owner
+            or self._profiles
+            or self._sockets
+        )

@@ -58,10 +58,7 @@ def _hmac_b64(
     secret_key: str, user_id: str, sdk_app_id: int, t: int, expire: int, userbuf_b64: str | None
 ) -> str:
     content = (
-        f"TLS.identifier:{user_id}\n"
-        f"TLS.sdkappid:{sdk_app_id}\n"
-        f"TLS.time:{t}\n"
-        f"TLS.expire:{expire}\n"
+        f"TLS.identifier:{user_id}\nTLS.sdkappid:{sdk_app_id}\nTLS.time:{t}\nTLS.expire:{expire}\n"
     )
     if userbuf_b64 is not None:
         content += f"TLS.userbuf:{userbuf_b64}\n"
