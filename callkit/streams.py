@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -97,10 +98,8 @@ class _Stream(Generic[T]):
         self._closed = True
         self._detach()
         for name, fn in self._listeners.items():
-            try:
+            with contextlib.suppress(ValueError):
                 self.engine.remove_event_listener(name, fn)
-            except ValueError:
-                pass
         self._wake.set()
 
     def _engine_gone(self) -> bool:

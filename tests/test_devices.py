@@ -251,7 +251,7 @@ def test_sample_fifo_wraps_drops_oldest_and_prebuffers() -> None:
     assert len(fifo) == 10 and fifo.dropped == 0
     fifo.write(np.array([[16], [17]], dtype=np.int16))  # drops 6 and 7
     assert fifo.dropped == 2
-    assert fifo.read(12)[:, 0].tolist() == list(range(8, 18)) + [0, 0]
+    assert fifo.read(12)[:, 0].tolist() == [*range(8, 18), 0, 0]
     assert fifo.underruns == 1
     primed = SampleFifo(100, 2, prebuffer=4)
     primed.write(np.ones((3, 2), dtype=np.int16))

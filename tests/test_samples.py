@@ -77,10 +77,12 @@ class Process:
     async def finish(self, timeout: float = 15.0) -> int:
         try:
             rest, _ = await asyncio.wait_for(self.proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as exc:
             self.proc.kill()
             await self.proc.wait()
-            raise AssertionError("the process did not exit; output:\n" + "\n".join(self.lines))
+            raise AssertionError(
+                "the process did not exit; output:\n" + "\n".join(self.lines)
+            ) from exc
         self.lines += rest.decode().splitlines()
         return self.proc.returncode or 0
 

@@ -26,7 +26,11 @@ _TWO_PI = 2.0 * math.pi
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not lo <= int(value) <= hi
+    ):
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
     return int(value)
 
@@ -94,6 +98,9 @@ class ToneSource(AudioSource):
     ) -> None:
         super().__init__(sample_rate, channels)
         self._phase = 0.0
+        self._freq = 0.0
+        self._level = 0.0
+        self._amplitude = 0.0
         self.freq = freq
         self.level_dbfs = level_dbfs
 
@@ -276,7 +283,9 @@ class TestPatternSource(VideoSource):
         """Return the next frame (yuv420p) and advance the counter."""
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         y, u, v = (
-            np.frombuffer(p, dtype=np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+            np.frombuffer(memoryview(p), dtype=np.uint8).reshape(p.height, p.line_size)[
+                :, : p.width
+            ]
             for p in frame.planes
         )
         self._draw(self.frames_read, y, u, v)

@@ -265,7 +265,7 @@ class _AudioConverter:
             )
             frame.sample_rate = self.in_rate
             for out in self._resampler.resample(frame):
-                data = out.to_ndarray().reshape(-1)
+                data: np.ndarray = out.to_ndarray().reshape(-1)
                 chunks.append(data)
                 have += data.size
         buf = np.concatenate(chunks)
@@ -504,8 +504,8 @@ def _copy_video_frame(frame: av.VideoFrame) -> av.VideoFrame:
     for src, dst in zip(frame.planes, out.planes, strict=True):
         n = min(src.line_size, dst.line_size)
         rows = min(src.height, dst.height)
-        d = np.frombuffer(dst, dtype=np.uint8).reshape(-1, dst.line_size)
-        s = np.frombuffer(src, dtype=np.uint8).reshape(-1, src.line_size)
+        d = np.frombuffer(memoryview(dst), dtype=np.uint8).reshape(-1, dst.line_size)
+        s = np.frombuffer(memoryview(src), dtype=np.uint8).reshape(-1, src.line_size)
         d[:rows, :n] = s[:rows, :n]
     out.pts = frame.pts
     out.time_base = frame.time_base
@@ -514,12 +514,10 @@ def _copy_video_frame(frame: av.VideoFrame) -> av.VideoFrame:
 
 def _audio_to_int16(frame: av.AudioFrame) -> np.ndarray:
     """Samples of a decoded frame as int16 of shape (samples, channels)."""
-    arr = frame.to_ndarray()
+    arr: np.ndarray[Any, Any] = frame.to_ndarray()
     channels = len(frame.layout.channels) or 1
-    if frame.format.is_planar:
-        arr = arr.T  # (channels, n) -> (n, channels)
-    else:
-        arr = arr.reshape(-1, channels)
+    # planar (channels, n) -> (n, channels)
+    arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
     kind, size = arr.dtype.kind, arr.dtype.itemsize
     if kind == "f":
         arr = np.clip(np.rint(arr * 32767.0), -32768, 32767).astype(np.int16)
