@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -318,7 +319,7 @@ def _check(value: Any, hint: Any, where: str) -> Any:
 
 def from_wire(obj: Any, registry: dict[str, type[Message]] | None = None) -> Message:
     """Build a message from a decoded JSON value; raises ProtocolError."""
-    registry = registry if registry is not None else CLIENT_MESSAGES  # type: ignore[assignment]
+    table: Mapping[str, type[Message]] = registry if registry is not None else CLIENT_MESSAGES
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "message must be a JSON object")
     raw_id = obj.get("id")
@@ -329,7 +330,7 @@ def from_wire(obj: Any, registry: dict[str, type[Message]] | None = None) -> Mes
             ErrorCode.PROTOCOL_ERROR, f"unsupported protocol version {v!r:.20}", request_id
         )
     kind = obj.get("type")
-    cls = registry.get(kind) if isinstance(kind, str) else None
+    cls = table.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(
             ErrorCode.PROTOCOL_ERROR, f"unknown message type {kind!r:.40}", request_id

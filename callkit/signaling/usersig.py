@@ -16,7 +16,7 @@ import json
 import time as _time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["UserSigError", "UserSigInfo", "gen_user_sig", "verify_user_sig"]
 
@@ -142,6 +142,7 @@ def verify_user_sig(
         or ("TLS.userbuf" in token and not isinstance(userbuf_b64, str))
     ):
         raise UserSigError("malformed")
+    app_id, t, expire = cast(int, app_id), cast(int, t), cast(int, expire)  # checked above
     userbuf: bytes | None = None
     if userbuf_b64 is not None:
         try:
