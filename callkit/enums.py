@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from callkit.media.quality import NetworkQuality
 from callkit.signaling.codes import CallEndReason, CallMediaType, CallRole
-
-
-class NetworkQuality(IntEnum):
-    """TUICallKit's NetworkQuality, as reported in ``onUserNetworkQualityChanged``."""
-
-    UNKNOWN = 0
-    EXCELLENT = 1
-    GOOD = 2
-    POOR = 3
-    BAD = 4
-    VERY_BAD = 5
-    DOWN = 6
 
 
 class CallStatus(IntEnum):

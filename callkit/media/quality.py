@@ -23,6 +23,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
+from enum import IntEnum
 
 __all__ = [
     "BAD",
@@ -34,6 +35,7 @@ __all__ = [
     "UNKNOWN",
     "VERY_BAD",
     "LossWindow",
+    "NetworkQuality",
     "QualityTracker",
     "RttWindow",
     "level_from_score",
@@ -43,13 +45,20 @@ __all__ = [
     "worst_quality",
 ]
 
-UNKNOWN = 0
-EXCELLENT = 1
-GOOD = 2
-POOR = 3
-BAD = 4
-VERY_BAD = 5
-DOWN = 6
+
+class NetworkQuality(IntEnum):
+    """TUICallKit's NetworkQuality, as reported in ``onUserNetworkQualityChanged``."""
+
+    UNKNOWN = 0
+    EXCELLENT = 1
+    GOOD = 2
+    POOR = 3
+    BAD = 4
+    VERY_BAD = 5
+    DOWN = 6
+
+
+UNKNOWN, EXCELLENT, GOOD, POOR, BAD, VERY_BAD, DOWN = NetworkQuality
 
 #: Seconds without any new packet after which a remote user is DOWN.
 DOWN_AFTER = 3.0
@@ -68,7 +77,7 @@ def score(rtt_ms: float, jitter_ms: float, loss_pct: float) -> float:
     return 100.0 - i_d - 100.0 * p / (p + 10.0)
 
 
-def level_from_score(s: float) -> int:
+def level_from_score(s: float) -> NetworkQuality:
     """Map a score to a level: >=80 EXCELLENT(1), >=70 GOOD(2), >=60 POOR(3), >=50 BAD(4),
     else VERY_BAD(5)."""
     if s >= 80.0:
@@ -82,12 +91,14 @@ def level_from_score(s: float) -> int:
     return VERY_BAD
 
 
-def quality(rtt_ms: float | None, jitter_ms: float | None, loss_pct: float) -> int:
+def quality(rtt_ms: float | None, jitter_ms: float | None, loss_pct: float) -> NetworkQuality:
     """Level (1-5) for one measurement; a missing RTT or jitter counts as 0 ms."""
     return level_from_score(score(rtt_ms or 0.0, jitter_ms or 0.0, loss_pct))
 
 
-def uplink_quality(fraction_lost_255: int, jitter_ms: float, rtt_ms: float | None) -> int:
+def uplink_quality(
+    fraction_lost_255: int, jitter_ms: float, rtt_ms: float | None
+) -> NetworkQuality:
     """Level (1-5) of our uplink to one peer, from that peer's latest RTCP receiver report.
 
     ``fraction_lost_255`` is the report's 8-bit fraction lost (0-255, lost/expected * 256
@@ -100,11 +111,11 @@ def uplink_quality(fraction_lost_255: int, jitter_ms: float, rtt_ms: float | Non
     return quality(rtt_ms, jitter_ms, frac / 256.0 * 100.0)
 
 
-def worst_quality(levels: Iterable[int]) -> int:
+def worst_quality(levels: Iterable[int]) -> NetworkQuality:
     """Worst of several levels (DOWN > VERY_BAD > ... > EXCELLENT); UNKNOWN entries are
     ignored; UNKNOWN if there is nothing else."""
     known = [lv for lv in levels if lv != UNKNOWN]
-    return max(known) if known else UNKNOWN
+    return NetworkQuality(max(known)) if known else UNKNOWN
 
 
 def _clean(x: float | None) -> float:
