@@ -9,23 +9,49 @@ import logging
 import secrets
 import sys
 
-DEFAULT_SDK_APP_ID = 1400000001
+from callkit import serveconfig
+
+DEFAULT_SDK_APP_ID = serveconfig.DEFAULT_SDK_APP_ID
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from callkit import serveconfig
     from callkit.signaling import SignalingServer
 
-    async def run() -> None:
-        server = SignalingServer(args.sdk_app_id, args.secret_key)
-        url = await server.start(args.host, args.port)
-        print(f"callkit signaling on {url} (sdkAppId {args.sdk_app_id})", flush=True)
+    try:
+        cfg = serveconfig.load(args)
+        ssl_context = cfg.ssl_context()
+    except serveconfig.ConfigError as exc:
+        print(f"callkit serve: {exc}", file=sys.stderr)
+        return 2
+    if cfg.secret_key is None:
+        cfg.secret_key = secrets.token_hex(32)
+        print(f"secret key: {cfg.secret_key}", file=sys.stderr)
+
+    async def run() -> int:
+        server = SignalingServer(
+            cfg.sdk_app_id,
+            cfg.secret_key or "",
+            ice_servers=cfg.ice_servers(),
+            ssl_context=ssl_context,
+        )
+        try:
+            url = await server.start(cfg.host, cfg.port)
+        except OSError as exc:
+            print(
+                f"callkit serve: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"callkit signaling on {url} (sdkAppId {cfg.sdk_app_id})", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
             await server.stop()
+        return 0
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        return asyncio.run(run())
     return 0
 
 
@@ -68,13 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=4.0, help="talk time per call")
     demo.set_defaults(func=_demo)
 
-    serve = sub.add_parser("serve", help="run the signaling service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
-    serve.add_argument(
-        "--secret-key", default=None, help="UserSig secret (default: a random one, printed)"
+    serve = sub.add_parser(
+        "serve",
+        help="run the signaling service",
+        description="Run the signaling service. Every option may also be set in the "
+        "environment (CALLKIT_<OPTION>) or in a TOML --config file; the command line wins, "
+        "then the environment, then the file.",
     )
+    serveconfig.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
     usersig = sub.add_parser("usersig", help="print a UserSig for USER_ID")
@@ -109,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "secret_key", "") is None:
-        args.secret_key = secrets.token_hex(32)
-        print(f"secret key: {args.secret_key}", file=sys.stderr)
     return int(args.func(args) or 0)
 
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from . import protocol as p
 from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
 from .codes import CallEndReason, ErrorCode
+from .ice import IceServersConfig
 from .protocol import USER_ID_RE, valid_user_id
 from .usersig import UserSigError, verify_user_sig
 
@@ -146,8 +148,15 @@ class SignalingServer:
         secret_key: str,
         config: ServerConfig | None = None,
         registry: CallRegistry | None = None,
+        *,
+        ice_servers: IceServersConfig | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.sdk_app_id = sdk_app_id
+        #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
+        self.ice_servers = ice_servers or IceServersConfig()
+        #: with a context the service listens with TLS: ``wss://`` and ``https://``
+        self.ssl_context = ssl_context
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
@@ -196,16 +205,23 @@ class SignalingServer:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Start listening; returns the WebSocket URL (``ws://host:port/ws``)."""
+        """Start listening; returns the WebSocket URL (``ws://host:port/ws``, or ``wss://``
+        with an ``ssl_context``). Raises OSError when the address cannot be bound."""
         self._runner = web.AppRunner(self.create_app(), handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except OSError:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            raise
         server = site._server
         assert server is not None and server.sockets  # type: ignore[union-attr]
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"ws://{shown}:{self.port}/ws"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        self.url = f"{scheme}://{shown}:{self.port}/ws"
         log.info("signaling listening on %s", self.url)
         return self.url
 
@@ -529,6 +545,7 @@ class SignalingServer:
                     "resumed": old is not None,
                     "resumeGrace": self.config.resume_grace,
                     "call": self._snapshot(call) if call is not None else None,
+                    "iceServers": self.ice_servers.for_user(user, self.config.wall_clock()),
                 },
             )
         )
