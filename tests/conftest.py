@@ -1,22 +1,29 @@
-"""Shared fixtures: a real SignalingServer on 127.0.0.1 and real CallEngines."""
+"""The project's fixtures, on top of callkit's own pytest plugin (callkit/testing.py).
+
+``server`` and ``make_engine`` are thin aliases of the plugin's ``callkit_server`` and
+``callkit_engine`` that the tests were written against.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from callkit import CallEngine
 from callkit.recorder import EventRecorder
-from callkit.signaling import ServerConfig, SignalingServer
-from callkit.signaling.usersig import gen_user_sig
+from callkit.signaling import SignalingServer
+from callkit.testing import LOOPBACK, SDK_APP_ID, SECRET_KEY, EngineFactory, user_sig
 
-SDK_APP_ID = 1400000001
-SECRET = "callkit-test-secret-0123456789abcdef"
-LOOPBACK = ["127.0.0.1"]
+# the plugin also loads through its pytest11 entry point; this keeps a checkout whose
+# editable install predates the entry point working (pytest loads a plugin once)
+pytest_plugins = ["callkit.testing", "pytester"]
+
+SECRET = SECRET_KEY
+
+__all__ = ["LOOPBACK", "SDK_APP_ID", "SECRET", "sig"]
 
 
 class ErrorLogWatcher(logging.Handler):
@@ -39,32 +46,24 @@ def error_log() -> Any:
 
 
 def sig(user_id: str, expire: int = 3600) -> str:
-    return gen_user_sig(SDK_APP_ID, SECRET, user_id, expire)
+    return user_sig(user_id, expire)
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[SignalingServer]:
-    srv = SignalingServer(SDK_APP_ID, SECRET, ServerConfig(heartbeat=2.0))
-    await srv.start("127.0.0.1", 0)
-    yield srv
-    await srv.stop()
+def server(callkit_server: SignalingServer) -> SignalingServer:
+    """The plugin's ``callkit_server``."""
+    return callkit_server
 
 
-EngineFactory = Callable[..., Awaitable[tuple[CallEngine, EventRecorder]]]
+EngineAndRecorder = Callable[..., Awaitable[tuple[CallEngine, EventRecorder]]]
 
 
 @pytest.fixture
-async def make_engine(server: SignalingServer) -> AsyncIterator[EngineFactory]:
+def make_engine(callkit_engine: EngineFactory) -> EngineAndRecorder:
     """``engine, rec = await make_engine("alice", audio_source=...)``: logged in, recorded."""
-    made: list[CallEngine] = []
 
     async def factory(user_id: str, **kwargs: Any) -> tuple[CallEngine, EventRecorder]:
-        kwargs.setdefault("ice_addresses", LOOPBACK)
-        engine = CallEngine(server.url, **kwargs)
-        made.append(engine)
-        rec = EventRecorder(engine, user_id)
-        await engine.init(SDK_APP_ID, user_id, sig(user_id))
-        return engine, rec
+        engine = await callkit_engine(user_id, **kwargs)
+        return engine, callkit_engine.recorder(engine)
 
-    yield factory
-    await asyncio.gather(*(e.destroy() for e in made), return_exceptions=True)
+    return factory

@@ -151,12 +151,16 @@ class SignalingServer:
         *,
         ice_servers: IceServersConfig | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.sdk_app_id = sdk_app_id
         #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
         self.ice_servers = ice_servers or IceServersConfig()
         #: with a context the service listens with TLS: ``wss://`` and ``https://``
         self.ssl_context = ssl_context
+        #: monotonic seconds for the call state machine (ring timeouts, call durations);
+        #: None: the event loop's clock. Tests inject a fake one and call :meth:`run_timers`
+        self.clock = clock
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
@@ -245,19 +249,27 @@ class SignalingServer:
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
+    def _now(self) -> float:
+        """The call state machine's clock: the injected ``clock``, else the loop's."""
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    async def run_timers(self) -> None:
+        """Fire every call timer due at :meth:`_now` (after moving an injected clock)."""
+        await self._deliver(self.registry.handle_timer(self._now()))
+        self._wake.set()
+
     async def _timer_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             deadline = self.registry.get_timer()
             self._wake.clear()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            timeout = None if deadline is None else max(0.0, deadline - self._now())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             except asyncio.TimeoutError:
                 pass
             try:
-                await self._deliver(self.registry.handle_timer(loop.time()))
+                await self._deliver(self.registry.handle_timer(self._now()))
             except Exception:  # never let the timer die
                 self.stats.internal_errors += 1
                 log.exception("timer handling failed")
@@ -396,7 +408,7 @@ class SignalingServer:
             if isinstance(msg, p.Relay):
                 await self._on_relay(session, msg)
                 return
-            now = asyncio.get_running_loop().time()
+            now = self._now()
             # expire due ring timers first, so accept-vs-timeout is decided by the clock
             await self._deliver(self.registry.handle_timer(now))
             result = self._handlers[type(msg)](session, msg, now)
@@ -637,7 +649,7 @@ class SignalingServer:
             present = bool(self._devices(user))  # ringing: any device of the user
         if call is not None and not present:
             try:  # the released owner stays in _owner until delivered: its events go nowhere
-                notifies = self.registry.disconnect(asyncio.get_running_loop().time(), user)
+                notifies = self.registry.disconnect(self._now(), user)
                 await self._deliver(notifies, also=[user])
             except Exception:
                 self.stats.internal_errors += 1
