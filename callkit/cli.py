@@ -56,9 +56,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _usersig(args: argparse.Namespace) -> int:
+    from callkit.signaling.grants import group_grant
     from callkit.signaling.usersig import gen_user_sig
 
-    print(gen_user_sig(args.sdk_app_id, args.secret_key, args.user_id, args.expire))
+    groups = [g for g in (args.groups or "").split(",") if g]
+    userbuf = group_grant(groups) if groups else None
+    print(
+        gen_user_sig(args.sdk_app_id, args.secret_key, args.user_id, args.expire, userbuf=userbuf)
+    )
     return 0
 
 
@@ -109,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     usersig.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
     usersig.add_argument("--secret-key", required=True)
     usersig.add_argument("--expire", type=int, default=15552000, help="seconds (default 180 d)")
+    usersig.add_argument(
+        "--groups",
+        help="comma-separated group ids this user may join by room id uninvited (a signed grant)",
+    )
     usersig.set_defaults(func=_usersig)
 
     # the sample parses its own options: prefix_chars="+" makes this parser take "--user"

@@ -508,7 +508,7 @@ def test_invite_busy_reaches_all_joined(reg: CallRegistry, clock: Clock) -> None
 def test_join_by_room_id(reg: CallRegistry, clock: Clock) -> None:
     call = connected_group(reg, clock, "AB", "C")
     room = call.room_id
-    joined, out = reg.join(clock(1), "E", room, AUDIO)
+    joined, out = reg.join(clock(1), "E", room, AUDIO, granted_groups=frozenset({"g"}))
     assert joined is call
     assert by_user(out) == {
         "A": [ev("onUserJoin", "E")],
@@ -548,12 +548,50 @@ def test_join_refusals(reg: CallRegistry, clock: Clock) -> None:
     refused(reg, INVALID, reg.join, clock(), "E", call.room_id, 5)
     refused(reg, REFUSED, reg.join, clock(), "A", call.room_id, AUDIO)  # in another call
     refused(reg, REFUSED, reg.join, clock(), "B", call.room_id, AUDIO)  # ringing elsewhere
+    team = frozenset({"g"})
     for u in "EFGHIJ":
-        reg.join(clock(), u, call.room_id, AUDIO)
+        reg.join(clock(), u, call.room_id, AUDIO, granted_groups=team)
     assert len(call.members) == 8
-    reg.join(clock(), "K", call.room_id, AUDIO)
+    reg.join(clock(), "K", call.room_id, AUDIO, granted_groups=team)
     assert len(call.members) == 9
-    refused(reg, REFUSED, reg.join, clock(), "L", call.room_id, AUDIO)  # full
+    refused(reg, REFUSED, reg.join, clock(), "L", call.room_id, AUDIO, granted_groups=team)  # full
+
+
+def test_join_needs_an_invitation_or_a_grant(reg: CallRegistry, clock: Clock) -> None:
+    one, _ = reg.start_call(clock(), "A", ["B"], AUDIO)
+    reg.accept(clock(1), "B", one.call_id)
+    reg.invite(clock(1), "B", one.call_id, ["C"])
+    reg.reject(clock(1), "C", one.call_id)
+    # never a 1v1 call (no groupId), whoever asks, grant or invitation
+    for user in ("E", "C"):
+        refused(reg, REFUSED, reg.join, clock(), user, one.room_id, AUDIO)
+    refused(
+        reg, REFUSED, reg.join, clock(), "E", one.room_id, AUDIO, granted_groups=frozenset({""})
+    )
+    group = connected_group(reg, clock, "FG", "H")
+    refused(reg, REFUSED, reg.join, clock(), "E", group.room_id, AUDIO)  # a stranger
+    other = frozenset({"other"})
+    refused(reg, REFUSED, reg.join, clock(), "E", group.room_id, AUDIO, granted_groups=other)
+    grant = frozenset({"g"})
+    refused(
+        reg,
+        REFUSED,
+        reg.join,
+        clock(),
+        "E",
+        group.room_id,
+        AUDIO,
+        group_id="x",
+        granted_groups=grant,
+    )
+    assert set(group.members) == {"F", "G", "H"}
+    # an invitee who stopped ringing may come back by room id
+    reg.ignore(clock(1), "H", group.call_id)
+    reg.join(clock(1), "H", group.room_id, AUDIO, group_id="g")
+    assert group.members["H"].state is MemberState.JOINED
+    # and a granted user may join with no invitation
+    reg.join(clock(1), "E", group.room_id, AUDIO, group_id="g", granted_groups=grant)
+    assert set(group.joined()) == {"F", "G", "H", "E"}
 
 
 def test_caller_cancels_group_while_ringing(reg: CallRegistry, clock: Clock) -> None:

@@ -222,7 +222,8 @@ class CallMachine(RuleBasedStateMachine):
     def idle_joins(self, data: st.DataObject) -> None:
         call = data.draw(st.sampled_from([c for c in self.reg.calls.values() if c.begun]))
         user = data.draw(users)
-        result = self._do(self.reg.join, user, call.room_id, call.media_type)
+        grant = frozenset(data.draw(st.sampled_from([(), (call.group_id,)])))
+        result = self._do(self.reg.join, user, call.room_id, call.media_type, granted_groups=grant)
         if result is not None:
             self._feed(result[1])
 

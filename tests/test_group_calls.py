@@ -8,8 +8,11 @@ import pytest
 
 from callkit import CallError, CallMediaType, CallParams
 from callkit.media import ToneSource
+from callkit.signaling.grants import group_grant
+from callkit.signaling.usersig import gen_user_sig
 
-from .helpers import assert_payload_keys, connect, quiet, recent_volume
+from .conftest import SDK_APP_ID, SECRET
+from .helpers import assert_payload_keys, quiet, recent_volume
 
 pytestmark = pytest.mark.loopback
 
@@ -142,12 +145,18 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     parties = await talkers(make_engine, "alice", "bob", "carol", "dave")
     (alice, ra), (bob, rb) = parties["alice"], parties["bob"]
     (carol, rc), (dave, rd) = parties["carol"], parties["dave"]
-    begin = await connect(alice, ra, bob, rb)
+    # dave may join the team's calls uninvited: the app granted him the group in his UserSig
+    grant = gen_user_sig(SDK_APP_ID, SECRET, "dave", 3600, userbuf=group_grant(["team"]))
+    await dave.init(SDK_APP_ID, "dave", grant)
+    await alice.group_call(["bob"], "team", CallMediaType.AUDIO)
+    await rb.wait_for("onCallReceived")
+    await bob.accept()
+    begin = await ra.wait_for("onCallBegin")
     await bob.invite_user(["carol"])  # any participant may invite
     received = await rc.wait_for("onCallReceived")
     assert received["callerId"] == "bob" and set(received["calleeIdList"]) == {"alice", "carol"}
     await carol.accept()
-    await dave.join_in_group_call(begin["roomID"], "", CallMediaType.AUDIO)
+    await dave.join_in_group_call(begin["roomID"], "team", CallMediaType.AUDIO)
     dave_begin = await rd.wait_for("onCallBegin")
     assert dave_begin == {"roomID": begin["roomID"], "callMediaType": 1, "callRole": 2}
     for rec in (ra, rb, rc):

@@ -264,7 +264,8 @@ async def test_self_info_shows_in_rest_and_call_snapshots(
     alice, ra = await make_engine("alice")
     await alice.set_self_info("Alice A.", "https://example.com/alice.png")
     base = (server.url or "").replace("ws://", "http://").replace("/ws", "")
-    async with aiohttp.ClientSession() as http:
+    admin = {"Authorization": f"Bearer {sig('administrator')}"}
+    async with aiohttp.ClientSession(headers=admin) as http:
         async with http.get(f"{base}/users/alice") as r:
             assert r.status == 200
             assert await r.json() == {

@@ -101,6 +101,8 @@ class Call:
     #: True once somebody accepted (the call connected at least once)
     begun: bool = False
     members: dict[str, Member] = field(default_factory=dict)
+    #: everyone ever invited to (or placing) this call: they may join it by room id later
+    invited: set[str] = field(default_factory=set)
 
     def joined(self) -> list[str]:
         """The joined members, in member order."""
@@ -339,9 +341,23 @@ class CallRegistry:
         return out
 
     def join(
-        self, now: float, user_id: str, room_id: int, media_type: CallMediaType
+        self,
+        now: float,
+        user_id: str,
+        room_id: int,
+        media_type: CallMediaType,
+        *,
+        group_id: str | None = None,
+        granted_groups: frozenset[str] = frozenset(),
     ) -> tuple[Call, list[Notify]]:
-        """Join a connected call by its room id (an accept if the user rings in it)."""
+        """Join a connected call by its room id (an accept if the user rings in it).
+
+        Who may join (docs/events.md, "Joining by room id"): a ringing invitee always (that
+        is an accept); anybody else only into a *group* call (non-empty ``groupId``, never a
+        1v1 call), and only if they were invited to it before or ``granted_groups`` (from
+        the application's grant in their UserSig) holds its group id. ``group_id``, when
+        given, must be the call's.
+        """
         user_id = _check_user_id(user_id)
         room_id = _check_room_id(room_id)
         media_type = _check_media_type(media_type)
@@ -355,6 +371,15 @@ class CallRegistry:
             if member.state is MemberState.JOINED:
                 raise CallStateError(ErrorCode.REQUEST_REPEATED, "already in this call")
             return call, self._enter(now, call, member)
+        if not call.group_id:
+            raise _refused("a 1v1 call cannot be joined by room id")
+        if group_id is not None and group_id != call.group_id:
+            raise _refused("groupId is not the group of the call in this room")
+        if user_id not in call.invited and call.group_id not in granted_groups:
+            raise _refused(
+                "not invited to this call and not authorized for its group "
+                "(see docs/events.md, 'Joining by room id')"
+            )
         if user_id in self._user_call:
             raise _refused("already in another call")
         if not call.begun:
@@ -504,6 +529,7 @@ class CallRegistry:
             video=call.media_type is CallMediaType.VIDEO,
         )
         call.members[user_id] = member
+        call.invited.add(user_id)
         self._user_call[user_id] = call.call_id
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), call.call_id, user_id))

@@ -1,8 +1,8 @@
 """The aiohttp signaling service: a thin adapter around the pure CallRegistry.
 
 Only the WebSocket handler reads from a socket; any task may send. Every operation is a
-synchronous call into :class:`~callkit.signaling.callstate.CallRegistry` with ``now`` from the loop's
-monotonic clock; the notifications it returns are delivered in order to the users' sessions.
+synchronous call into :class:`~callkit.signaling.callstate.CallRegistry` with ``now`` from the
+loop's monotonic clock; the notifications it returns are delivered in order to the users' sessions.
 
 Sessions and devices. A :class:`Session` is one logged-in socket (one device). A user has
 one session, or up to ``max_sessions_per_user`` with multi-device on. The session that
@@ -32,8 +32,10 @@ from typing import Any
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import protocol as p
+from .adminauth import admin_refusal
 from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
 from .codes import CallEndReason, ErrorCode
+from .grants import granted_groups
 from .ice import IceServersConfig
 from .protocol import USER_ID_RE, valid_user_id
 from .usersig import UserSigError, verify_user_sig
@@ -101,6 +103,8 @@ class Session:
     user_id: str | None = None
     multi_device: bool = False
     sig_expires_at: float = 0.0
+    #: group ids the UserSig's userbuf grants (join by room id without an invitation)
+    groups: frozenset[str] = frozenset()
     tokens: float = 0.0
     last_refill: float = 0.0
     #: loop time of the last frame (or pong) received, or of a TCP close
@@ -294,9 +298,15 @@ class SignalingServer:
         )
 
     async def _calls(self, request: web.Request) -> web.Response:
+        refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
+        if refusal is not None:
+            return refusal
         return web.json_response([self._snapshot(c) for c in self.registry.calls.values()])
 
     async def _user(self, request: web.Request) -> web.Response:
+        refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
+        if refusal is not None:
+            return refusal
         user = request.match_info["user_id"]
         info = self.user_info(user) if valid_user_id(user) else None
         if info is None:
@@ -538,6 +548,7 @@ class SignalingServer:
         session.user_id = user
         session.multi_device = msg.multi_device
         session.sig_expires_at = info.expires_at
+        session.groups = granted_groups(info.userbuf)
         self._online.setdefault(user, []).append(session)
         self._sessions[session.session_id] = session
         delay = max(0.0, info.expires_at - self.config.wall_clock())
@@ -738,7 +749,14 @@ class SignalingServer:
         )
 
     def _on_join(self, session: Session, msg: p.Join, now: float):  # type: ignore[no-untyped-def]
-        call, notifies = self.registry.join(now, session.user_id, msg.room_id, msg.media_type)
+        call, notifies = self.registry.join(
+            now,
+            session.user_id,
+            msg.room_id,
+            msg.media_type,
+            group_id=msg.group_id,
+            granted_groups=session.groups,
+        )
         self._owner[session.user_id or ""] = (call.call_id, session)
         return {"call": self._snapshot(call)}, notifies
 
