@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
             cfg.secret_key or "",
             ice_servers=cfg.ice_servers(),
             ssl_context=ssl_context,
+            dev_login=cfg.dev_login,
         )
         try:
             url = await server.start(cfg.host, cfg.port)
@@ -44,6 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         print(f"callkit signaling on {url} (sdkAppId {cfg.sdk_app_id})", flush=True)
+        print(f"web phone on http{url[2:-3]}/", flush=True)
+        if cfg.dev_login:
+            from callkit.signaling.webapp import DEV_LOGIN_WARNING
+
+            print(DEV_LOGIN_WARNING, file=sys.stderr, flush=True)
         try:
             await asyncio.Event().wait()
         finally:

@@ -101,6 +101,15 @@ class ServeConfig:
     )
     #: seconds a TURN credential handed out at login stays valid
     turn_ttl: float = field(default=86400.0, metadata=opt("TURN credential lifetime in seconds"))
+    #: serve POST /dev/usersig, which mints a UserSig for any user id (development only)
+    dev_login: bool = field(
+        default=False,
+        metadata=opt(
+            "serve POST /dev/usersig, which mints a UserSig for any user id, so the web phone "
+            "can sign in without a backend (development only; prints a warning)",
+            flag=True,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

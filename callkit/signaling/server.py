@@ -39,6 +39,7 @@ from .grants import granted_groups
 from .ice import IceServersConfig
 from .protocol import USER_ID_RE, valid_user_id
 from .usersig import UserSigError, verify_user_sig
+from .webapp import add_web_routes
 
 log = logging.getLogger("callkit.signaling.server")
 
@@ -156,6 +157,7 @@ class SignalingServer:
         ice_servers: IceServersConfig | None = None,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] | None = None,
+        dev_login: bool = False,
     ) -> None:
         self.sdk_app_id = sdk_app_id
         #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
@@ -165,6 +167,8 @@ class SignalingServer:
         #: monotonic seconds for the call state machine (ring timeouts, call durations);
         #: None: the event loop's clock. Tests inject a fake one and call :meth:`run_timers`
         self.clock = clock
+        #: serve POST /dev/usersig, which mints a UserSig for any user id (development only)
+        self.dev_login = dev_login
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
@@ -202,12 +206,15 @@ class SignalingServer:
     # ------------------------------------------------------------------ lifecycle
 
     def create_app(self) -> web.Application:
-        """The aiohttp application (``/ws`` and a small REST surface)."""
+        """The aiohttp application (``/ws``, a small REST surface, the web phone and SDK)."""
         app = web.Application()
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/health", self._health)
         app.router.add_get("/calls", self._calls)
         app.router.add_get("/users/{user_id}", self._user)
+        add_web_routes(
+            app, sdk_app_id=self.sdk_app_id, secret_key=self.secret_key, dev_login=self.dev_login
+        )
         app.cleanup_ctx.append(self._background)
         app.on_shutdown.append(self._on_shutdown)
         return app

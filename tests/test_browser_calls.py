@@ -1,0 +1,287 @@
+"""callkit.js in real Chromium against real Python engines and other browsers (issue 11).
+
+Chromium (Debian's, /usr/bin/chromium) runs headless with fake camera and microphone; its
+fake microphone beeps, its fake camera shows a moving pattern. A real SignalingServer on
+127.0.0.1 serves /sdk/callkit.js; Python engines use real aiortc media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from callkit import CallMediaType
+from callkit.media import TestPatternSource, ToneSource
+from callkit.signaling import SignalingServer
+
+from .browser_helpers import BrowserUser, chromium, wait_until
+from .conftest import SDK_APP_ID, sig
+from .helpers import assert_payload_keys, quiet, recent_volume
+
+pytestmark = pytest.mark.loopback
+
+PERIODIC = ("onUserVoiceVolumeChanged", "onUserNetworkQualityChanged")
+
+
+def base_url(server: SignalingServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with chromium() as b:
+        yield b
+
+
+async def open_user(browser: Any, server: SignalingServer, user_id: str) -> BrowserUser:
+    assert server.url is not None
+    return await BrowserUser.open(
+        browser, base_url(server), server.url, SDK_APP_ID, user_id, sig(user_id)
+    )
+
+
+def significant(names: list[str]) -> list[str]:
+    return [n for n in names if n not in PERIODIC]
+
+
+async def test_python_calls_browser_video(server, make_engine, browser) -> None:
+    """Case 1: a Python engine calls a browser with video; events, volumes, frames."""
+    bob = await open_user(browser, server, "bob")
+    alice, ra = await make_engine(
+        "alice",
+        audio_source=ToneSource(440, level_dbfs=-20),
+        video_source=TestPatternSource(320, 240, 15),
+    )
+    try:
+        t0 = time.monotonic()
+        await alice.call("bob", CallMediaType.VIDEO)
+        received = await bob.wait_for("onCallReceived")
+        assert received == {
+            "callerId": "alice",
+            "calleeIdList": ["bob"],
+            "groupId": "",
+            "callMediaType": 2,
+            "userData": "",
+        }
+        t_accept = time.monotonic()
+        await bob.run("(e) => e.accept()")
+        await ra.wait_for("onCallBegin")
+        await ra.wait_for("onUserVideoAvailable", timeout=15)
+        await bob.wait_for("onUserVideoAvailable", timeout=15)
+        connect_s = time.monotonic() - t_accept
+        # the browser decodes frames of the Python test pattern
+        frames = await bob.run(
+            """async (e) => { let n = 0; const r = await e.peers.get("alice").pc.getStats();
+            r.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video")
+            n += s.framesDecoded || 0; }); return n; }"""
+        )
+        assert frames > 0
+        # volumes: the Python tone reads 80 +-4 in the browser; the browser's beep is heard
+        await asyncio.sleep(3.0)
+        assert abs(await bob.volume("alice") - 80) <= 4, await bob.of("onUserVoiceVolumeChanged")
+        heard = [p["volumeMap"]["bob"] for p in ra.of("onUserVoiceVolumeChanged")[-10:]]
+        assert max(heard) > 0, heard
+        assert recent_volume(ra, "alice") == pytest.approx(80, abs=2)
+        qualities = await bob.of("onUserNetworkQualityChanged")
+        assert qualities and {q["userId"] for q in qualities[-1]["networkQualityList"]} == {
+            "bob",
+            "alice",
+        }
+        assert qualities[-1]["networkQualityList"][1]["quality"] in (1, 2)
+        await alice.hangup()
+        await bob.wait_for("onCallEnd")
+        await ra.wait_for("onCallEnd")
+        await quiet()
+        assert significant(await bob.names()) == [
+            "onCallReceived",
+            "onCallBegin",
+            "onUserJoin",
+            "onUserVideoAvailable",
+            "onUserLeave",
+            "onCallEnd",
+        ]
+        assert ra.names() == [
+            "onUserJoin",
+            "onCallBegin",
+            "onUserVideoAvailable",
+            "onCallEnd",
+        ]
+        assert_payload_keys(ra)
+        print(
+            f"browser<-python: ring {t_accept - t0:.2f} s, "
+            f"accept->video both ways {connect_s:.2f} s"
+        )
+    finally:
+        await bob.close()
+
+
+async def test_browser_calls_python_switches_to_video_python_hangs_up(
+    server, make_engine, browser
+) -> None:
+    """Case 2: a browser calls a Python engine (audio), switches to video; Python hangs up."""
+    bob = await open_user(browser, server, "bob")
+    alice, ra = await make_engine(
+        "alice",
+        audio_source=ToneSource(440, level_dbfs=-30),
+        video_source=TestPatternSource(320, 240, 15),
+    )
+    try:
+        alice.add_event_listener(
+            "onCallReceived", lambda res: asyncio.ensure_future(alice.accept())
+        )
+        t0 = time.monotonic()
+        await bob.run("(e) => e.call('alice', 1, { timeout: 20, userData: 'from the web' })")
+        await bob.wait_for("onCallBegin")
+        received = ra.of("onCallReceived")[0]
+        assert received["userData"] == "from the web" and received["callMediaType"] == 1
+        # media really flows: the Python tone (-30 dBFS) reads 60 in the browser
+        await wait_until(lambda: _volume_near(bob, "alice", 60), 10, "alice's tone in the browser")
+        connect_s = time.monotonic() - t0
+        await bob.run("(e) => e.switchCallMediaType(2)")
+        await ra.wait_for("onCallMediaTypeChanged")
+        changed = await bob.wait_for("onCallMediaTypeChanged")
+        assert changed == {"oldCallMediaType": 1, "newCallMediaType": 2}
+        # video both ways after the renegotiation the browser asked for
+        await ra.wait_for("onUserVideoAvailable", timeout=15)
+        await bob.wait_for("onUserVideoAvailable", timeout=15)
+        directions = await bob.run(
+            """(e) => e.peers.get("alice").pc.getTransceivers().map(
+                (t) => [t.receiver.track.kind, t.currentDirection])"""
+        )
+        assert directions == [["audio", "sendrecv"], ["video", "sendrecv"]]
+        await alice.hangup()
+        end = await bob.wait_for("onCallEnd")
+        assert end["callRole"] == 1 and end["callMediaType"] == 2
+        await ra.wait_for("onCallEnd")
+        await quiet()
+        assert significant(await bob.names()) == [
+            "onUserJoin",
+            "onCallBegin",
+            "onCallMediaTypeChanged",
+            "onUserVideoAvailable",
+            "onUserLeave",
+            "onCallEnd",
+        ]
+        assert ra.names() == [
+            "onCallReceived",
+            "onCallBegin",
+            "onUserJoin",
+            "onCallMediaTypeChanged",
+            "onUserVideoAvailable",
+            "onCallEnd",
+        ]
+        assert_payload_keys(ra)
+        await _assert_browser_payload_keys(bob)
+        assert await bob.run("(e) => e.callState") == "idle"
+        print(f"browser->python: call to audio at the browser {connect_s:.2f} s")
+    finally:
+        await bob.close()
+
+
+async def _volume_near(user: BrowserUser, of: str, level: int, tol: int = 4) -> bool:
+    maps = [p["volumeMap"] for p in await user.of("onUserVoiceVolumeChanged")]
+    return len(maps) >= 3 and all(abs(m.get(of, -99) - level) <= tol for m in maps[-3:])
+
+
+async def _assert_browser_payload_keys(user: BrowserUser) -> None:
+    from callkit import PAYLOAD_KEYS
+
+    for e in await user.events():
+        assert set(e["payload"]) == PAYLOAD_KEYS[e["event"]], e
+
+
+async def _max_volume(user: BrowserUser, of: str, n: int = 12) -> int:
+    maps = [p["volumeMap"] for p in await user.of("onUserVoiceVolumeChanged")]
+    return max(m.get(of, -1) for m in maps[-n:])
+
+
+async def test_browser_to_browser_1v1(server, browser) -> None:
+    """Case 3a: browser to browser, video; each hears the other's fake microphone."""
+    ann = await open_user(browser, server, "ann")
+    ben = await open_user(browser, server, "ben")
+    try:
+        t0 = time.monotonic()
+        await ann.run("(e) => e.call('ben', 2)")
+        await ben.wait_for("onCallReceived")
+        t_accept = time.monotonic()
+        await ben.run("(e) => e.accept()")
+        await ann.wait_for("onUserVideoAvailable")
+        await ben.wait_for("onUserVideoAvailable")
+        connect_s = time.monotonic() - t_accept
+        await asyncio.sleep(3.0)
+        assert await _max_volume(ann, "ben") > 0
+        assert await _max_volume(ben, "ann") > 0
+        assert await _max_volume(ann, "ann") > 0
+        await ben.run("(e) => e.hangup()")
+        await ann.wait_for("onCallEnd")
+        await ben.wait_for("onCallEnd")
+        await quiet()
+        assert significant(await ann.names()) == [
+            "onUserJoin",
+            "onCallBegin",
+            "onUserVideoAvailable",
+            "onUserLeave",
+            "onCallEnd",
+        ]
+        assert significant(await ben.names()) == [
+            "onCallReceived",
+            "onCallBegin",
+            "onUserJoin",
+            "onUserVideoAvailable",
+            "onCallEnd",
+        ]
+        print(f"browser<->browser: ring {t_accept - t0:.2f} s, accept->video {connect_s:.2f} s")
+    finally:
+        await ann.close()
+        await ben.close()
+
+
+async def test_group_two_browsers_one_python_late_invitee(server, make_engine, browser) -> None:
+    """Case 3b: ann (browser) calls py (Python); ann invites ben (browser) late. Every
+    member's volume map has every member, at the right levels."""
+    ann = await open_user(browser, server, "ann")
+    ben = await open_user(browser, server, "ben")
+    py, rp = await make_engine("py", audio_source=ToneSource(440, level_dbfs=-20))
+    try:
+        py.add_event_listener("onCallReceived", lambda res: asyncio.ensure_future(py.accept()))
+        await ann.run("(e) => e.groupCall(['py'], 'grp1', 1)")
+        await ann.wait_for("onCallBegin")
+        await rp.wait_for("onCallBegin")
+        await ann.run("(e) => e.inviteUser(['ben'])")
+        received = await ben.wait_for("onCallReceived")
+        assert received["callerId"] == "ann" and received["groupId"] == "grp1"
+        await ben.run("(e) => e.accept()")
+        await ben.wait_for("onCallBegin")
+        await rp.wait_for("onUserJoin", count=2)
+        members = {"ann", "ben", "py"}
+        await asyncio.sleep(4.0)
+        for user in (ann, ben):
+            maps = [p["volumeMap"] for p in await user.of("onUserVoiceVolumeChanged")]
+            assert set(maps[-1]) == members, maps[-1]
+            assert abs(await user.volume("py") - 80) <= 4, (user.user_id, maps[-5:])
+            other = "ben" if user is ann else "ann"
+            assert await _max_volume(user, other) > 0, (user.user_id, maps[-12:])
+            assert await _max_volume(user, user.user_id) > 0
+        py_maps = [p["volumeMap"] for p in rp.of("onUserVoiceVolumeChanged")]
+        assert set(py_maps[-1]) == members
+        assert recent_volume(rp, "py") == pytest.approx(80, abs=2)
+        assert max(m["ann"] for m in py_maps[-12:]) > 0
+        assert max(m["ben"] for m in py_maps[-12:]) > 0
+        qualities = (await ben.of("onUserNetworkQualityChanged"))[-1]["networkQualityList"]
+        assert {q["userId"] for q in qualities} == members
+        await py.hangup()
+        await ann.wait_for("onUserLeave")
+        await ben.wait_for("onUserLeave")
+        assert await ann.run("(e) => e.callState") == "connected"
+        await ann.run("(e) => e.hangup()")
+        await ben.wait_for("onCallEnd")
+        await ann.wait_for("onCallEnd")
+        await _assert_browser_payload_keys(ann)
+        await _assert_browser_payload_keys(ben)
+    finally:
+        await ann.close()
+        await ben.close()
