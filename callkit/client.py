@@ -23,6 +23,7 @@ import aiohttp
 from callkit.signaling import protocol as p
 from callkit.signaling.codes import ErrorCode
 
+from .connect_errors import describe_connect_error
 from .errors import CallError
 
 log = logging.getLogger("callkit.client")
@@ -86,7 +87,8 @@ class SignalingClient:
 
     async def connect(self, **login: Any) -> dict[str, Any]:
         """Open the socket and log in with ``login`` (``Login`` fields); returns the reply's
-        data. Raises CallError(-1201) when the service cannot be reached, or the login's code."""
+        data. Raises CallError(-1405) saying why when the service cannot be reached, or the
+        login's code."""
         self._http = aiohttp.ClientSession()
         try:
             try:
@@ -98,7 +100,7 @@ class SignalingClient:
                     raise
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 raise CallError(
-                    ErrorCode.INIT_FAIL, f"cannot reach signaling at {self.url}: {exc!r}"
+                    ErrorCode.SIGNALING_UNREACHABLE, describe_connect_error(self.url, exc)
                 ) from None
         except BaseException:
             await self._http.close()
@@ -310,7 +312,7 @@ class SignalingClient:
                 assert self._login is not None
                 data = await self._log_in(ws, dict(self._login))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                last_error = describe_connect_error(self.url, exc)
                 if ws is not None:
                     await ws.close()
                 continue

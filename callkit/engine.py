@@ -20,7 +20,7 @@ from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
 
 from .client import SignalingClient
 from .errors import CallError
-from .events import EventEmitter, EventName, Listener
+from .events import EventEmitter, EventName, Listener, report_error
 from .params import CallParams
 from .streams import StreamsMixin
 
@@ -144,7 +144,8 @@ class CallEngine(StreamsMixin):
     # ------------------------------------------------------------------ login
 
     async def init(self, sdk_app_id: int, user_id: str, user_sig: str) -> None:
-        """Log in to the signaling service; raises CallError(-1201) on failure.
+        """Log in to the signaling service; raises CallError(-1201) when the login is refused,
+        CallError(-1405) saying why and what to check when the service cannot be reached.
 
         Calling it again (e.g. with a new sig after ``onUserSigExpired``) logs out first.
         """
@@ -177,6 +178,8 @@ class CallEngine(StreamsMixin):
                 multi_device=self._multi_device,
             )
         except CallError as exc:
+            if exc.code == ErrorCode.SIGNALING_UNREACHABLE:
+                raise CallError(exc.code, exc.message) from None
             raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
         self._client = client
         self.user_id = user_id
@@ -684,7 +687,7 @@ class CallEngine(StreamsMixin):
         self._tasks.discard(task)
         self._call_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task failed", self.user_id, exc_info=task.exception())
+            report_error(log, "%s: background task failed", self.user_id, exc=task.exception())
 
     # ------------------------------------------------------------------ link loss / teardown
 

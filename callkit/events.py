@@ -63,6 +63,35 @@ PAYLOAD_KEYS: dict[str, frozenset[str]] = {
 Listener = Callable[[dict[str, Any]], Any]
 
 
+def _has_handler(logger: logging.Logger) -> bool:
+    """Would a record of ``logger`` reach a handler other than a NullHandler?"""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def report_error(
+    logger: logging.Logger, msg: str, *args: Any, exc: BaseException | None = None
+) -> None:
+    """Log at ERROR; where the application configured no logging at all, print the record to
+    stderr anyway (``logging.lastResort``, as asyncio's unhandled errors are), so a failure in
+    user code is never silent. An application that sets the logger's level above ERROR, or
+    adds any handler, decides for itself."""
+    if not logger.isEnabledFor(logging.ERROR):
+        return
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    record = logger.makeRecord(logger.name, logging.ERROR, "", 0, msg, args, exc_info)
+    if _has_handler(logger):
+        logger.handle(record)
+    elif logging.lastResort is not None:
+        logging.lastResort.handle(record)
+
+
 class EventEmitter:
     """Listener registry; ``emit`` never raises because of a listener."""
 
@@ -95,13 +124,17 @@ class EventEmitter:
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
-            except Exception:
-                log.exception("listener %r for %s raised", fn, event)
+            except Exception as exc:
+                report_error(
+                    log, "listener %r for %s raised; the engine goes on", fn, event, exc=exc
+                )
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("listener task raised", exc_info=task.exception())
+            report_error(
+                log, "listener coroutine %s raised; the engine goes on", task, exc=task.exception()
+            )
 
     async def aclose(self) -> None:
         """Cancel listener coroutines still running."""

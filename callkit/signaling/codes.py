@@ -34,6 +34,9 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = -1403
     #: the UserSig expired while online (callkit's own)
     USER_SIG_EXPIRED = -1404
+    #: the signaling service cannot be reached: refused, not found, no WebSocket at the URL,
+    #: TLS failure, no answer (callkit's own; the message says which and what to check)
+    SIGNALING_UNREACHABLE = -1405
     #: internal server error (callkit's own; always a bug)
     INTERNAL = -1500
 

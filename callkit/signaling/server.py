@@ -532,9 +532,14 @@ class SignalingServer:
                 now=self.config.wall_clock(),
             )
         except UserSigError as exc:
-            raise CallStateError(ErrorCode.INIT_FAIL, f"login refused: {exc.reason}") from None
+            raise CallStateError(
+                ErrorCode.INIT_FAIL, f"login refused: {exc.reason}; {exc.hint}"
+            ) from None
         if msg.sdk_app_id != self.sdk_app_id:
-            raise CallStateError(ErrorCode.INIT_FAIL, "login refused: wrong sdkAppId")
+            raise CallStateError(
+                ErrorCode.INIT_FAIL,
+                "login refused: wrong sdkAppId; pass init the sdkAppId the server runs with",
+            )
         user = msg.user_id
         old = self._sessions.get(msg.resume) if msg.resume else None
         if old is not None and (old.user_id != user or old.released):

@@ -37,6 +37,25 @@ class UserSigError(ValueError):
         super().__init__(f"invalid UserSig: {reason}")
         self.reason = reason
 
+    @property
+    def hint(self) -> str:
+        """What to check, for a person reading the refusal."""
+        return _HINTS.get(self.reason, "generate the UserSig with gen_user_sig or callkit usersig")
+
+
+_HINTS = {
+    "bad signature": (
+        "the UserSig was not signed with this server's secret key: sign it with the key the "
+        "server runs with (callkit serve --secret-key, callkit usersig --secret-key)"
+    ),
+    "expired": "the UserSig expired: generate a fresh one (callkit usersig USER --expire SECONDS)",
+    "wrong identifier": "the UserSig was made for another user id: sign it for this user",
+    "wrong sdkappid": "the UserSig was made for another sdkAppId: sign it with the server's",
+    "malformed": (
+        "this is not a TLS-SIG-API v2 UserSig: generate one with gen_user_sig or callkit usersig"
+    ),
+}
+
 
 @dataclass(frozen=True)
 class UserSigInfo:
