@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import random
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,10 @@ class SignalingClient:
         *,
         on_resumed: Callable[[dict[str, Any]], None] | None = None,
         heartbeat: float = HEARTBEAT,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self._ssl = ssl
         self._on_push = on_push
         self._on_closed = on_closed
         self._on_resumed = on_resumed
@@ -119,6 +122,7 @@ class SignalingClient:
                 self.url,
                 heartbeat=self._heartbeat,
                 autoping=False,
+                ssl=self._ssl if self._ssl is not None else True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             ),
             REQUEST_TIMEOUT / 2,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCIceServer
 
 from callkit.media.netsim import NetworkConditions, NetworkShaper
-from callkit.media.peer import PeerSession
+from callkit.media.peer import CONNECT_TIMEOUT, PeerSession, ice_servers_from_json
 from callkit.media.qualitymonitor import QualityMonitor
 from callkit.media.sources import AudioSource, VideoSource
 from callkit.media.tracks import LocalAudio, LocalVideo
@@ -79,9 +80,16 @@ class CallEngine(StreamsMixin):
         network: NetworkConditions | None = None,
         volume_interval: float = 0.3,
         quality_interval: float = 2.0,
+        tls_ca_file: str | None = None,
     ) -> None:
         if volume_interval < 0.1:
             raise ValueError(f"volume_interval must be >= 0.1 s, got {volume_interval!r}")
+        self._ssl: ssl.SSLContext | None = None
+        if tls_ca_file is not None:  # trust this CA (PEM) for a wss:// service
+            try:
+                self._ssl = ssl.create_default_context(cafile=tls_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot use tls_ca_file {tls_ca_file!r}: {exc}") from None
         self.url = url
         self.user_id: str | None = None
         self.sdk_app_id: int | None = None
@@ -92,6 +100,8 @@ class CallEngine(StreamsMixin):
         self._local_video = LocalVideo(video_source) if video_source is not None else None
         self._video_source = video_source
         self._ice_servers = ice_servers
+        #: the ICE servers of the latest login reply (used when ``ice_servers`` is None)
+        self._login_ice_servers: list[RTCIceServer] = []
         self._ice_addresses = ice_addresses
         self._shaper = NetworkShaper(network or NetworkConditions())
         self._peers: dict[str, PeerSession] = {}
@@ -125,6 +135,15 @@ class CallEngine(StreamsMixin):
     @property
     def room_id(self) -> int | None:
         return self._call.room_id if self._call is not None else None
+
+    @property
+    def ice_servers(self) -> list[RTCIceServer]:
+        """The STUN/TURN servers new peer connections use: the application's ``ice_servers``
+        if it passed them, else those of the service's latest login reply (TURN credentials
+        are refreshed on every login and resume)."""
+        if self._ice_servers is not None:
+            return list(self._ice_servers)
+        return list(self._login_ice_servers)
 
     @property
     def peers(self) -> dict[str, PeerSession]:
@@ -168,10 +187,14 @@ class CallEngine(StreamsMixin):
             await self._logout()
         self._destroyed = False
         client = SignalingClient(
-            self.url, self._on_push, self._on_link_closed, on_resumed=self._on_link_resumed
+            self.url,
+            self._on_push,
+            self._on_link_closed,
+            on_resumed=self._on_link_resumed,
+            ssl=self._ssl,
         )
         try:
-            await client.connect(
+            data = await client.connect(
                 sdk_app_id=sdk_app_id,
                 user_id=user_id,
                 user_sig=user_sig,
@@ -181,6 +204,7 @@ class CallEngine(StreamsMixin):
             if exc.code == ErrorCode.SIGNALING_UNREACHABLE:
                 raise CallError(exc.code, exc.message) from None
             raise CallError(ErrorCode.INIT_FAIL, exc.message) from None
+        self._login_ice_servers = ice_servers_from_json(data.get("iceServers"))
         self._client = client
         self.user_id = user_id
         self.sdk_app_id = sdk_app_id
@@ -488,6 +512,12 @@ class CallEngine(StreamsMixin):
             self._begin_media(ctx)
         elif name == "onUserLeave":
             self._close_peer(payload["userId"])
+        elif (
+            name == "onUserJoin"
+            and ctx.state is CallState.CONNECTED
+            and payload["userId"] != self.user_id
+        ):  # a later joiner offers to us
+            self._spawn(self._offer_watchdog(ctx, payload["userId"]), call=True)
         elif name == "onCallMediaTypeChanged":
             ctx.media_type = CallMediaType(payload["newCallMediaType"])
             self._apply_media_type(ctx)
@@ -521,6 +551,22 @@ class CallEngine(StreamsMixin):
             for user in ctx.joined():
                 if user != self.user_id:
                     self._spawn(self._new_peer(ctx, user, offerer=True).start(), call=True)
+        else:  # the others joined later: they offer, within the peer watchdog's bound
+            for user in ctx.joined():
+                if user != self.user_id:
+                    self._spawn(self._offer_watchdog(ctx, user), call=True)
+
+    async def _offer_watchdog(self, ctx: CallContext, user: str) -> None:
+        """onError -1301 (and hang up a 1v1 call) when ``user``, who joined after us and so
+        must offer, sent no offer within the peer connection watchdog (CONNECT_TIMEOUT)."""
+        await asyncio.sleep(CONNECT_TIMEOUT)
+        if self._call is ctx and user in ctx.joined() and user not in self._peers:
+            self._emit_error(
+                ErrorCode.MEDIA_FAILED,
+                f"media to {user} did not connect within {CONNECT_TIMEOUT:.0f} s (no offer)",
+            )
+            if len(ctx.joined()) <= 2 and self._client is not None:
+                self._spawn(self._hangup_quietly())
 
     def _new_peer(self, ctx: CallContext, user: str, *, offerer: bool) -> PeerSession:
         old = self._peers.pop(user, None)
@@ -538,7 +584,7 @@ class CallEngine(StreamsMixin):
             local_audio=self._local_audio,
             local_video=self._local_video if video else None,
             send_video=video,
-            ice_servers=self._ice_servers,
+            ice_servers=self.ice_servers,
             host_addresses=self._ice_addresses,
             shaper=self._shaper,
             on_failed=self._on_peer_failed,
@@ -558,7 +604,7 @@ class CallEngine(StreamsMixin):
                     if session is None:
                         session = self._new_peer(ctx, msg.from_user, offerer=False)
                     await session.handle_signal("offer", msg.data)
-                elif msg.kind in ("answer", "renegotiate") and session is not None:
+                elif msg.kind in ("answer", "renegotiate", "candidate") and session is not None:
                     await session.handle_signal(msg.kind, msg.data)
                 else:
                     log.debug("%s: ignoring %s from %s", self.user_id, msg.kind, msg.from_user)
@@ -706,6 +752,7 @@ class CallEngine(StreamsMixin):
     def _on_link_resumed(self, data: dict[str, Any]) -> None:
         """The link came back (login reply ``data``): keep the call if the service kept it,
         else end it locally with onError -1401. Events held for us were handled already."""
+        self._login_ice_servers = ice_servers_from_json(data.get("iceServers"))
         ctx, snap = self._call, data.get("call")
         if ctx is None:
             return

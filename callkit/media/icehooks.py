@@ -14,6 +14,11 @@ intercept outgoing datagrams. This module adds both, per connection:
   ICE checks, DTLS, RTP and RTCP all leave through that ``sendto``
   (``StunProtocol.send_stun`` / ``send_data`` in aioice 0.13). The shaper is looked up on every
   datagram, so :func:`attach` may also be called on a running connection.
+* **several TURN servers**: aiortc hands aioice only the first TURN URL of its
+  configuration. ``aioice.ice.relayed_candidate`` is wrapped so that, for a registered
+  connection with ``turn_servers``, an allocation is attempted on every one of them at once
+  (e.g. ``turn:...?transport=udp`` and ``turn:...?transport=tcp``) and the first in the list
+  that succeeds is kept; so a network that blocks UDP still gets a relay candidate over TCP.
 
 Registrations are kept in a :class:`weakref.WeakKeyDictionary` keyed by Connection, so they
 die with the connection. The patches are installed once, at import time, and are inert for
@@ -22,8 +27,11 @@ connections that were never registered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import functools
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,15 +44,63 @@ if TYPE_CHECKING:
 
     from callkit.media.netsim import NetworkShaper
 
-__all__ = ["attach", "connections", "install", "selected_pairs"]
+__all__ = ["TurnServer", "attach", "connections", "install", "selected_pairs", "turn_servers"]
+
+log = logging.getLogger("callkit.media.icehooks")
 
 _MARK = "_callkit_icehook"
+#: after the first TURN allocation succeeds, how long a preferred (earlier) one may still win
+TURN_PREFERENCE_WAIT = 0.5
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    """One TURN server as aioice's ``relayed_candidate`` takes it."""
+
+    server: tuple[str, int]
+    username: str | None
+    password: str | None
+    ssl: bool
+    transport: str
+
+
+def turn_servers(ice_servers: list[Any]) -> list[TurnServer]:
+    """Every usable TURN URL of aiortc ``RTCIceServer`` s, in order (aiortc's own rules:
+    ``turn:`` with udp/tcp, ``turns:`` with tcp, password credentials only)."""
+    from aiortc.rtcicetransport import parse_stun_turn_uri
+
+    found: list[TurnServer] = []
+    for server in ice_servers:
+        urls = server.urls if isinstance(server.urls, list) else [server.urls]
+        if getattr(server, "credentialType", "password") != "password":
+            continue
+        for url in urls:
+            try:
+                parsed = parse_stun_turn_uri(url)
+            except ValueError:
+                continue
+            scheme, transport = parsed["scheme"], parsed.get("transport")
+            if scheme not in ("turn", "turns") or (scheme == "turns" and transport != "tcp"):
+                continue
+            if transport not in ("udp", "tcp"):
+                continue
+            found.append(
+                TurnServer(
+                    (parsed["host"], parsed["port"]),
+                    server.username,
+                    server.credential,
+                    scheme == "turns",
+                    transport,
+                )
+            )
+    return found
 
 
 @dataclass
 class _Registration:
     host_addresses: list[str] | None
     shaper: NetworkShaper | None
+    turn_servers: list[TurnServer] | None = None
 
 
 _registry: weakref.WeakKeyDictionary[Connection, _Registration] = weakref.WeakKeyDictionary()
@@ -120,6 +176,75 @@ def install() -> None:
         setattr(connection_made, _MARK, True)
         StunProtocol.connection_made = connection_made  # type: ignore[method-assign]
 
+    orig_relayed = aioice.ice.relayed_candidate
+    if not getattr(orig_relayed, _MARK, False):
+
+        @functools.wraps(orig_relayed)
+        async def relayed_candidate(**kwargs: Any) -> Any:
+            conn = _gathering.get()
+            reg = _registry.get(conn) if conn is not None else None
+            servers = reg.turn_servers if reg is not None else None
+            if not servers or len(servers) < 2:
+                return await orig_relayed(**kwargs)
+            return await _first_relay(orig_relayed, kwargs, servers)
+
+        setattr(relayed_candidate, _MARK, True)
+        aioice.ice.relayed_candidate = relayed_candidate  # type: ignore[assignment]
+
+
+async def _first_relay(orig: Any, kwargs: dict[str, Any], servers: list[TurnServer]) -> Any:
+    """Allocate on every TURN server at once; keep the first in ``servers`` order that
+    succeeds (waiting at most TURN_PREFERENCE_WAIT for earlier ones after any success), and
+    close the other allocations."""
+    tasks = [
+        asyncio.ensure_future(
+            orig(
+                **{
+                    **kwargs,
+                    "turn_server": s.server,
+                    "turn_username": s.username,
+                    "turn_password": s.password,
+                    "turn_ssl": s.ssl,
+                    "turn_transport": s.transport,
+                }
+            )
+        )
+        for s in servers
+    ]
+    chosen: asyncio.Future[Any] | None = None
+    try:
+        pending = set(tasks)
+        while pending and chosen is None:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(not t.cancelled() and t.exception() is None for t in done):
+                earlier = [t for t in tasks[: _first_ok(tasks)] if t in pending]
+                if earlier:
+                    await asyncio.wait(earlier, timeout=TURN_PREFERENCE_WAIT)
+                chosen = tasks[_first_ok(tasks)]
+        if chosen is None:
+            for t in tasks:  # all failed: raise the first one's error, as aioice would
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            raise ConnectionError("no TURN allocation")
+        log.debug("relay candidate through %s", servers[tasks.index(chosen)])
+        return chosen.result()
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            if t is not chosen and t.done() and not t.cancelled() and t.exception() is None:
+                _, protocol = t.result()  # an allocation we do not use: release it
+                with contextlib.suppress(Exception):
+                    protocol.transport.close()
+
+
+def _first_ok(tasks: list[asyncio.Future[Any]]) -> int:
+    for i, t in enumerate(tasks):
+        if t.done() and not t.cancelled() and t.exception() is None:
+            return i
+    return len(tasks)
+
 
 def connections(pc: RTCPeerConnection) -> list[Connection]:
     """Return the distinct aioice Connections currently under ``pc``.
@@ -154,8 +279,9 @@ def attach(
     *,
     host_addresses: list[str] | None = None,
     shaper: NetworkShaper | None = None,
+    turn: list[TurnServer] | None = None,
 ) -> None:
-    """Register host addresses and a shaper for every ICE connection of ``pc``.
+    """Register host addresses, a shaper and TURN servers for every ICE connection of ``pc``.
 
     Call after the transceivers / data channels exist and before ``setLocalDescription``
     (gathering happens there). Calling it again is harmless: the registration of each
@@ -163,11 +289,14 @@ def attach(
     renegotiation) are picked up. ``host_addresses=None`` keeps aioice's default interface
     enumeration; ``[]`` gathers no host candidates. ``shaper=None`` sends unshaped. When aiortc
     later bundles transports, the surviving (primary) connection is one of those registered.
+    ``turn``: every TURN server to try (see the module docstring); None: aiortc's first only.
     """
     install()
     addrs = list(host_addresses) if host_addresses is not None else None
     for conn in connections(pc):
-        _registry[conn] = _Registration(host_addresses=addrs, shaper=shaper)
+        _registry[conn] = _Registration(
+            host_addresses=addrs, shaper=shaper, turn_servers=list(turn) if turn else None
+        )
 
 
 def selected_pairs(pc: RTCPeerConnection) -> list[tuple[tuple[str, int], tuple[str, int]]]:

@@ -3,7 +3,8 @@
 One session per remote participant (full mesh). The participant who joined later is the
 *offerer* of the pair and the only side that ever creates offers, so there is no glare:
 the answerer asks for a new offer with a ``renegotiate`` signal instead. aiortc gathers all
-candidates before ``setLocalDescription`` returns, so an SDP carries its candidates.
+candidates before ``setLocalDescription`` returns, so an SDP carries its candidates; a peer
+that trickles (a browser) sends more with ``candidate`` signals (:meth:`add_candidate`).
 
 Every session negotiates one audio and one video transceiver. The video transceiver sends
 (``sendrecv``) only while this side sends video; otherwise it is ``recvonly``, so switching
@@ -16,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from . import icehooks
 from .netsim import NetworkShaper
+from .rtcstats import rtcp_log
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 
 log = logging.getLogger("callkit.media.peer")
@@ -30,7 +34,49 @@ log = logging.getLogger("callkit.media.peer")
 #: a peer connection that is not "connected" this long after the offer/answer is "failed"
 CONNECT_TIMEOUT = 10.0
 
+#: trickled candidates kept while no remote description is set (more are dropped)
+MAX_PENDING_CANDIDATES = 64
+#: longest candidate line accepted (a real one is under 200 characters)
+MAX_CANDIDATE_CHARS = 512
+
 Signal = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+#: preference when naming a pair's type: the "most indirect" end decides
+_PAIR_TYPES = ("relay", "prflx", "srflx", "host")
+
+
+def ice_servers_from_json(entries: Any) -> list[RTCIceServer]:
+    """aiortc ``RTCIceServer`` s from a login reply's ``iceServers`` (RTCIceServer JSON:
+    ``{urls, username?, credential?}``); malformed entries are skipped, at most 8 kept."""
+    servers: list[RTCIceServer] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        urls = entry.get("urls")
+        urls = [urls] if isinstance(urls, str) else urls
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            continue
+        username, credential = entry.get("username"), entry.get("credential")
+        if not isinstance(username, (str, type(None))) or not isinstance(
+            credential, (str, type(None))
+        ):
+            continue
+        servers.append(RTCIceServer(urls=urls[:8], username=username, credential=credential))
+    return servers[:8]
+
+
+@dataclass(frozen=True)
+class SelectedPair:
+    """The ICE candidate pair media flows on (see :meth:`PeerSession.selected_pair`)."""
+
+    #: ``relay`` if either end is a TURN relay, else ``prflx``, ``srflx`` or ``host``
+    type: str
+    local_type: str
+    remote_type: str
+    local_address: tuple[str, int]
+    remote_address: tuple[str, int]
+    #: round-trip time from RTCP (ms), None before the first measurement
+    rtt_ms: float | None
 
 
 class PeerSession:
@@ -59,6 +105,8 @@ class PeerSession:
         self.remote_user = remote_user
         self.offerer = offerer
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
+        self._turn = icehooks.turn_servers(list(ice_servers or []))
+        self._pending_candidates: list[dict[str, Any]] = []
         self._signal = signal
         self._local_audio = local_audio
         self._local_video = local_video
@@ -158,7 +206,7 @@ class PeerSession:
                 return
             self._attach_tracks()
             offer = await self.pc.createOffer()
-            icehooks.attach(self.pc, host_addresses=self._host_addresses, shaper=self._shaper)
+            self._hook()
             await self.pc.setLocalDescription(offer)
             self._awaiting_answer = True
             self._start_watchdog()
@@ -166,17 +214,21 @@ class PeerSession:
         await self._signal("offer", desc)
 
     async def handle_signal(self, kind: str, data: dict[str, Any]) -> None:
-        """Apply an ``offer`` / ``answer`` / ``renegotiate`` from the remote side."""
+        """Apply an ``offer`` / ``answer`` / ``renegotiate`` / ``candidate`` from the remote
+        side."""
         if self._closed:
             return
-        if kind == "offer":
+        if kind == "candidate":
+            await self.add_candidate(data)
+        elif kind == "offer":
             async with self._lock:
                 await self.pc.setRemoteDescription(
                     RTCSessionDescription(sdp=data["sdp"], type=data["type"])
                 )
+                await self._apply_pending_candidates()
                 self._attach_tracks()
                 answer = await self.pc.createAnswer()
-                icehooks.attach(self.pc, host_addresses=self._host_addresses, shaper=self._shaper)
+                self._hook()
                 await self.pc.setLocalDescription(answer)
                 self.negotiations += 1
                 self._start_watchdog()
@@ -190,6 +242,7 @@ class PeerSession:
                 await self.pc.setRemoteDescription(
                     RTCSessionDescription(sdp=data["sdp"], type=data["type"])
                 )
+                await self._apply_pending_candidates()
                 self._awaiting_answer = False
                 self.negotiations += 1
                 again, self._again = self._again, False
@@ -197,6 +250,69 @@ class PeerSession:
                 await self.renegotiate()
         elif kind == "renegotiate" and self.offerer:
             await self.renegotiate()
+
+    def _hook(self) -> None:
+        icehooks.attach(
+            self.pc, host_addresses=self._host_addresses, shaper=self._shaper, turn=self._turn
+        )
+
+    async def add_candidate(self, data: dict[str, Any]) -> None:
+        """Apply a trickled remote candidate: ``{candidate, sdpMid, sdpMLineIndex}`` as a
+        browser's RTCIceCandidateInit; ``candidate: ""`` (or absent) marks the end of
+        candidates. Kept (bounded) until the remote description is set. A malformed or
+        unsupported candidate is logged and ignored: it never fails the call."""
+        if self._closed:
+            return
+        if self.pc.remoteDescription is None:
+            if len(self._pending_candidates) < MAX_PENDING_CANDIDATES:
+                self._pending_candidates.append(data)
+            return
+        line = data.get("candidate")
+        mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
+        try:
+            if line in (None, ""):
+                await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
+                return
+            if not isinstance(line, str) or len(line) > MAX_CANDIDATE_CHARS:
+                raise ValueError("candidate must be a string of at most 512 characters")
+            if mid is not None and not isinstance(mid, str):
+                raise ValueError("sdpMid must be a string")
+            if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+                raise ValueError("sdpMLineIndex must be an integer")
+            if mid is None and index is None:
+                mid, index = None, 0  # the first m-line: everything is bundled on it
+            candidate = candidate_from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
+            candidate.sdpMid, candidate.sdpMLineIndex = mid, index
+            await self.pc.addIceCandidate(candidate)
+        except (AssertionError, ValueError, IndexError, TypeError, KeyError) as exc:
+            log.info("ignoring a bad candidate from %s: %s", self.remote_user, exc)
+
+    async def _apply_pending_candidates(self) -> None:
+        pending, self._pending_candidates = self._pending_candidates, []
+        for data in pending:
+            await self.add_candidate(data)
+
+    def selected_pair(self) -> SelectedPair | None:
+        """The nominated ICE pair media flows on, with its type and RTT; None before ICE
+        completed. The type says whether the call is relayed (``relay``) or direct."""
+        for conn in icehooks.connections(self.pc):
+            for pair in getattr(conn, "_nominated", {}).values():
+                local, remote = pair.local_candidate, pair.remote_candidate
+                kind = next((t for t in _PAIR_TYPES if t in (local.type, remote.type)), local.type)
+                rtts = [
+                    r
+                    for r in (rtcp_log(t.sender).rtt_ms for t in self.pc.getTransceivers())
+                    if r is not None
+                ]
+                return SelectedPair(
+                    type=kind,
+                    local_type=local.type,
+                    remote_type=remote.type,
+                    local_address=pair.local_addr,
+                    remote_address=pair.remote_addr,
+                    rtt_ms=min(rtts) if rtts else None,
+                )
+        return None
 
     # ------------------------------------------------------------------ state
 
