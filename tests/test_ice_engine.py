@@ -215,7 +215,7 @@ async def test_engine_logs_in_over_wss_trusting_a_ca_file(tmp_path: Path) -> Non
         assert server.online_users() == ["alice"]
         with pytest.raises(Exception) as err:
             await untrusting.init(SDK_APP_ID, "bob", sig("bob"))
-        assert getattr(err.value, "code", None) == -1201
+        assert getattr(err.value, "code", None) == -1405  # SIGNALING_UNREACHABLE
         assert "certificate" in str(err.value).lower()
         with pytest.raises(ValueError, match="cannot use tls_ca_file"):
             CallEngine(url, tls_ca_file=str(tmp_path / "missing.pem"))
