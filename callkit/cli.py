@@ -16,7 +16,9 @@ DEFAULT_SDK_APP_ID = serveconfig.DEFAULT_SDK_APP_ID
 
 def _serve(args: argparse.Namespace) -> int:
     from callkit import serveconfig
+    from callkit.logformat import use_json_logs
     from callkit.signaling import SignalingServer
+    from callkit.signaling.records import SchemaTooNew, StoreError
 
     try:
         cfg = serveconfig.load(args)
@@ -24,6 +26,8 @@ def _serve(args: argparse.Namespace) -> int:
     except serveconfig.ConfigError as exc:
         print(f"callkit serve: {exc}", file=sys.stderr)
         return 2
+    if cfg.log_format == "json":
+        use_json_logs()
     if cfg.secret_key is None:
         cfg.secret_key = secrets.token_hex(32)
         print(f"secret key: {cfg.secret_key}", file=sys.stderr)
@@ -35,6 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
             ice_servers=cfg.ice_servers(),
             ssl_context=ssl_context,
             dev_login=cfg.dev_login,
+            db=cfg.records_db,
+            webhooks=cfg.webhook,
+            webhook_secret=cfg.webhook_secret,
+            webhook_timeout=cfg.webhook_timeout,
         )
         try:
             url = await server.start(cfg.host, cfg.port)
@@ -43,6 +51,10 @@ def _serve(args: argparse.Namespace) -> int:
                 f"callkit serve: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
                 file=sys.stderr,
             )
+            return 2
+        except (StoreError, SchemaTooNew) as exc:
+            print(f"callkit serve: {exc}", file=sys.stderr)
+            await server.stop()
             return 2
         print(f"callkit signaling on {url} (sdkAppId {cfg.sdk_app_id})", flush=True)
         print(f"web phone on http{url[2:-3]}/", flush=True)

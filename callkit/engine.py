@@ -430,6 +430,46 @@ class CallEngine(StreamsMixin):
         """Stop sending video frames; the others get onUserVideoAvailable(false)."""
         await self._set_device(video=False)
 
+    # ------------------------------------------------------------------ call records
+
+    async def query_recent_calls(
+        self,
+        *,
+        result: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> list[dict[str, Any]]:
+        """This user's own call records, newest first (the server's ``--db`` records;
+        TUICallKit's ``queryRecentCalls``). ``result`` filters by ``callResult`` (e.g.
+        ``"NormalEnd"``), ``since`` / ``until`` by ``startTime`` (Unix ms)."""
+        client = self._require_init()
+        for name, value in (("since", since), ("until", until), ("page", page)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise CallError(ErrorCode.PARAM_INVALID, f"{name} must be an integer")
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise CallError(ErrorCode.PARAM_INVALID, "page_size must be an integer")
+        if result is not None and not isinstance(result, str):
+            raise CallError(ErrorCode.PARAM_INVALID, "result must be a string")
+        data = await client.request(
+            p.QueryRecords, result=result, since=since, until=until, page=page, page_size=page_size
+        )
+        return list(data.get("records", []))
+
+    async def delete_record_calls(self, call_ids: list[str]) -> list[str]:
+        """Remove calls from this user's own history (others keep theirs); returns the ids
+        that were removed (TUICallKit's ``deleteRecordCalls``)."""
+        client = self._require_init()
+        if (
+            not isinstance(call_ids, list)
+            or not all(isinstance(c, str) for c in call_ids)
+            or not 1 <= len(call_ids) <= 64
+        ):
+            raise CallError(ErrorCode.PARAM_INVALID, "call_ids must be a list of 1..64 strings")
+        data = await client.request(p.DeleteRecords, call_ids=call_ids)
+        return list(data.get("deleted", []))
+
     async def _set_device(self, *, audio: bool | None = None, video: bool | None = None) -> None:
         client, ctx = self._require_call(CallState.CALLING, CallState.CONNECTED)
         if video is not None and ctx.media_type is not CallMediaType.VIDEO:

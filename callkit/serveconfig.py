@@ -111,7 +111,50 @@ class ServeConfig:
         ),
     )
 
+    #: call records: SQLite file (default, beside the server) or PostgreSQL; "none": off
+    db: str = field(
+        default="sqlite://callkit-records.db",
+        metadata=opt(
+            "call records database: sqlite:///abs/path.db, sqlite://relative.db, "
+            "postgresql://user:password@host:port/db, or none",
+            metavar="URL",
+        ),
+    )
+    #: URLs that receive signed call webhooks (TUICallKit's Call.CallbackAfter*)
+    webhook: list[str] = field(
+        default_factory=list,
+        metadata=opt("URL that receives signed call webhooks (repeatable; needs --webhook-secret)"),
+    )
+    #: HMAC-SHA256 key that signs every webhook delivery
+    webhook_secret: str | None = field(
+        default=None, metadata=opt("secret that signs webhook deliveries", secret=True)
+    )
+    #: seconds one webhook delivery attempt may take before it counts as failed
+    webhook_timeout: float = field(
+        default=5.0, metadata=opt("seconds one webhook delivery attempt may take")
+    )
+    #: log line format
+    log_format: str = field(
+        default="text", metadata=opt("log format: text or json", choices=("text", "json"))
+    )
+
+    @property
+    def records_db(self) -> str | None:
+        """The records database URL, or None when records are off."""
+        return None if self.db.strip().lower() in ("", "none", "off") else self.db
+
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: {self.log_format!r} is not text or json")
+        for url in self.webhook:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhook: {url!r} is not an http:// or https:// URL")
+        if not 0 < self.webhook_timeout <= 300:
+            raise ConfigError(f"webhook_timeout: {self.webhook_timeout} not in (0, 300] seconds")
+        if self.webhook and not self.webhook_secret:
+            raise ConfigError("webhook: needs --webhook-secret to sign deliveries")
+        if self.webhook and self.records_db is None:
+            raise ConfigError("webhook: needs a records database (--db), the outbox lives there")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
         if not 0 < self.sdk_app_id < 2**32:

@@ -62,6 +62,8 @@ async def test_serve_command_runs_a_standalone_service() -> None:
         "k",
         "--sdk-app-id",
         "1400000009",
+        "--db",
+        "none",  # no records file in the working directory
         stdout=asyncio.subprocess.PIPE,
     )
     try:

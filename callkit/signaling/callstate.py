@@ -461,6 +461,21 @@ class CallRegistry:
             return self._exit_invitee(now, call, member, "timeout")
         return self._leave(now, call, member)
 
+    def end_call(self, now: float, call_id: str) -> list[Notify]:
+        """An operator ends a live call: members who began get ``onCallEnd``, the others
+        (ringing, or a caller nobody answered yet) ``onCallCancelled {userId: caller}``."""
+        call = self.calls.get(call_id) if isinstance(call_id, str) else None
+        if call is None:
+            raise _refused("no such call")
+        out = [
+            self._end(now, call, m)
+            if m.began_at is not None
+            else _notify(call, m.user_id, "onCallCancelled", userId=call.caller_id)
+            for m in call.members.values()
+        ]
+        self._remove_call(call)
+        return out
+
     def handle_timer(self, now: float) -> list[Notify]:
         """Time out every invitee whose ringing deadline is ``<= now``, earliest first."""
         out: list[Notify] = []

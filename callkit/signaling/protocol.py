@@ -188,6 +188,26 @@ class Ping(Request):
     TYPE: ClassVar[str] = "ping"
 
 
+@dataclass(frozen=True)
+class QueryRecords(Request):
+    """The signed-in user's own call records, newest first (times in Unix ms)."""
+
+    TYPE: ClassVar[str] = "queryRecords"
+    result: str | None = None
+    since: int | None = None
+    until: int | None = None
+    page: int = 1
+    page_size: int = 20
+
+
+@dataclass(frozen=True)
+class DeleteRecords(Request):
+    """Remove calls from the signed-in user's own history (others keep theirs)."""
+
+    TYPE: ClassVar[str] = "deleteRecords"
+    call_ids: list[str] = field(default_factory=list)
+
+
 # --------------------------------------------------------------------------- server -> client
 
 
@@ -262,6 +282,8 @@ CLIENT_MESSAGES: dict[str, type[Request]] = {
         Relay,
         SelfInfo,
         Ping,
+        QueryRecords,
+        DeleteRecords,
     )
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
@@ -369,6 +391,7 @@ _REQUIRED: dict[str, frozenset[str]] = {
     "switchMedia": frozenset({"call_id", "media_type"}),
     "device": frozenset({"call_id"}),
     "relay": frozenset({"call_id", "to", "kind", "data"}),
+    "deleteRecords": frozenset({"call_ids"}),
 }
 
 

@@ -37,7 +37,12 @@ from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
 from .codes import CallEndReason, ErrorCode
 from .grants import granted_groups
 from .ice import IceServersConfig
+from .metrics import LoopLagMonitor, ServerMetrics
 from .protocol import USER_ID_RE, valid_user_id
+from .records.service import RecordService
+from .records.store import RecordStore
+from .records.tracker import Cause
+from .rest import AdminApi
 from .usersig import UserSigError, verify_user_sig
 from .webapp import add_web_routes
 
@@ -158,7 +163,16 @@ class SignalingServer:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] | None = None,
         dev_login: bool = False,
+        db: str | RecordStore | None = None,
+        webhooks: list[str] | None = None,
+        webhook_secret: str | None = None,
+        records_heartbeat: float = 5.0,
+        webhook_timeout: float = 5.0,
     ) -> None:
+        """``db``: call records (``sqlite:///path``, ``postgresql://...`` or a store; None:
+        live calls only); ``webhooks``: URLs that get signed call events (needs ``db`` and
+        ``webhook_secret``); ``records_heartbeat``: seconds between live-record touches;
+        ``webhook_timeout``: seconds one delivery attempt may take."""
         self.sdk_app_id = sdk_app_id
         #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
         self.ice_servers = ice_servers or IceServersConfig()
@@ -173,6 +187,21 @@ class SignalingServer:
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
         self.stats = Stats()
+        self.metrics = ServerMetrics()
+        self.records = RecordService(
+            sdk_app_id,
+            self.metrics,
+            db=db,
+            webhooks=webhooks,
+            webhook_secret=webhook_secret,
+            heartbeat=records_heartbeat,
+            webhook_timeout=webhook_timeout,
+            wall_clock=self.config.wall_clock,
+        )
+        self.metrics.bind("connected_users", lambda: len(self._online))
+        self.metrics.bind("live_calls", lambda: len(self.registry.calls))
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag)
+        self.api = AdminApi(self)
         self._online: dict[str, list[Session]] = {}  # user -> sessions with an open socket
         self._held: dict[str, list[Session]] = {}  # user -> sessions waiting for a resume
         self._sessions: dict[str, Session] = {}  # session id -> open or held session
@@ -206,7 +235,8 @@ class SignalingServer:
     # ------------------------------------------------------------------ lifecycle
 
     def create_app(self) -> web.Application:
-        """The aiohttp application (``/ws``, a small REST surface, the web phone and SDK)."""
+        """The aiohttp application (``/ws``, ``/health``, the admin API of rest.py, the web
+        phone and SDK)."""
         app = web.Application()
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/health", self._health)
@@ -215,6 +245,8 @@ class SignalingServer:
         add_web_routes(
             app, sdk_app_id=self.sdk_app_id, secret_key=self.secret_key, dev_login=self.dev_login
         )
+        self.api.add_routes(app)
+        app.cleanup_ctx.append(self._records_ctx)
         app.cleanup_ctx.append(self._background)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -255,6 +287,24 @@ class SignalingServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._timer_task, *self._tasks, return_exceptions=True)
+
+    async def _records_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
+        await self.records.start()  # migrations, interrupted calls; raises on a bad database
+        self.loop_lag.start()
+        yield
+        await self.loop_lag.stop()
+        await self.records.stop()
+
+    async def end_call(self, call_id: str) -> bool:
+        """End a live call as an operator (every member is told); False if not live."""
+        try:
+            notifies = self.registry.end_call(self._now(), call_id)
+        except CallStateError:
+            return False
+        log.info("call %s ended by the server", call_id)
+        await self._deliver(notifies, cause=Cause.SERVER)
+        self._wake.set()
+        return True
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for ws in list(self._sockets):
@@ -425,6 +475,10 @@ class SignalingServer:
             if isinstance(msg, p.Relay):
                 await self._on_relay(session, msg)
                 return
+            if isinstance(msg, (p.QueryRecords, p.DeleteRecords)):
+                data = await self.api.user_request(session.user_id, msg)
+                await session.send(p.Reply(id=msg.id, data=data))
+                return
             now = self._now()
             # expire due ring timers first, so accept-vs-timeout is decided by the clock
             await self._deliver(self.registry.handle_timer(now))
@@ -476,8 +530,13 @@ class SignalingServer:
             return
         await session.send(message)
 
-    async def _deliver(self, notifies: list[Notify], also: list[str | None] = ()) -> None:
-        """Send each notification to its user's device(s), in order; then drop stale owners."""
+    async def _deliver(
+        self, notifies: list[Notify], also: list[str | None] = (), cause: Cause = Cause.NORMAL
+    ) -> None:
+        """Send each notification to its user's device(s), in order; then drop stale owners.
+        ``also``: the acting user (if any); the change is recorded first (never awaited)."""
+        if notifies:
+            self.records.observe(notifies, self.registry.calls, also[0] if also else None, cause)
         touched = {u for u in also if u is not None}
         for n in notifies:
             call = self.registry.calls.get(n.call_id)
@@ -566,6 +625,10 @@ class SignalingServer:
         delay = max(0.0, info.expires_at - self.config.wall_clock())
         session.expiry_handle = asyncio.get_running_loop().call_later(
             delay, lambda: self._spawn(self._expire(session))
+        )
+        self.metrics.logins.inc()
+        log.info(
+            "login %s (session %s…%s)", user, session.session_id[:6], ", resumed" if old else ""
         )
         call = self._call_for(session)
         for message in outbox:  # what happened while the socket was gone, then the reply
@@ -664,6 +727,7 @@ class SignalingServer:
         user = session.user_id
         if user is None:
             return
+        log.info("logout %s (session %s…)", user, session.session_id[:6])
         call = self.registry.call_of(user)
         owner = self._owner.get(user)
         if call is not None and owner is not None and owner[0] == call.call_id:
@@ -673,7 +737,7 @@ class SignalingServer:
         if call is not None and not present:
             try:  # the released owner stays in _owner until delivered: its events go nowhere
                 notifies = self.registry.disconnect(self._now(), user)
-                await self._deliver(notifies, also=[user])
+                await self._deliver(notifies, also=[user], cause=Cause.OFFLINE)
             except Exception:
                 self.stats.internal_errors += 1
                 log.exception("disconnect of %s failed", user)
@@ -724,6 +788,7 @@ class SignalingServer:
             user_data=msg.user_data,
         )
         self._owner[session.user_id or ""] = (call.call_id, session)
+        self.records.started(call)
         return {"call": self._snapshot(call)}, notifies
 
     def _on_answer(
