@@ -4,6 +4,7 @@ delaying calls; against a real aiohttp receiver, with SQLite and a real PostgreS
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -108,7 +109,7 @@ async def test_failed_deliveries_are_retried_until_acknowledged(
             retries = [b for b in receiver.attempts if b.event_id == a.event_id]
             assert retries[-1].status == 200
             assert [b.attempt for b in retries] == list(range(1, len(retries) + 1))
-            gaps = [y.at - x.at for x, y in zip(retries, retries[1:])]
+            gaps = [y.at - x.at for x, y in itertools.pairwise(retries)]
             assert all(g >= 0.04 for g in gaps), gaps  # waited (base 0.1 s, jitter >= 0.5)
         assert srv.records.deliverer is not None and srv.records.deliverer.failures == 4
         await asyncio.sleep(0.3)

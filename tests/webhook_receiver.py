@@ -4,6 +4,7 @@ the first N deliveries (or all while ``accepting`` is False), and remembers ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,5 @@ class WebhookReceiver:
                     f"{[(a.event_id, a.status) for a in self.attempts]}"
                 )
             self._changed.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
