@@ -35,6 +35,8 @@ SAMPLES: list[p.Message] = [
     p.Kicked(),
     p.SigExpired(),
     p.Login(id=14, sdk_app_id=1400000001, user_id="alice", user_sig="sig", resume="tok"),
+    p.QueryRecords(id=15, result="NormalEnd", since=1, until=2, page=2, page_size=10),
+    p.DeleteRecords(id=16, call_ids=["c1", "c2"]),
 ]
 
 
