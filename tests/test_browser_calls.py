@@ -285,3 +285,36 @@ async def test_group_two_browsers_one_python_late_invitee(server, make_engine, b
     finally:
         await ann.close()
         await ben.close()
+
+
+async def test_without_fake_ui_mdns_candidates_still_connect(server, make_engine) -> None:
+    """Case 4: without --use-fake-ui-for-media-stream (and no permission granted) Chromium
+    hides its host candidates behind mDNS names and gets no microphone; the call to a Python
+    engine still connects and the browser hears it."""
+    py, rp = await make_engine("py", audio_source=ToneSource(440, level_dbfs=-20))
+    py.add_event_listener("onCallReceived", lambda res: asyncio.ensure_future(py.accept()))
+    async with chromium(fake_ui=False) as no_ui_browser:
+        web = await open_user(no_ui_browser, server, "web")
+        try:
+            await web.run("(e) => e.call('py', 1)")
+            await web.wait_for("onCallBegin")
+            error = await web.wait_for("onError")
+            assert error["code"] == -1101  # the microphone was refused: reported, call goes on
+            await wait_until(
+                lambda: web.run("(e) => e.peers.get('py')?.pc.connectionState === 'connected'"),
+                15,
+                "the browser's connection to py",
+            )
+            sdp = await web.run("(e) => e.peers.get('py').pc.localDescription.sdp")
+            hosts = [
+                line.split()[4]
+                for line in sdp.splitlines()
+                if line.startswith("a=candidate") and " typ host" in line
+            ]
+            assert hosts and all(h.endswith(".local") for h in hosts), hosts
+            await wait_until(lambda: _volume_near(web, "py", 80), 10, "py's tone in the browser")
+            assert rp.of("onCallBegin")
+            await web.run("(e) => e.hangup()")
+            await rp.wait_for("onCallEnd")
+        finally:
+            await web.close()
