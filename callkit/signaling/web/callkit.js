@@ -510,6 +510,7 @@ class Peer {
     this.closed = false;
     this.connected = false;
     this.sentDescription = false;
+    this.trickled = 0;
     this.queue = Promise.resolve();
     this.remoteStream = new MediaStream();
     this.audioEl = null;
@@ -608,13 +609,19 @@ class Peer {
     });
   }
 
+  // A candidate gathered after our SDP went out is trickled as a `candidate` relay, and then
+  // the end of candidates as {candidate: ""}. When every candidate was in the SDP nothing is
+  // sent: an end marker would stop the peer from waiting for peer-reflexive candidates, which
+  // is all it has when our host candidates are mDNS names it cannot resolve.
   onCandidate(ev) {
     if (!this.sentDescription || this.closed) return; // still in the SDP we have not sent
     const c = ev.candidate;
+    if (c && !c.candidate) return;
+    if (!c && !this.trickled) return;
     const data = c
       ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex }
-      : { candidate: "", sdpMid: null, sdpMLineIndex: null };
-    if (c && !c.candidate) return;
+      : { candidate: "" };
+    if (c) this.trickled += 1;
     this.engine.relay(this.user, "candidate", data);
   }
 
