@@ -29,9 +29,11 @@ FAKE_UI = "--use-fake-ui-for-media-stream"
 
 
 @contextlib.asynccontextmanager
-async def chromium(*, fake_ui: bool = True) -> AsyncIterator[Browser]:
+async def chromium(
+    *, fake_ui: bool = True, extra_args: tuple[str, ...] = ()
+) -> AsyncIterator[Browser]:
     """A headless Chromium with fake camera and microphone (and fake permission UI)."""
-    args = BASE_ARGS + ([FAKE_UI] if fake_ui else [])
+    args = BASE_ARGS + ([FAKE_UI] if fake_ui else []) + list(extra_args)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=False, args=args)
         try:

@@ -5,6 +5,8 @@ of moving video. The screenshots stay in pytest's tmp_path (test artifacts, not 
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from callkit.signaling import SignalingServer
 
 from .browser_helpers import chromium, wait_until
 from .conftest import LOOPBACK, SDK_APP_ID, SECRET, sig
+from .tlscerts import make_certs
 
 pytestmark = pytest.mark.loopback
 
@@ -112,12 +115,16 @@ async def test_web_phone_three_party_video_tiles_move(dev_server, tmp_path: Path
                 10,
                 "py's volume bar at 80",
             )
-            badges: Any = await ann.eval_on_selector_all(
-                ".tile .quality", "(bs) => bs.map((b) => b.className)"
-            )
-            assert any("q1" in b or "q2" in b for b in badges), badges
+
+            async def badges_good() -> bool:
+                badges: Any = await ann.eval_on_selector_all(
+                    ".tile .quality", "(bs) => bs.map((b) => b.className)"
+                )
+                return len(badges) == 3 and all("q1" in b or "q2" in b for b in badges)
+
+            await wait_until(badges_good, 10, "three good quality badges")
             timer = await ann.inner_text("#timer")
-            assert timer.startswith("00:0"), timer
+            assert re.fullmatch(r"\d\d:\d\d", timer) and timer != "00:00", timer
             log = await ann.inner_text("#log")
             assert "onCallBegin" in log and "onUserJoin" in log
             await ann.click("#hangup")
@@ -126,3 +133,38 @@ async def test_web_phone_three_party_video_tiles_move(dev_server, tmp_path: Path
             await py.destroy()
             await ann.context.close()
             await ben.context.close()
+
+
+async def test_web_phone_over_https_and_wss(tmp_path: Path) -> None:
+    """With TLS (--tls-cert/--tls-key) the phone works at https:// and its SDK uses wss://."""
+    certs = make_certs(tmp_path, ["127.0.0.1"])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs.cert, certs.key)
+    srv = SignalingServer(SDK_APP_ID, SECRET, ssl_context=ctx, dev_login=True)
+    url = await srv.start("127.0.0.1", 0)
+    assert url.startswith("wss://")
+    base = f"https://127.0.0.1:{srv.port}"
+    try:
+        async with chromium(extra_args=("--ignore-certificate-errors",)) as browser:
+            ann = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            ben = await (await browser.new_context(ignore_https_errors=True)).new_page()
+            await sign_in(ann, base, "ann", "Ann")
+            await sign_in(ben, base, "ben", "Ben")
+            assert await ann.evaluate("window.phone.engine.url") == f"wss://127.0.0.1:{srv.port}/ws"
+            await ann.fill("#callees", "ben")
+            await ann.click("#call-audio")
+            await ben.wait_for_selector("#incoming:not([hidden])", timeout=10000)
+            await ben.click("#accept")
+            for page in (ann, ben):
+                await wait_until(
+                    lambda page=page: page.evaluate(
+                        "[...window.phone.engine.peers.values()].some("
+                        "(p) => p.pc.connectionState === 'connected')"
+                    ),
+                    15,
+                    "a connected call over wss",
+                )
+            await ben.click("#hangup")
+            await ann.wait_for_selector("#dial:not([hidden])", timeout=10000)
+    finally:
+        await srv.stop()
