@@ -158,7 +158,7 @@ async def test_echo_bot_level_and_delay(make_engine) -> None:
         assert abs(level + 20) < 2.0, level
     delay = float(np.median(delays))
     print(f"\necho: volume {volumes}, round-trip delay {[round(d * 1000) for d in delays]} ms")
-    assert 0.02 < delay < 0.3, delays
+    assert 0.02 < delay < 0.5, delays  # ~0.2 s idle; the figure itself belongs to bench/
     await alice.hangup()
     await re_.wait_for("onCallEnd")
     await bot.close()

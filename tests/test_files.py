@@ -198,7 +198,8 @@ async def test_recorder_writes_wav_and_mkv_off_the_loop(tmp_path: Path) -> None:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (48000, 1, 2)
         data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert w.getnframes() == alice.audio_samples
-    assert 1.3 < alice.audio_seconds < 1.5, alice.audio_seconds  # 1 s + gap + 20 ms
+    # 1 s + gap + 20 ms; the gap is wall time, so a loaded machine stretches it
+    assert 1.3 < alice.audio_seconds < 2.5, alice.audio_seconds
     assert abs(rms_dbfs(data[:48000]) + 20) < 0.2
     silent = np.flatnonzero(np.abs(data) == 0)
     assert len(silent) > 0.2 * 48000  # the gap

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import statistics
 import time
 from typing import Any
 
@@ -194,7 +195,8 @@ async def test_rate_cap_serialises_and_drops_when_queue_full() -> None:
     times = [when - start for when, _, _ in t.sent]
     assert len(times) == accepted
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(0.08 < g < 0.13 for g in gaps)
+    assert all(0.04 < g < 0.3 for g in gaps), gaps  # timers fire late on a loaded machine
+    assert 0.09 < statistics.median(gaps) < 0.13, gaps
     # delivered throughput never exceeds the cap
     bits = 8 * 1000 * len(times)
     assert bits / times[-1] <= 80_000 * 1.05
