@@ -329,3 +329,48 @@ async def test_records_need_a_database(server: SignalingServer) -> None:
     with pytest.raises(CallError, match="--db"):
         await engine.query_recent_calls()
     await engine.destroy()
+
+
+async def test_a_database_outage_delays_no_call_and_loses_no_record(
+    pg_cluster: PostgresCluster,  # noqa: F811
+) -> None:
+    import asyncpg
+
+    url = await pg_cluster.create_db()
+    name = url.rsplit("/", 1)[1]
+    srv = SignalingServer(SDK_APP_ID, SECRET, db=url)
+    await srv.start("127.0.0.1", 0)
+    admin = await asyncpg.connect(pg_cluster.url())
+    try:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        t0 = asyncio.get_running_loop().time()
+        ids = []
+        for i in range(3):
+            ca, cb, call_id = await connected_call(srv, f"a{i}", f"b{i}")
+            await ca.request("hangup", callId=call_id)
+            await cb.event("onCallEnd")
+            await ca.close()
+            await cb.close()
+            ids.append(call_id)
+        assert asyncio.get_running_loop().time() - t0 < 3.0  # calls went on
+        writer = srv.records.writer
+        assert writer is not None
+        for _ in range(100):
+            if writer.write_errors:
+                break
+            await asyncio.sleep(0.05)
+        assert writer.write_errors > 0 and writer.pending > 0
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await srv.records.flush(15)
+        assert writer.pending == 0
+        for call_id in ids:
+            status, rec = await api(srv, "GET", f"/v1/calls/{call_id}")
+            assert status == 200 and rec["callResult"] == "NormalEnd"
+    finally:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await admin.close()
+        await srv.stop()
+        await pg_cluster.drop_db(url)

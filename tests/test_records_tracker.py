@@ -64,10 +64,12 @@ def test_connected_1v1_call_ends_normally_with_times_and_webhooks() -> None:
     cid = rig.call("alice", ["bob"])
     rig.now = 103.0
     rig.op("accept", "bob", cid)
+    rig.feed(rig.reg.switch_media_type(rig.now, "alice", cid, CallMediaType.VIDEO), "alice")
     rig.now = 110.5
     rig.op("hangup", "bob", cid)
     r = rig.last(cid).to_json()
     assert r["callResult"] == "NormalEnd" and r["callType"] == "single"
+    assert r["mediaType"] == 2  # switched from audio mid-call
     assert (r["startTime"], r["acceptTime"], r["endTime"]) == (100_000, 103_000, 110_500)
     assert r["caller"] == "alice" and r["callees"] == ["bob"]
     members = {m["userId"]: m for m in r["members"]}

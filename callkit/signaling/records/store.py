@@ -53,7 +53,7 @@ class RecordQuery:
 
     def where(self) -> tuple[str, str, list[Any]]:
         """``(join, where, params)`` selecting the matching records."""
-        join, clauses, params = "", [], []  # type: ignore[var-annotated]
+        join, clauses, params = "", list[str](), list[Any]()
         if self.user is not None:
             join = " JOIN callkit_call_users u ON u.call_id = c.call_id AND u.user_id = ?"
             params.append(self.user)

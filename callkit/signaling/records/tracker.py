@@ -216,6 +216,8 @@ class RecordTracker:
                     record.members[subject] = MemberRecord(
                         subject, "callee", now, 0, now, LeaveReason.BUSY
                     )
+            elif n.event == "onCallMediaTypeChanged":
+                record.media_type = int(n.payload["newCallMediaType"])
             elif n.event == "onUserReject" and isinstance(subject, str):
                 explicit[(record.call_id, subject)] = LeaveReason.REJECT
             elif n.event == "onUserNoResponse" and isinstance(subject, str):
