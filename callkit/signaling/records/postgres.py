@@ -162,8 +162,10 @@ class PostgresStore(RecordStore):
         rows = await self._require().fetch(sql, lease_until, now, limit)
         return [OutboxItem(*r) for r in rows]
 
-    async def delivered(self, item_id: int) -> None:
-        await self._require().execute("DELETE FROM callkit_outbox WHERE id = $1", item_id)
+    async def delivered(self, item_ids: list[int]) -> None:
+        await self._require().execute(
+            "DELETE FROM callkit_outbox WHERE id = ANY($1::bigint[])", item_ids
+        )
 
     async def failed(self, item_id: int, next_attempt_at: int, error: str) -> None:
         await self._require().execute(

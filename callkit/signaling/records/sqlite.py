@@ -168,10 +168,12 @@ class SqliteStore(RecordStore):
 
         return [OutboxItem(*row) for row in await self._run(tx)]
 
-    async def delivered(self, item_id: int) -> None:
-        await self._run(
-            lambda db: db.execute("DELETE FROM callkit_outbox WHERE id = ?", (item_id,))
-        )
+    async def delivered(self, item_ids: list[int]) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany("DELETE FROM callkit_outbox WHERE id = ?", [(i,) for i in item_ids])
+
+        await self._run(tx)
 
     async def failed(self, item_id: int, next_attempt_at: int, error: str) -> None:
         await self._run(

@@ -193,8 +193,8 @@ class RecordStore(abc.ABC):
         ``lease_until``, so a crash mid-delivery retries them later)."""
 
     @abc.abstractmethod
-    async def delivered(self, item_id: int) -> None:
-        """Remove a delivered item from the outbox."""
+    async def delivered(self, item_ids: list[int]) -> None:
+        """Remove delivered items from the outbox."""
 
     @abc.abstractmethod
     async def failed(self, item_id: int, next_attempt_at: int, error: str) -> None:

@@ -68,7 +68,8 @@ def backoff(attempts: int, base: float, cap: float, rng: random.Random) -> float
 
 
 class WebhookDeliverer:
-    """Posts due outbox items; one task, up to ``batch`` deliveries in parallel."""
+    """Posts due outbox items: ``workers`` tasks, each claiming up to ``batch`` items and
+    posting them in parallel (claims never overlap: a claimed item is leased)."""
 
     def __init__(
         self,
@@ -79,7 +80,8 @@ class WebhookDeliverer:
         timeout: float = 5.0,
         base_delay: float = 0.5,
         max_delay: float = 60.0,
-        batch: int = 32,
+        batch: int = 64,
+        workers: int = 4,
         lease: float = 30.0,
         poll: float = 1.0,
         rng: random.Random | None = None,
@@ -92,6 +94,7 @@ class WebhookDeliverer:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.batch = batch
+        self.workers = workers
         self.lease = lease
         self.poll = poll
         self.rng = rng or random.SystemRandom()
@@ -101,14 +104,17 @@ class WebhookDeliverer:
         #: called with (command, seconds from the event to its acknowledged delivery)
         self.on_delivered: Callable[[str, float], None] | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._http: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
         """Start delivering (call inside the running loop)."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        self._task = asyncio.create_task(self._run(), name="callkit-webhooks")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"callkit-webhooks-{i}")
+            for i in range(self.workers)
+        ]
 
     def wake(self) -> None:
         """New items were written: look now rather than at the next poll."""
@@ -116,18 +122,19 @@ class WebhookDeliverer:
 
     async def stop(self) -> None:
         """Stop; undelivered items stay in the outbox for the next run."""
-        if self._task is not None:
-            self._stopping = True  # (a cancel can be lost inside wait_for on Python < 3.12)
-            self._wake.set()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._stopping = True  # (a cancel can be lost inside wait_for on Python < 3.12)
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         if self._http is not None:
             await self._http.close()
             self._http = None
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before reading: a wake during the read is not lost
             try:
                 now = self.clock_ms()
                 items = await self.store.claim_due(now, self.batch, now + int(self.lease * 1000))
@@ -137,13 +144,35 @@ class WebhookDeliverer:
                 log.error("reading the webhook outbox failed: %s", exc)
                 items = []
             if items:
-                await asyncio.gather(*(self._deliver(item) for item in items))
+                results = await asyncio.gather(*(self._deliver(item) for item in items))
+                await self._acknowledge(
+                    [item for item, ok in zip(items, results, strict=True) if ok]
+                )
                 continue
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _acknowledge(self, items: list[OutboxItem]) -> None:
+        """Remove delivered items in one transaction (the lease retries them if this fails)."""
+        if not items:
+            return
+        try:
+            await self.store.delivered([item.id for item in items])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "removing %d delivered webhook(s) from the outbox failed: %s", len(items), exc
+            )
+            return
+        now = self.clock_ms()
+        self.delivered += len(items)
+        if self.on_delivered is not None:
+            for item in items:
+                self.on_delivered(item.command, (now - item.created_at) / 1000)
+
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """One attempt; True when acknowledged (a failure is scheduled for a retry)."""
         assert self._http is not None
         timestamp = int(time.time())
         headers = {
@@ -165,13 +194,9 @@ class WebhookDeliverer:
                 error = "" if ok else f"HTTP {resp.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            return True
         try:
-            if ok:
-                await self.store.delivered(item.id)
-                self.delivered += 1
-                if self.on_delivered is not None:
-                    self.on_delivered(item.command, (self.clock_ms() - item.created_at) / 1000)
-                return
             self.failures += 1
             delay = backoff(item.attempts, self.base_delay, self.max_delay, self.rng)
             log.info(
@@ -187,3 +212,4 @@ class WebhookDeliverer:
             raise
         except Exception as exc:  # the lease makes it due again later
             log.error("updating webhook %s in the outbox failed: %s", item.event_id, exc)
+        return False
