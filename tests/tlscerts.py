@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 
 @dataclass(frozen=True)
-class TestCerts:
+class CertFiles:
     ca: Path
     cert: Path
     key: Path
@@ -24,7 +24,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_certs(directory: Path, hosts: list[str]) -> TestCerts:
+def make_certs(directory: Path, hosts: list[str]) -> CertFiles:
     """Write ``ca.pem``, ``cert.pem`` (for ``hosts``: IPs or DNS names) and ``key.pem``."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -71,7 +71,7 @@ def make_certs(directory: Path, hosts: list[str]) -> TestCerts:
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
     )
-    out = TestCerts(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    out = CertFiles(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
     out.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     out.key.write_bytes(

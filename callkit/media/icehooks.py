@@ -33,7 +33,7 @@ import contextvars
 import functools
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aioice.ice
@@ -44,7 +44,15 @@ if TYPE_CHECKING:
 
     from callkit.media.netsim import NetworkShaper
 
-__all__ = ["TurnServer", "attach", "connections", "install", "selected_pairs", "turn_servers"]
+__all__ = [
+    "TurnServer",
+    "attach",
+    "connections",
+    "install",
+    "selected_pairs",
+    "turn_errors",
+    "turn_servers",
+]
 
 log = logging.getLogger("callkit.media.icehooks")
 
@@ -101,6 +109,27 @@ class _Registration:
     host_addresses: list[str] | None
     shaper: NetworkShaper | None
     turn_servers: list[TurnServer] | None = None
+    #: why TURN allocations failed (e.g. "401 Unauthorized"), for error messages
+    turn_errors: list[str] = field(default_factory=list)
+
+
+def _describe(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)  # aioice's stun.TransactionFailed
+    code = getattr(response, "error_code", None) if response is not None else None
+    if code is not None:
+        reason = response.attributes.get("ERROR-CODE", (code, ""))[1]  # type: ignore[union-attr]
+        return f"{code} {str(reason).rstrip(chr(0))}".strip()
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def turn_errors(pc: RTCPeerConnection) -> list[str]:
+    """Why the TURN allocations of ``pc``'s connections failed, if they did."""
+    errors: list[str] = []
+    for conn in connections(pc):
+        reg = _registry.get(conn)
+        if reg is not None:
+            errors += [e for e in reg.turn_errors if e not in errors]
+    return errors
 
 
 _registry: weakref.WeakKeyDictionary[Connection, _Registration] = weakref.WeakKeyDictionary()
@@ -184,9 +213,14 @@ def install() -> None:
             conn = _gathering.get()
             reg = _registry.get(conn) if conn is not None else None
             servers = reg.turn_servers if reg is not None else None
-            if not servers or len(servers) < 2:
-                return await orig_relayed(**kwargs)
-            return await _first_relay(orig_relayed, kwargs, servers)
+            try:
+                if not servers or len(servers) < 2:
+                    return await orig_relayed(**kwargs)
+                return await _first_relay(orig_relayed, kwargs, servers)
+            except Exception as exc:  # aioice drops it silently: keep it for the error message
+                if reg is not None and len(reg.turn_errors) < 8:
+                    reg.turn_errors.append(_describe(exc))
+                raise
 
         setattr(relayed_candidate, _MARK, True)
         aioice.ice.relayed_candidate = relayed_candidate  # type: ignore[assignment]
@@ -294,8 +328,12 @@ def attach(
     install()
     addrs = list(host_addresses) if host_addresses is not None else None
     for conn in connections(pc):
+        old = _registry.get(conn)
         _registry[conn] = _Registration(
-            host_addresses=addrs, shaper=shaper, turn_servers=list(turn) if turn else None
+            host_addresses=addrs,
+            shaper=shaper,
+            turn_servers=list(turn) if turn else None,
+            turn_errors=old.turn_errors if old is not None else [],
         )
 
 

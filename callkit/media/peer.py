@@ -340,6 +340,10 @@ class PeerSession:
         if self.failed or self._closed:
             return
         self.failed = True
+        turn = icehooks.turn_errors(self.pc)
+        if turn:
+            reason += f" (TURN allocation failed: {', '.join(turn)})"
+
         log.warning("%s", reason)
         if self._on_failed is not None:
             self._on_failed(self, reason)
