@@ -318,3 +318,50 @@ async def test_without_fake_ui_mdns_candidates_still_connect(server, make_engine
             await rp.wait_for("onCallEnd")
         finally:
             await web.close()
+
+
+async def test_browser_quality_follows_simulated_loss(server, make_engine, browser) -> None:
+    """The browser's quality levels come from real getStats numbers: 20 % loss on what the
+    Python engine sends reads BAD or worse for it in the browser (and for the Python user's
+    own uplink, from the browser's receiver reports); a total cut reads DOWN."""
+    from callkit.media import NetworkConditions
+
+    web = await open_user(browser, server, "web")
+    py, rp = await make_engine("py", audio_source=ToneSource(440, level_dbfs=-20))
+    py.add_event_listener("onCallReceived", lambda res: asyncio.ensure_future(py.accept()))
+    try:
+        await web.run("(e) => e.call('py', 1)")
+        await web.wait_for("onCallBegin")
+
+        async def level_of(user: str) -> int:
+            reports = await web.of("onUserNetworkQualityChanged")
+            entries = reports[-1]["networkQualityList"] if reports else []
+            return next((q["quality"] for q in entries if q["userId"] == user), -1)
+
+        async def good() -> bool:
+            return await level_of("py") in (1, 2) and await level_of("web") in (1, 2)
+
+        await wait_until(good, 10, "good quality both ways in the browser")
+        py.set_network_conditions(NetworkConditions(loss=0.2, seed=3))
+
+        async def lossy() -> bool:
+            return await level_of("py") in (4, 5)
+
+        await wait_until(lossy, 12, "py BAD or VERY_BAD in the browser under 20 % loss")
+        assert await level_of("web") in (1, 2)  # the browser's own uplink is clean
+
+        async def py_uplink_bad() -> bool:
+            reports = rp.of("onUserNetworkQualityChanged")
+            return bool(reports) and reports[-1]["networkQualityList"][0]["quality"] in (4, 5)
+
+        await wait_until(py_uplink_bad, 12, "py's own uplink BAD from the browser's reports")
+        py.set_network_conditions(NetworkConditions(loss=1.0))
+
+        async def down() -> bool:
+            return await level_of("py") == 6
+
+        await wait_until(down, 8, "py DOWN in the browser after a total cut")
+        await web.run("(e) => e.hangup()")
+        await web.wait_for("onCallEnd")
+    finally:
+        await web.close()

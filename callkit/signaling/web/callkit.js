@@ -1256,14 +1256,15 @@ export class CallEngine {
       let report;
       try { report = await peer.pc.getStats(); } catch { continue; }
       if (this.callCtx !== ctx || peer.closed) return;
-      let frames = 0, audioIn = null, remoteIn = null, rtt = null;
+      let frames = 0, audioIn = null, audioOut = null, remoteIn = null, rtt = null;
       report.forEach((s) => {
         if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0;
         else if (s.type === "inbound-rtp" && s.kind === "audio") audioIn = s;
         else if (s.type === "remote-inbound-rtp" && s.kind === "audio") remoteIn = s;
+        else if (s.type === "outbound-rtp" && s.kind === "audio") audioOut = s;
         else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && typeof s.currentRoundTripTime === "number") rtt = s.currentRoundTripTime * 1000;
       });
-      if (frames > 0 && peer.framesDecoded === 0 && ctx.mediaType === CallMediaType.VIDEO && !this.videoAvailable.has(peer.user)) {
+      if (frames > peer.framesDecoded && ctx.mediaType === CallMediaType.VIDEO && !this.videoAvailable.has(peer.user)) {
         // the first decoded frame of a user: their video is available (TRTC semantics)
         this.videoAvailable.set(peer.user, true);
         this.emit("onUserVideoAvailable", { userId: peer.user, isVideoAvailable: true });
@@ -1285,25 +1286,37 @@ export class CallEngine {
         st.jitter = (audioIn.jitter || 0) * 1000;
       }
       if (remoteIn) {
-        // the peer's receiver reports about our audio: cumulative loss, highest sequence
-        const sent = remoteIn.packetsReceived ?? null;
+        // the peer's receiver reports about our audio: its cumulative loss, against the
+        // packets we sent between two reports (the Python engine uses the reports' extended
+        // highest sequence number; a browser's stats do not expose it)
+        const sent = audioOut ? audioOut.packetsSent || 0 : null;
         const lost = remoteIn.packetsLost || 0;
-        if (st.upLost !== undefined && sent !== null && st.upSent !== null && remoteIn.timestamp !== st.upAt) {
-          peer.upLoss.add(now, sent - st.upSent + (lost - st.upLost), lost - st.upLost);
-        } else if (st.upLost !== undefined && remoteIn.timestamp !== st.upAt && sent === null) {
-          // no packetsReceived: use the report's fraction lost over an assumed 50 packets
-          const frac = remoteIn.fractionLost || 0;
-          peer.upLoss.add(now, 50, Math.round(frac * 50));
+        const report = remoteIn.reportsReceived ?? remoteIn.timestamp;
+        if (report !== st.upReport) {
+          if (st.upReport !== undefined && sent !== null && st.upSent !== null) {
+            const dl = lost - st.upLost;
+            peer.upLoss.add(now, Math.max(sent - st.upSent, dl, 0), dl);
+          }
+          st.upSent = sent;
+          st.upLost = lost;
+          st.upReport = report;
+          st.upReportAt = now;
         }
-        st.upSent = sent;
-        st.upLost = lost;
-        st.upAt = remoteIn.timestamp;
-        st.upReportAt = now;
         st.upJitter = (remoteIn.jitter || 0) * 1000;
       }
       st.rtt = rtt;
       st.at = now;
     }
+    // report at once when someone goes DOWN or comes back (as the Python engine)
+    let changed = false;
+    for (const peer of this.peers.values()) {
+      const down = peer.failed || (!!peer.stats.lastPacketAt && now - peer.stats.lastPacketAt >= 3);
+      if (down !== !!peer.wasDown) {
+        peer.wasDown = down;
+        changed = true;
+      }
+    }
+    if (changed && this.callCtx === ctx) this.qualityTick(ctx);
   }
 
   qualityTick(ctx) {
