@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from .protocol import valid_user_id
 from .usersig import gen_user_sig
 
 log = logging.getLogger("callkit.signaling.webapp")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 #: lifetime of a UserSig minted by the development login (seconds)
@@ -53,7 +56,7 @@ def add_web_routes(
         app.router.add_post("/dev/usersig", _dev_login_handler(sdk_app_id, secret_key))
 
 
-def _file_handler(path: Path):  # type: ignore[no-untyped-def]
+def _file_handler(path: Path) -> Handler:
     content_type = _TYPES.get(path.suffix, "application/octet-stream")
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -68,7 +71,7 @@ def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
-def _dev_login_handler(sdk_app_id: int, secret_key: str):  # type: ignore[no-untyped-def]
+def _dev_login_handler(sdk_app_id: int, secret_key: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_DEV_BODY:
             return _error(413, ErrorCode.PARAM_INVALID, f"body larger than {MAX_DEV_BODY} bytes")
