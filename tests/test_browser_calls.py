@@ -385,3 +385,34 @@ async def test_browser_quality_follows_simulated_loss(server, make_engine, brows
         await web.wait_for("onCallEnd")
     finally:
         await web.close()
+
+
+async def test_without_fake_ui_browser_to_browser_mdns_connects(server) -> None:
+    """Case 4, browser to browser: both sides offer only mDNS host candidates."""
+    async with chromium(fake_ui=False) as no_ui_browser:
+        ann = await open_user(no_ui_browser, server, "ann")
+        ben = await open_user(no_ui_browser, server, "ben")
+        try:
+            await ann.run("(e) => e.call('ben', 1)")
+            await ben.wait_for("onCallReceived")
+            await ben.run("(e) => e.accept()")
+            for user, other in ((ann, "ben"), (ben, "ann")):
+                await wait_until(
+                    lambda user=user, other=other: user.run(
+                        f"(e) => e.peers.get('{other}')?.pc.connectionState === 'connected'"
+                    ),
+                    15,
+                    f"{user.user_id}'s connection to {other}",
+                )
+                sdp = await user.run(f"(e) => e.peers.get('{other}').pc.localDescription.sdp")
+                hosts = [
+                    line.split()[4]
+                    for line in sdp.splitlines()
+                    if line.startswith("a=candidate") and " typ host" in line
+                ]
+                assert hosts and all(h.endswith(".local") for h in hosts), hosts
+            await ann.run("(e) => e.hangup()")
+            await ben.wait_for("onCallEnd")
+        finally:
+            await ann.close()
+            await ben.close()
