@@ -305,7 +305,11 @@ class SignalingLink {
         if (this.sessionId) msg.resume = this.sessionId;
         ws.send(JSON.stringify(msg));
       };
-      ws.onerror = () => fail(new CallError(ErrorCode.INIT_FAIL, `cannot reach signaling at ${this.url}`));
+      ws.onerror = () => {
+        const err = new CallError(ErrorCode.INIT_FAIL, `cannot reach signaling at ${this.url}`);
+        err.unreachable = true; // worth retrying, unlike a refused login
+        fail(err);
+      };
       ws.onclose = (ev) => {
         if (!settled) {
           fail(new CallError(ErrorCode.SIGNALING_SEND_FAIL, `connection closed during login (${ev.code})`));
@@ -457,7 +461,7 @@ class SignalingLink {
         return;
       } catch (e) {
         last = e.msg || String(e);
-        if (e.code !== undefined && e.code !== ErrorCode.SIGNALING_SEND_FAIL && e.code !== ErrorCode.INIT_FAIL) {
+        if (!e.unreachable && e.code !== ErrorCode.SIGNALING_SEND_FAIL) {
           this.gone(`login refused on reconnect: ${last} (code ${e.code})`);
           return;
         }
