@@ -416,3 +416,68 @@ async def test_without_fake_ui_browser_to_browser_mdns_connects(server) -> None:
         finally:
             await ann.close()
             await ben.close()
+
+
+async def test_browser_devices_and_ignore(server, make_engine, browser) -> None:
+    """The browser's microphone and camera controls reach the Python side (events, silence,
+    no frames); an ignored call shows the caller line busy."""
+    web = await open_user(browser, server, "web")
+    py, rp = await make_engine(
+        "py",
+        audio_source=ToneSource(440, level_dbfs=-20),
+        video_source=TestPatternSource(320, 240, 15),
+    )
+    frames: list[float] = []
+    py.add_video_tap("web", lambda frame: frames.append(time.monotonic()))
+    try:
+        await py.call("web", CallMediaType.VIDEO)
+        await web.wait_for("onCallReceived")
+        await web.run("(e) => e.ignore()")
+        assert (await web.wait_for("onCallCancelled")) == {"userId": "web"}
+        await rp.wait_for("onUserLineBusy")
+        await rp.wait_for("onCallCancelled")
+        await asyncio.sleep(0.2)
+        await py.call("web", CallMediaType.VIDEO)
+        await web.wait_for("onCallReceived", count=2)
+        await web.run("(e) => e.accept()")
+        await rp.wait_for("onUserVideoAvailable")
+        await web.run("(e) => e.closeMicrophone()")
+        assert (await rp.wait_for("onUserAudioAvailable")) == {
+            "userId": "web",
+            "isAudioAvailable": False,
+        }
+
+        async def web_silent() -> bool:
+            maps = [p["volumeMap"] for p in rp.of("onUserVoiceVolumeChanged")[-6:]]
+            own = [p["volumeMap"]["web"] for p in await web.of("onUserVoiceVolumeChanged")][-6:]
+            return len(maps) == 6 and all(m["web"] == 0 for m in maps) and set(own) == {0}
+
+        await wait_until(web_silent, 10, "silence from the closed microphone")
+        await web.run("(e) => e.closeCamera()")
+        off = await rp.wait_for("onUserVideoAvailable", count=2)
+        assert off == {"userId": "web", "isVideoAvailable": False}
+        await asyncio.sleep(0.5)
+        stopped_at = time.monotonic()
+        await asyncio.sleep(1.0)
+        assert not [t for t in frames if t > stopped_at], "frames after closeCamera"
+        await web.run("(e) => e.openCamera()")
+        on = await rp.wait_for("onUserVideoAvailable", count=3)
+        assert on == {"userId": "web", "isVideoAvailable": True}
+        await wait_until(
+            lambda: _later(frames, time.monotonic() - 0.5), 10, "frames after openCamera"
+        )
+        await web.run("(e) => e.openMicrophone()")
+        await rp.wait_for("onUserAudioAvailable", count=2)
+        # an audio-only scene refuses the camera
+        await web.run("(e) => e.switchCallMediaType(1)")
+        await web.wait_for("onCallMediaTypeChanged")
+        code = await web.run("(e) => e.closeCamera().then(() => 'ok', (err) => err.code)")
+        assert code == -1205
+        await web.run("(e) => e.hangup()")
+        await rp.wait_for("onCallEnd")
+    finally:
+        await web.close()
+
+
+async def _later(times: list[float], since: float) -> bool:
+    return any(t > since for t in times)
