@@ -185,6 +185,7 @@ async def test_multi_device_first_accept_wins(server: SignalingServer, make_engi
         await rl.wait_for("onCallReceived", count=2)
         await phone.reject()
         assert await rl.wait_for("onCallCancelled") == {"userId": "bob", "reason": 8}
+        await rp.wait_for("onCallCancelled", count=2)  # each socket has its own writer
         assert rp.of("onCallCancelled")[-1] == {"userId": "bob"}
         await ra.wait_for("onCallCancelled")
         assert ra.sequence()[-2:] == [

@@ -43,6 +43,7 @@ from .records.service import RecordService
 from .records.store import RecordStore
 from .records.tracker import Cause
 from .rest import AdminApi
+from .sessionio import SessionWriter, text_bytes
 from .usersig import UserSigError, verify_user_sig
 from .webapp import add_web_routes
 
@@ -52,6 +53,11 @@ __all__ = ["USER_ID_RE", "ServerConfig", "Session", "SignalingServer", "Stats", 
 
 #: close code for a socket whose session was resumed on a newer socket
 CLOSE_RESUMED = 4001
+#: close code for a client that does not read its frames fast enough (a lost link: its
+#: session is held for a resume like after a dropped socket)
+CLOSE_TOO_SLOW = 4008
+#: how long a close frame may take to go out before the connection is aborted
+CLOSE_TIMEOUT = 1.0
 
 
 @dataclass
@@ -80,11 +86,18 @@ class ServerConfig:
     resume_grace: float = 9.0
     #: messages buffered for a held session; one more releases it (the user leaves its call)
     max_held_messages: int = 256
+    #: bytes of messages buffered for a held session; more release it too
+    max_held_bytes: int = 256 * 1024
+    #: bytes queued for one open socket's writer; a client further behind is disconnected
+    #: (close code 4008) and treated as a lost link
+    max_send_queue_bytes: int = 1024 * 1024
+    #: seconds one frame may take to reach the kernel before the client counts as stalled
+    send_timeout: float = 10.0
     #: wall clock for UserSig expiry (injectable for tests)
     wall_clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "login_timeout", "rate_per_s", "rate_burst"):
+        for name in ("heartbeat", "login_timeout", "rate_per_s", "rate_burst", "send_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.resume_grace < 0:
@@ -94,6 +107,8 @@ class ServerConfig:
             "max_sessions_per_user",
             "max_connections",
             "max_held_messages",
+            "max_held_bytes",
+            "max_send_queue_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -119,18 +134,26 @@ class Session:
     #: the socket is gone but the session waits ``resume_grace`` for a resume
     held: bool = False
     hold_handle: asyncio.TimerHandle | None = None
-    #: messages for a held session, sent on resume
-    outbox: list[p.Message] = field(default_factory=list)
+    #: encoded messages for a held session, sent on resume, and their size in bytes
+    outbox: list[str] = field(default_factory=list)
+    outbox_bytes: int = 0
     #: forgotten by the service (logged out, kicked, expired, resumed elsewhere, grace over)
     released: bool = False
+    #: the socket's own bounded writer (see sessionio.py) and its TCP transport
+    writer: SessionWriter | None = None
+    transport: Any = None
+    #: the service dropped this socket as a lost link (it could not keep up)
+    lost: bool = False
+
+    def post(self, text: str) -> None:
+        """Queue an encoded frame on this socket's writer; never waits on the socket."""
+        if self.released or self.held or self.ws.closed or self.writer is None:
+            return
+        self.writer.post(text)
 
     async def send(self, message: p.Message) -> None:
-        if self.released or self.held or self.ws.closed:
-            return
-        try:
-            await self.ws.send_str(message.encode())
-        except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send
-            log.debug("send to %s failed: %s", self.user_id, exc)
+        """Queue ``message`` (see :meth:`post`); kept awaitable for callers' convenience."""
+        self.post(message.encode())
 
 
 @dataclass
@@ -143,6 +166,8 @@ class Stats:
     internal_errors: int = 0
     rate_limited: int = 0
     kicked: int = 0
+    #: clients disconnected because they did not read their frames fast enough
+    slow_disconnects: int = 0
     sig_expired: int = 0
     held: int = 0
     resumed: int = 0
@@ -207,7 +232,7 @@ class SignalingServer:
         self._sessions: dict[str, Session] = {}  # session id -> open or held session
         self._owner: dict[str, tuple[str, Session]] = {}  # user -> (call id, owning session)
         self._profiles: dict[str, dict[str, str]] = {}  # user -> {nickname, avatarUrl}
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._sockets: dict[web.WebSocketResponse, Session] = {}  # open socket -> its session
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._timer_task: asyncio.Task[None] | None = None
@@ -307,8 +332,10 @@ class SignalingServer:
         return True
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+        sessions = list(self._sockets.values())
+        await asyncio.gather(
+            *(self._close(s, WSCloseCode.GOING_AWAY, b"server shutdown") for s in sessions)
+        )
 
     def _now(self) -> float:
         """The call state machine's clock: the injected ``clock``, else the loop's."""
@@ -386,7 +413,14 @@ class SignalingServer:
         session = Session(
             ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(), last_seen=loop.time()
         )
-        self._sockets.add(ws)
+        session.transport = request.transport
+        session.writer = SessionWriter(
+            ws,
+            max_bytes=self.config.max_send_queue_bytes,
+            send_timeout=self.config.send_timeout,
+            on_stalled=lambda why: self._on_stalled(session, why),
+        )
+        self._sockets[ws] = session
         self.stats.connections += 1
         login_timer = loop.call_later(self.config.login_timeout, self._login_timeout, session)
         abrupt = False
@@ -410,13 +444,39 @@ class SignalingServer:
                 elif msg.type is WSMsgType.PONG:
                     session.last_seen = loop.time()
                 else:  # CLOSE (clean), CLOSING (we closed it), CLOSED / ERROR (dropped)
-                    abrupt = self._dropped(msg, ws, session, loop.time())
+                    abrupt = session.lost or self._dropped(msg, ws, session, loop.time())
                     break
         finally:
             login_timer.cancel()
-            self._sockets.discard(ws)
-            await self._socket_gone(session, abrupt)
+            self._sockets.pop(ws, None)
+            await session.writer.close()
+            await self._socket_gone(session, abrupt or session.lost)
         return ws
+
+    def _on_stalled(self, session: Session, why: str) -> None:
+        """The client does not read fast enough: drop its socket as a lost link (4008)."""
+        if session.lost:
+            return
+        session.lost = True
+        self.stats.slow_disconnects += 1
+        log.info("disconnecting %s: %s", session.user_id or "a client", why)
+        self._spawn(self._close(session, CLOSE_TOO_SLOW, b"cannot keep up", flush=False))
+
+    async def _close(
+        self, session: Session, code: int, message: bytes, *, flush: bool = True
+    ) -> None:
+        """Close ``session``'s socket after its queued frames (bounded), else abort it."""
+        ws = session.ws
+        if flush and session.writer is not None:
+            await session.writer.flush(CLOSE_TIMEOUT)
+        if not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+                return
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                pass
+        if session.transport is not None:
+            session.transport.abort()  # a peer that reads nothing must not hold the socket
 
     @staticmethod
     def _dropped(msg: Any, ws: web.WebSocketResponse, session: Session, now: float) -> bool:
@@ -433,9 +493,7 @@ class SignalingServer:
     def _login_timeout(self, session: Session) -> None:
         if session.user_id is None and not session.ws.closed:
             log.info("closing a socket that did not log in in time")
-            self._spawn(
-                session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"login timeout")
-            )
+            self._spawn(self._close(session, WSCloseCode.POLICY_VIOLATION, b"login timeout"))
 
     def _allow(self, session: Session) -> bool:
         now = asyncio.get_running_loop().time()
@@ -518,17 +576,26 @@ class SignalingServer:
         return self._devices(user)
 
     async def _send(self, session: Session, message: p.Message) -> None:
-        """Send now, or buffer for a held session (overflowing the buffer releases it)."""
+        """Queue on the session's writer, or buffer for a held session (bounded in count and
+        bytes; overflowing the buffer releases the session)."""
         if session.released:
             return
+        text = message.encode()
         if session.held:
-            if len(session.outbox) >= self.config.max_held_messages:
+            size = text_bytes(text)
+            cfg = self.config
+            if (
+                len(session.outbox) >= cfg.max_held_messages
+                or session.outbox_bytes + size > cfg.max_held_bytes
+            ):
                 log.info("held session of %s overflowed; releasing it", session.user_id)
+                session.outbox, session.outbox_bytes = [], 0
                 self._spawn(self._release(session))
                 return
-            session.outbox.append(message)
+            session.outbox.append(text)
+            session.outbox_bytes += size
             return
-        await session.send(message)
+        session.post(text)
 
     async def _deliver(
         self, notifies: list[Notify], also: list[str | None] = (), cause: Cause = Cause.NORMAL
@@ -613,7 +680,7 @@ class SignalingServer:
         if not keep:
             for other in others:
                 await self._kick(other)
-        outbox: list[p.Message] = []
+        outbox: list[str] = []
         if old is not None:
             outbox = self._take_over(old, session)
         session.user_id = user
@@ -631,8 +698,8 @@ class SignalingServer:
             "login %s (session %s…%s)", user, session.session_id[:6], ", resumed" if old else ""
         )
         call = self._call_for(session)
-        for message in outbox:  # what happened while the socket was gone, then the reply
-            await session.send(message)
+        for text in outbox:  # what happened while the socket was gone, then the reply
+            session.post(text)
         await session.send(
             p.Reply(
                 id=msg.id,
@@ -651,14 +718,14 @@ class SignalingServer:
     def _take_over(self, old: Session, new: Session) -> list[p.Message]:
         """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
         self.stats.resumed += 1
-        outbox, old.outbox = old.outbox, []
+        outbox, old.outbox, old.outbox_bytes = old.outbox, [], 0
         self._forget(old)
         new.session_id = old.session_id
         owner = self._owner.get(old.user_id or "")
         if owner is not None and owner[1] is old:
             self._owner[old.user_id or ""] = (owner[0], new)
         if not old.ws.closed:  # the old socket is still open here: a half-dead connection
-            self._spawn(old.ws.close(code=CLOSE_RESUMED, message=b"session resumed elsewhere"))
+            self._spawn(self._close(old, CLOSE_RESUMED, b"session resumed elsewhere", flush=False))
         return outbox
 
     def _call_for(self, session: Session) -> Call | None:
@@ -754,10 +821,9 @@ class SignalingServer:
         self.stats.kicked += 1
         if not session.held:
             await session.send(p.Kicked())
-        ws = session.ws
         await self._release(session)
-        if not ws.closed:
-            self._spawn(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"kicked"))
+        if not session.ws.closed:
+            self._spawn(self._close(session, WSCloseCode.POLICY_VIOLATION, b"kicked"))
 
     async def _expire(self, session: Session) -> None:
         if session.released:
@@ -767,7 +833,7 @@ class SignalingServer:
             await session.send(p.SigExpired())
         await self._release(session)
         if not session.ws.closed:
-            await session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"usersig expired")
+            await self._close(session, WSCloseCode.POLICY_VIOLATION, b"usersig expired")
 
     # ------------------------------------------------------------------ handlers
 
