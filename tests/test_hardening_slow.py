@@ -96,7 +96,8 @@ async def test_slow_reader_is_dropped_and_stalls_nobody() -> None:
                 break
             await asyncio.sleep(0.1)
         assert server.stats.slow_disconnects == 1
-        assert server.held_users() == ["sloth"]  # a lost link: held for a resume
+        # a lost link: held for a resume (released again once its held buffer overflows)
+        assert server.stats.held == 1
         assert "sloth" not in server.online_users()
         # the victim hangs up and closes her socket: the server knows at once
         await victim.close()
