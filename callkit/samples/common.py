@@ -22,8 +22,19 @@ DEFAULT_SDK_APP_ID = 1400000001
 
 
 def add_login_args(parser: argparse.ArgumentParser, user: str) -> None:
-    """--url, --sdk-app-id, --user, --secret-key / --usersig and --ice-address."""
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"signaling URL ({DEFAULT_URL})")
+    """--url (--server), --ca-file, --sdk-app-id, --user, --secret-key / --usersig and
+    --ice-address."""
+    parser.add_argument(
+        "--url",
+        "--server",
+        default=DEFAULT_URL,
+        help=f"signaling URL, ws:// or wss:// ({DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="trust this CA for a wss:// server with a private certificate (default: the system's)",
+    )
     parser.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
     parser.add_argument("--user", default=user, help=f"user id to log in as ({user})")
     auth = parser.add_mutually_exclusive_group(required=True)
@@ -43,6 +54,8 @@ async def login(args: argparse.Namespace, **engine_kwargs: Any) -> CallEngine:
     sig = args.usersig or gen_user_sig(args.sdk_app_id, args.secret_key, args.user)
     if args.ice_address:
         engine_kwargs.setdefault("ice_addresses", args.ice_address)
+    if getattr(args, "ca_file", None):
+        engine_kwargs.setdefault("tls_ca_file", args.ca_file)
     engine = CallEngine(args.url, **engine_kwargs)
     try:
         await engine.init(args.sdk_app_id, args.user, sig)
