@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
             webhooks=cfg.webhook,
             webhook_secret=cfg.webhook_secret,
             webhook_timeout=cfg.webhook_timeout,
+            records_heartbeat=cfg.records_heartbeat,
         )
         try:
             url = await server.start(cfg.host, cfg.port)

@@ -129,6 +129,14 @@ class ServeConfig:
     webhook_secret: str | None = field(
         default=None, metadata=opt("secret that signs webhook deliveries", secret=True)
     )
+    #: seconds between "still live" touches of this server's live call records
+    records_heartbeat: float = field(
+        default=5.0,
+        metadata=opt(
+            "seconds between touches of live call records (a crash loses at most this much "
+            "of a call; with PostgreSQL other servers close a dead server's calls after 3x)"
+        ),
+    )
     #: seconds one webhook delivery attempt may take before it counts as failed
     webhook_timeout: float = field(
         default=5.0, metadata=opt("seconds one webhook delivery attempt may take")
@@ -149,6 +157,8 @@ class ServeConfig:
         for url in self.webhook:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"webhook: {url!r} is not an http:// or https:// URL")
+        if not 0.1 <= self.records_heartbeat <= 3600:
+            raise ConfigError(f"records_heartbeat: {self.records_heartbeat} not in [0.1, 3600]")
         if not 0 < self.webhook_timeout <= 300:
             raise ConfigError(f"webhook_timeout: {self.webhook_timeout} not in (0, 300] seconds")
         if self.webhook and not self.webhook_secret:

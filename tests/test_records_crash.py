@@ -85,7 +85,7 @@ async def test_kill_9_mid_call_then_restart(
     receiver: WebhookReceiver,
 ) -> None:
     args = ("--db", db_url, "--webhook", receiver.url, "--webhook-secret", HOOK_SECRET,
-            "--webhook-timeout", "1")  # fmt: skip
+            "--webhook-timeout", "1", "--records-heartbeat", "0.5")  # fmt: skip
     first = ServeProcess(*args)
     second = ServeProcess(*args)
     clients = []
@@ -121,6 +121,12 @@ async def test_kill_9_mid_call_then_restart(
 
         receiver.accepting = True
         await second.start()
+
+        async def closed() -> bool:  # PostgreSQL: once stale for 3 heartbeats (1.5 s)
+            page = await second.get("/v1/records?result=Interrupt")
+            return bool(page["total"])
+
+        await wait_until(closed, "the interrupted call to be closed")
         page = await second.get("/v1/records")
         assert page["total"] == 2
         by_id = {r["callId"]: r for r in page["records"]}
@@ -157,3 +163,44 @@ async def test_kill_9_mid_call_then_restart(
             await c.close()
         await first.stop()
         await second.stop()
+
+
+async def test_a_shared_postgres_keeps_other_servers_calls(pg_cluster: Any) -> None:  # noqa: F811
+    """Two servers on one PostgreSQL: starting one never interrupts the other's live call;
+    when the other is killed, the survivor closes its call as Interrupt (no restart)."""
+    from callkit.signaling import SignalingServer
+
+    url = await pg_cluster.create_db()
+    doomed = ServeProcess("--db", url, "--records-heartbeat", "0.3")
+    survivor = None
+    clients = []
+    try:
+        await doomed.start()
+
+        class Srv:
+            url = doomed.url
+
+        ca, cb, live = await connected_call(Srv, "alice", "bob")  # type: ignore[arg-type]
+        clients = [ca, cb]
+        survivor = SignalingServer(SDK_APP_ID, SECRET, db=url, records_heartbeat=0.3)
+        await survivor.start("127.0.0.1", 0)
+
+        async def status() -> str:
+            record = await survivor.records.store.get(live)  # type: ignore[union-attr]
+            return "" if record is None else record.call_result.value
+
+        await asyncio.sleep(1.5)  # 5 heartbeats: the doomed server keeps its call fresh
+        assert await status() == ""
+        await doomed.kill9()
+
+        async def interrupted() -> bool:
+            return await status() == "Interrupt"
+
+        await wait_until(interrupted, "the survivor to close the dead server's call")
+    finally:
+        for c in clients:
+            await c.close()
+        await doomed.stop()
+        if survivor is not None:
+            await survivor.stop()
+        await pg_cluster.drop_db(url)

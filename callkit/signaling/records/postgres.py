@@ -18,7 +18,6 @@ from .store import (
     INSERT_OUTBOX,
     INSERT_USER,
     LIVE_CALLS,
-    TOUCH_LIVE,
     UPSERT_CALL,
     OutboxItem,
     RecordQuery,
@@ -53,6 +52,7 @@ class PostgresStore(RecordStore):
         self.url = _redact(dsn)
         self._sizes = (min_size, max_size)
         self._pool: Any = None
+        self.shared = True
 
     def _require(self) -> Any:
         if self._pool is None:
@@ -119,11 +119,15 @@ class PostgresStore(RecordStore):
             if outbox:
                 await con.executemany(_numbered(INSERT_OUTBOX), outbox)
 
-    async def touch_live(self, now: int) -> None:
-        await self._require().execute(_numbered(TOUCH_LIVE), now)
+    async def touch_live(self, now: int, call_ids: list[str]) -> None:
+        await self._require().execute(
+            "UPDATE callkit_calls SET last_seen = $1 WHERE call_id = ANY($2::text[]) AND live = 1",
+            now,
+            call_ids,
+        )
 
-    async def live_records(self) -> list[CallRecord]:
-        rows = await self._require().fetch(LIVE_CALLS)
+    async def live_records(self, seen_before: int) -> list[CallRecord]:
+        rows = await self._require().fetch(_numbered(LIVE_CALLS), seen_before)
         return [from_row(r[0], r[1]) for r in rows]
 
     async def get(self, call_id: str) -> CallRecord | None:

@@ -72,6 +72,7 @@ class RecordService:
                 heartbeat=heartbeat,
                 clock_ms=self._now,
                 on_written=self.deliverer.wake if self.deliverer is not None else None,
+                live_ids=lambda: list(self.tracker.live),
             )
             metrics.bind("record_queue", lambda: self.writer.pending if self.writer else 0)
             metrics.bind(

@@ -113,11 +113,15 @@ class SqliteStore(RecordStore):
 
         await self._run(tx)
 
-    async def touch_live(self, now: int) -> None:
-        await self._run(lambda db: db.execute(TOUCH_LIVE, (now,)))
+    async def touch_live(self, now: int, call_ids: list[str]) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.executemany(TOUCH_LIVE, [(now, c) for c in call_ids])
 
-    async def live_records(self) -> list[CallRecord]:
-        rows = await self._run(lambda db: db.execute(LIVE_CALLS).fetchall())
+        await self._run(tx)
+
+    async def live_records(self, seen_before: int) -> list[CallRecord]:
+        rows = await self._run(lambda db: db.execute(LIVE_CALLS, (seen_before,)).fetchall())
         return [from_row(*row) for row in rows]
 
     async def get(self, call_id: str) -> CallRecord | None:

@@ -104,8 +104,8 @@ CLAIM_DUE = (
     " WHERE next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?{lock})"
     " RETURNING id, event_id, url, command, body, attempts, created_at"
 )
-TOUCH_LIVE = "UPDATE callkit_calls SET last_seen = ? WHERE live = 1"
-LIVE_CALLS = "SELECT data, last_seen FROM callkit_calls WHERE live = 1"
+TOUCH_LIVE = "UPDATE callkit_calls SET last_seen = ? WHERE call_id = ? AND live = 1"
+LIVE_CALLS = "SELECT data, last_seen FROM callkit_calls WHERE live = 1 AND last_seen < ?"
 GET_CALL = "SELECT data, last_seen FROM callkit_calls WHERE call_id = ?"
 
 
@@ -146,6 +146,9 @@ class RecordStore(abc.ABC):
 
     #: the URL it was opened from, without a password
     url: str = ""
+    #: several servers may share this database (PostgreSQL): a live record is another
+    #: server's until it goes stale; otherwise every live record at start is a dead run's
+    shared: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -164,12 +167,13 @@ class RecordStore(abc.ABC):
         """Upsert the records and queue their webhook events for each URL, atomically."""
 
     @abc.abstractmethod
-    async def touch_live(self, now: int) -> None:
-        """Mark every live record as seen at ``now`` (the server is still alive)."""
+    async def touch_live(self, now: int, call_ids: list[str]) -> None:
+        """Mark these live records as seen at ``now`` (their server is still alive)."""
 
     @abc.abstractmethod
-    async def live_records(self) -> list[CallRecord]:
-        """Records still marked live (after a crash: the calls it interrupted)."""
+    async def live_records(self, seen_before: int) -> list[CallRecord]:
+        """Records still marked live and not seen since ``seen_before`` (calls a dead server
+        left behind)."""
 
     @abc.abstractmethod
     async def get(self, call_id: str) -> CallRecord | None:

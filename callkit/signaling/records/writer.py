@@ -4,9 +4,10 @@
 queue in batches (one database transaction per batch, so a burst of call setups costs one
 commit) and wakes the webhook deliverer. A failing database is retried with backoff while
 calls go on; the queue is bounded (``max_pending``) and an overflow is logged at ERROR and
-counted. Every ``heartbeat`` seconds the live records are marked as seen, so a crash loses
-at most that much of a live call's duration; at start, records a dead server left live are
-closed as ``Interrupt`` (:func:`~.tracker.interrupt`).
+counted. Every ``heartbeat`` seconds this server's live records are marked as seen, so a
+crash loses at most that much of a live call's duration; records a dead server left live are
+closed as ``Interrupt`` (:func:`~.tracker.interrupt`): at start (SQLite), or once nobody
+touched them for three heartbeats (PostgreSQL, shared by several servers).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RecordWriter:
         max_pending: int = 100_000,
         clock_ms: Callable[[], int] = wall_ms,
         on_written: Callable[[], None] | None = None,
+        live_ids: Callable[[], list[str]] = list,
     ) -> None:
         self.store = store
         self.urls = list(webhook_urls or [])
@@ -50,6 +52,8 @@ class RecordWriter:
         self.max_pending = max_pending
         self.clock_ms = clock_ms
         self.on_written = on_written
+        #: the call ids this server has live (their records are touched every heartbeat)
+        self.live_ids = live_ids
         self.dropped = 0
         self.write_errors = 0
         self.batches = 0
@@ -63,16 +67,28 @@ class RecordWriter:
     async def start(self) -> int:
         """Open the store, close calls a dead server left live; returns how many."""
         await self.store.open()
-        now = self.clock_ms()
-        stale = await self.store.live_records()
+        closed = await self._close_stale(self.clock_ms(), at_start=True)
+        self._task = asyncio.create_task(self._run(), name="callkit-record-writer")
+        return closed
+
+    async def _close_stale(self, now: int, at_start: bool = False) -> int:
+        """Close records a dead server left live as ``Interrupt``: every live one at start
+        for a database of our own; for a shared one (PostgreSQL) only those no server
+        touched for three heartbeats (checked at every heartbeat)."""
+        if self.store.shared:
+            seen_before = now - int(3 * self.heartbeat * 1000)
+        elif at_start:
+            seen_before = 2**62
+        else:
+            return 0
+        stale = await self.store.live_records(seen_before)
         if stale:
             await self.store.write(
                 [interrupt(r, now, bool(self.urls)) for r in stale], self.urls, now
             )
             log.warning(
-                "closed %d call record(s) left live by a previous run as Interrupt", len(stale)
+                "closed %d call record(s) left live by a dead server as Interrupt", len(stale)
             )
-        self._task = asyncio.create_task(self._run(), name="callkit-record-writer")
         return len(stale)
 
     def submit(self, writes: list[Write]) -> None:
@@ -125,8 +141,9 @@ class RecordWriter:
                     return
             try:
                 if loop.time() >= next_touch:
-                    await self.store.touch_live(self.clock_ms())
                     next_touch = loop.time() + self.heartbeat
+                    await self.store.touch_live(self.clock_ms(), self.live_ids())
+                    await self._close_stale(self.clock_ms())
                 if not self._queue:
                     continue
                 batch = list(self._queue)
