@@ -408,8 +408,11 @@ class SignalingLink {
   // The browser answers the service's pings itself; our own `ping` requests tell us that
   // the service is still there (a silent link for 1.5 heartbeats counts as dropped).
   beat() {
+    const now = performance.now();
+    const late = now - (this.lastBeat || now) > HEARTBEAT * 2; // a throttled background tab
+    this.lastBeat = now;
     if (!this.up || !this.ws) return;
-    if (performance.now() - this.lastHeard > HEARTBEAT * 1.5 + 500) {
+    if (!late && now - this.lastHeard > HEARTBEAT * 1.5 + 500) {
       const ws = this.ws;
       this.ws = null;
       ws.onclose = null;
