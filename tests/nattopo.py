@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -65,6 +66,19 @@ def require_root() -> None:
             )
 
 
+def sweep_leftovers() -> list[str]:
+    """Delete namespaces a killed earlier run left (``cknat<pid>x...``, that pid gone)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+    removed = []
+    for line in listing.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(r"^cknat(\d+)x[0-9a-f]{4}-", name)
+        if m and not Path(f"/proc/{m[1]}").exists():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+            removed.append(name)
+    return removed
+
+
 def _sh(*cmd: str) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     if res.returncode != 0:
@@ -91,7 +105,7 @@ class Topology:
     workdir: Path
     prefix: str = field(
         default_factory=lambda: (
-            os.environ.get("NAT_PREFIX") or f"ck{os.getpid() % 100000}{secrets.token_hex(2)}-"
+            os.environ.get("NAT_PREFIX") or f"cknat{os.getpid()}x{secrets.token_hex(2)}-"
         )
     )
     namespaces: list[str] = field(default_factory=list)
