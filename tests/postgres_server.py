@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PostgresCluster", "pg_cluster", "pg_url"]
+__all__ = ["PostgresCluster", "db_url", "pg_cluster", "pg_url"]
 
 
 def _free_port() -> int:
@@ -116,3 +116,15 @@ async def pg_url(pg_cluster: PostgresCluster) -> AsyncIterator[str]:
     url = await pg_cluster.create_db()
     yield url
     await pg_cluster.drop_db(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh records database of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'records.db'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    url = await cluster.create_db()
+    yield url
+    await cluster.drop_db(url)

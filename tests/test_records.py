@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,20 +22,8 @@ from callkit.signaling.records import (
 from callkit.signaling.records.tracker import RecordTracker
 
 from .conftest import SDK_APP_ID, SECRET, sig
-from .postgres_server import PostgresCluster, pg_cluster  # noqa: F401  (fixture)
+from .postgres_server import PostgresCluster
 from .test_server import RawClient, login
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh records database of each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'records.db'}"
-        return
-    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
-    url = await cluster.create_db()
-    yield url
-    await cluster.drop_db(url)
 
 
 @pytest.fixture
@@ -332,7 +319,7 @@ async def test_records_need_a_database(server: SignalingServer) -> None:
 
 
 async def test_a_database_outage_delays_no_call_and_loses_no_record(
-    pg_cluster: PostgresCluster,  # noqa: F811
+    pg_cluster: PostgresCluster,
 ) -> None:
     import asyncpg
 

@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 
 from .conftest import SDK_APP_ID, SECRET, sig
-from .postgres_server import pg_cluster  # noqa: F401  (fixture)
-from .test_records import connected_call, db_url  # noqa: F401  (fixture)
+from .test_records import connected_call
 from .webhook_receiver import WebhookReceiver
 
 HOOK_SECRET = "whsec-crash-test"
@@ -81,7 +80,7 @@ async def wait_until(check: Any, what: str, timeout: float = 15.0) -> None:
 
 
 async def test_kill_9_mid_call_then_restart(
-    db_url: str,  # noqa: F811
+    db_url: str,
     receiver: WebhookReceiver,
 ) -> None:
     args = ("--db", db_url, "--webhook", receiver.url, "--webhook-secret", HOOK_SECRET,
@@ -165,7 +164,7 @@ async def test_kill_9_mid_call_then_restart(
         await second.stop()
 
 
-async def test_a_shared_postgres_keeps_other_servers_calls(pg_cluster: Any) -> None:  # noqa: F811
+async def test_a_shared_postgres_keeps_other_servers_calls(pg_cluster: Any) -> None:
     """Two servers on one PostgreSQL: starting one never interrupts the other's live call;
     when the other is killed, the survivor closes its call as Interrupt (no restart)."""
     from callkit.signaling import SignalingServer

@@ -21,8 +21,7 @@ from callkit.signaling.records.tracker import (
 from callkit.signaling.records.webhooks import backoff, sign, verify
 
 from .conftest import SDK_APP_ID, SECRET
-from .postgres_server import pg_cluster  # noqa: F401  (fixture)
-from .test_records import connected_call, db_url  # noqa: F401  (fixture)
+from .test_records import connected_call
 from .webhook_receiver import WebhookReceiver
 
 HOOK_SECRET = "whsec-test-0123456789"
@@ -78,7 +77,7 @@ async def hooked_server(db: str, url: str) -> SignalingServer:
 
 
 async def test_failed_deliveries_are_retried_until_acknowledged(
-    db_url: str,  # noqa: F811
+    db_url: str,
     receiver: WebhookReceiver,
 ) -> None:
     receiver.fail_first = 4
@@ -121,7 +120,7 @@ async def test_failed_deliveries_are_retried_until_acknowledged(
 
 
 async def test_a_hanging_receiver_never_delays_calls(
-    db_url: str,  # noqa: F811
+    db_url: str,
     receiver: WebhookReceiver,
 ) -> None:
     receiver.delay = 30.0  # answers after the attempt's timeout (2 s)
@@ -146,7 +145,7 @@ async def test_a_hanging_receiver_never_delays_calls(
 
 
 async def test_webhooks_survive_a_restart(
-    db_url: str,  # noqa: F811
+    db_url: str,
     receiver: WebhookReceiver,
 ) -> None:
     receiver.accepting = False
