@@ -222,3 +222,42 @@ async def test_engine_logs_in_over_wss_trusting_a_ca_file(tmp_path: Path) -> Non
     finally:
         await asyncio.gather(trusting.destroy(), untrusting.destroy())
         await server.stop()
+
+
+async def test_turn_credentials_are_refreshed_when_the_link_resumes() -> None:
+    from callkit.signaling import ServerConfig
+
+    from .test_reconnect import TcpProxy
+
+    now = [1_800_000_000.0]
+    ice = IceServersConfig(turn=["turn:127.0.0.1:3478"], turn_secret="t", turn_ttl=600)
+    server = SignalingServer(
+        SDK_APP_ID, SECRET, ServerConfig(wall_clock=lambda: now[0]), ice_servers=ice
+    )
+    await server.start("127.0.0.1", 0)
+    assert server.port is not None
+    proxy = await TcpProxy(server.port).start()
+    engine = CallEngine(proxy.url(), ice_addresses=LOOPBACK)
+    try:
+        await engine.init(SDK_APP_ID, "alice", gen_sig(now[0]))
+        assert engine.ice_servers[0].username == "1800000600:alice"
+        now[0] += 1000
+        proxy.cut()
+        proxy.restore()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while engine.ice_servers[0].username != "1800001600:alice":
+            assert loop.time() < deadline, "no resume with fresh TURN credentials within 10 s"
+            await asyncio.sleep(0.05)
+        assert server.stats.connections == 2  # the same engine logged in again
+    finally:
+        await engine.destroy()
+        await proxy.close()
+        await server.stop()
+
+
+def gen_sig(now: float) -> str:
+    """A UserSig valid around the fake wall-clock time ``now``."""
+    from callkit.signaling.usersig import gen_user_sig
+
+    return gen_user_sig(SDK_APP_ID, SECRET, "alice", 86400, now=int(now))
