@@ -8,6 +8,7 @@ import itertools
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,35 @@ async def test_webhooks_survive_a_restart(
         assert {b["EventInfo"]["callId"] for b in receiver.delivered().values()} == {call_id}
     finally:
         await srv.stop()
+
+
+async def test_redirects_are_not_followed(receiver: WebhookReceiver, tmp_path: Any) -> None:
+    """A 3xx is a failed delivery (retried), never a hop to wherever it points."""
+    from aiohttp import web
+
+    async def bounce(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(receiver.url)
+
+    app = web.Application()
+    app.router.add_post("/bounce", bounce)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    srv = await hooked_server(f"sqlite://{tmp_path / 'r.db'}", f"http://127.0.0.1:{port}/bounce")
+    try:
+        ca, cb, _ = await connected_call(srv, "alice", "bob")
+        deliverer = srv.records.deliverer
+        assert deliverer is not None
+        for _ in range(100):
+            if deliverer.failures >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert deliverer.failures >= 2 and deliverer.delivered == 0
+        assert receiver.attempts == []
+        await ca.close()
+        await cb.close()
+    finally:
+        await srv.stop()
+        await runner.cleanup()

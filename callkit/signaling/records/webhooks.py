@@ -189,7 +189,9 @@ class WebhookDeliverer:
                 CallbackCommand=item.command,
                 contenttype="json",
             )
-            async with self._http.post(url, data=item.body.encode(), headers=headers) as resp:
+            async with self._http.post(
+                url, data=item.body.encode(), headers=headers, allow_redirects=False
+            ) as resp:  # a redirect is an answer to fix, not to follow
                 ok = 200 <= resp.status < 300
                 error = "" if ok else f"HTTP {resp.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
