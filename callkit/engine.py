@@ -18,6 +18,7 @@ from callkit.media.sources import AudioSource, VideoSource
 from callkit.media.tracks import LocalAudio, LocalVideo
 from callkit.signaling import protocol as p
 from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
+from callkit.signaling.relaydata import check_relay_data
 
 from .client import SignalingClient
 from .errors import CallError
@@ -640,6 +641,14 @@ class CallEngine(StreamsMixin):
             msg = await queue.get()
             session = self._peers.get(msg.from_user)
             try:
+                check_relay_data(msg.kind, msg.data)
+            except ValueError as exc:
+                log.warning(
+                    "%s: dropping %s from %s: %s", self.user_id, msg.kind, msg.from_user, exc
+                )
+                self._emit_error(ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}")
+                continue
+            try:
                 if msg.kind == "offer" and (session is None or not session.offerer):
                     if session is None:
                         session = self._new_peer(ctx, msg.from_user, offerer=False)
@@ -648,9 +657,10 @@ class CallEngine(StreamsMixin):
                     await session.handle_signal(msg.kind, msg.data)
                 else:
                     log.debug("%s: ignoring %s from %s", self.user_id, msg.kind, msg.from_user)
-            except (KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:  # aiortc raises many kinds on hostile SDP: survive them all
+                log.warning("%s: %s from %s failed: %r", self.user_id, msg.kind, msg.from_user, exc)
                 self._emit_error(
-                    ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}: {exc}"
+                    ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}: {exc!r:.200}"
                 )
 
     def _on_relayed(self, msg: p.Relayed) -> None:

@@ -4,9 +4,11 @@ CallError codes. The call and the page keep working."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
+from callkit import CallError
 from callkit.media import ToneSource
 from callkit.signaling import protocol as p
 
@@ -45,8 +47,9 @@ async def test_malformed_relays_do_not_break_the_browser(server, make_engine) ->
                 ("offer", {"type": "offer"}),
             ]
             bad += [("renegotiate", {})] * 50  # the browser is the answerer: ignored
-            for kind, data in bad:
-                await client.request(p.Relay, call_id=call_id, to="web", kind=kind, data=data)
+            for kind, data in bad:  # the server refuses what it can tell is malformed (-1202)
+                with contextlib.suppress(CallError):
+                    await client.request(p.Relay, call_id=call_id, to="web", kind=kind, data=data)
             await asyncio.sleep(1.0)
             errors = await web.of("onError")
             assert errors and all(e["code"] == -1301 for e in errors), errors

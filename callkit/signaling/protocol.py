@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from .codes import ErrorCode
+from .relaydata import MAX_NESTING, too_deep
 
 VERSION = 1
 #: largest text frame the service reads (bytes); larger frames get RATE_LIMITED and are dropped
@@ -27,6 +28,11 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_RELAY_BYTES = 48 * 1024
 MAX_ID_LEN = 64
 MAX_STR_LEN = 1024
+#: longest ``userSig`` accepted: a TLS-SIG-API v2 sig is ~420 characters, plus ~1.3 per byte
+#: of userbuf (a 768-byte userbuf makes 1256 characters; 2 KiB of userbuf fits)
+MAX_USER_SIG_CHARS = 4096
+#: per-field string limits other than MAX_STR_LEN (wire names)
+_STR_LIMITS = {"userSig": MAX_USER_SIG_CHARS}
 
 #: TUICallKit user ids: letters, digits, '-' and '_', 1 to 32 bytes (ASCII, so 32 characters)
 USER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -322,8 +328,9 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{where} must be a string, got {value!r:.40}")
-        if len(value) > MAX_STR_LEN:
-            raise ValueError(f"{where} is longer than {MAX_STR_LEN} characters")
+        limit = _STR_LIMITS.get(where, MAX_STR_LEN)
+        if len(value) > limit:
+            raise ValueError(f"{where} is longer than {limit} characters")
         return value
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -335,6 +342,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be an object, got {value!r:.40}")
+        if too_deep(value):
+            raise ValueError(f"{where} nests deeper than {MAX_NESTING} levels")
         return value
     raise TypeError(f"unsupported field type {hint!r}")  # pragma: no cover - programming error
 

@@ -42,6 +42,7 @@ from .protocol import USER_ID_RE, valid_user_id
 from .records.service import RecordService
 from .records.store import RecordStore
 from .records.tracker import Cause
+from .relaydata import check_relay_data
 from .rest import AdminApi
 from .sessionio import SessionWriter, text_bytes
 from .usersig import UserSigError, verify_user_sig
@@ -920,6 +921,10 @@ class SignalingServer:
         self._own(session, msg.call_id)
         if msg.kind not in p.Relay.KINDS:
             raise CallStateError(ErrorCode.PARAM_INVALID, f"unknown relay kind {msg.kind!r:.20}")
+        try:
+            check_relay_data(msg.kind, msg.data)
+        except ValueError as exc:
+            raise CallStateError(ErrorCode.PARAM_INVALID, f"relay: {exc}") from None
         if len(p.json.dumps(msg.data)) > p.MAX_RELAY_BYTES:
             raise CallStateError(ErrorCode.PARAM_INVALID, "relay payload too large")
         forwarded = p.Relayed(
