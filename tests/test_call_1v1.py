@@ -136,6 +136,7 @@ async def test_callee_busy_in_another_call(make_engine) -> None:
     bob, rb = await make_engine("bob")
     carol, rc = await make_engine("carol")
     await connect(alice, ra, bob, rb)
+    await rb.wait_for("onUserJoin")  # bob's own events are in flight on his socket's writer
     before_bob = rb.names()
     await carol.call("bob", CallMediaType.AUDIO)
     await rc.wait_for("onCallCancelled")

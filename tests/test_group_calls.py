@@ -161,6 +161,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     assert dave_begin == {"roomID": begin["roomID"], "callMediaType": 1, "callRole": 2}
     for rec in (ra, rb, rc):
         await rec.wait_for("onUserJoin", lambda p: p["userId"] == "dave")
+    await rd.wait_for("onUserJoin", count=3)
     assert [p["userId"] for p in rd.of("onUserJoin")] == ["alice", "bob", "carol"]
     await assert_everyone_hears_everyone(parties, ["alice", "bob", "carol", "dave"])
     for name, (engine, _) in parties.items():
