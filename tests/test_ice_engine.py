@@ -15,7 +15,7 @@ from aiortc import RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from callkit import CallEngine, CallMediaType
 from callkit.media import ToneSource, icehooks
-from callkit.media.peer import ice_servers_from_json
+from callkit.media.peer import MAX_TRICKLED_CANDIDATES, ice_servers_from_json
 from callkit.recorder import EventRecorder
 from callkit.serveconfig import ServeConfig
 from callkit.signaling import SignalingServer
@@ -80,6 +80,7 @@ def test_every_turn_url_is_kept_for_the_allocation_race() -> None:
             credential="p",
         )
     ]
+    assert len(icehooks.turn_servers(servers * 3)) == icehooks.MAX_TURN_SERVERS
     got = icehooks.turn_servers(servers)
     assert [(t.server, t.transport, t.ssl) for t in got] == [
         (("198.51.100.1", 3478), "udp", False),
@@ -160,6 +161,12 @@ async def test_trickled_candidates_connect_without_peer_reflexive(server: Any) -
             # hostile candidates are ignored, not fatal
             for junk in ({"candidate": "candidate:garbage"}, {"candidate": 5}, {"sdpMid": []}):
                 await bob.request("relay", kind="candidate", data=junk, **relay)
+            # a flood of candidates is cut at MAX_TRICKLED_CANDIDATES (each would cost checks)
+            for port in range(1, 101):
+                flood = {"candidate": f"candidate:9 1 udp 1 127.0.0.1 {port} typ host"}
+                await bob.request(
+                    "relay", kind="candidate", data={**flood, "sdpMLineIndex": 0}, **relay
+                )
             await bob.request("relay", kind="candidate", data={"candidate": ""}, **relay)
             answer = await bob.next_of("relayed", "kind", "answer")
             await pc.setRemoteDescription(RTCSessionDescription(**answer["data"]))
@@ -173,6 +180,11 @@ async def test_trickled_candidates_connect_without_peer_reflexive(server: Any) -
             assert pair is not None, "not connected within 10 s"
             assert pair.remote_type == "host", pair
             assert not arec.of("onError")
+            session = alice.peers["bob"]
+            remote = [
+                c for conn in icehooks.connections(session.pc) for c in conn.remote_candidates
+            ]
+            assert len(remote) <= MAX_TRICKLED_CANDIDATES, len(remote)
     finally:
         await pc.close()
         await alice.destroy()

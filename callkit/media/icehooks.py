@@ -59,6 +59,8 @@ log = logging.getLogger("callkit.media.icehooks")
 _MARK = "_callkit_icehook"
 #: after the first TURN allocation succeeds, how long a preferred (earlier) one may still win
 TURN_PREFERENCE_WAIT = 0.5
+#: TURN URLs tried at once per connection (the first ones of the configuration)
+MAX_TURN_SERVERS = 4
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def turn_servers(ice_servers: list[Any]) -> list[TurnServer]:
                     transport,
                 )
             )
-    return found
+    return found[:MAX_TURN_SERVERS]
 
 
 @dataclass

@@ -36,6 +36,9 @@ CONNECT_TIMEOUT = 10.0
 
 #: trickled candidates kept while no remote description is set (more are dropped)
 MAX_PENDING_CANDIDATES = 64
+#: trickled candidates applied per peer connection in all (more are dropped): each one makes
+#: the engine send connectivity checks to the address it names
+MAX_TRICKLED_CANDIDATES = 64
 #: longest candidate line accepted (a real one is under 200 characters)
 MAX_CANDIDATE_CHARS = 512
 
@@ -107,6 +110,7 @@ class PeerSession:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self._turn = icehooks.turn_servers(list(ice_servers or []))
         self._pending_candidates: list[dict[str, Any]] = []
+        self._trickled = 0
         self._signal = signal
         self._local_audio = local_audio
         self._local_video = local_video
@@ -273,6 +277,9 @@ class PeerSession:
             if line in (None, ""):
                 await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
                 return
+            self._trickled += 1
+            if self._trickled > MAX_TRICKLED_CANDIDATES:
+                raise ValueError(f"more than {MAX_TRICKLED_CANDIDATES} candidates")
             if not isinstance(line, str) or len(line) > MAX_CANDIDATE_CHARS:
                 raise ValueError("candidate must be a string of at most 512 characters")
             if mid is not None and not isinstance(mid, str):
