@@ -18,6 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from callkit import serveconfig
     from callkit.logformat import use_json_logs
     from callkit.signaling import SignalingServer
+    from callkit.signaling.limits import ensure_open_files
     from callkit.signaling.records import SchemaTooNew, StoreError
 
     try:
@@ -45,6 +46,10 @@ def _serve(args: argparse.Namespace) -> int:
             webhook_timeout=cfg.webhook_timeout,
             records_heartbeat=cfg.records_heartbeat,
         )
+        problem = ensure_open_files(server.config.max_connections)
+        if problem is not None:
+            print(f"callkit serve: {problem}", file=sys.stderr)
+            return 2
         try:
             url = await server.start(cfg.host, cfg.port)
         except OSError as exc:

@@ -37,6 +37,7 @@ from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
 from .codes import CallEndReason, ErrorCode
 from .grants import granted_groups
 from .ice import IceServersConfig
+from .limits import ConnectionGuard, GuardedSite, RepeatFilter
 from .metrics import LoopLagMonitor, ServerMetrics
 from .protocol import USER_ID_RE, valid_user_id
 from .records.service import RecordService
@@ -49,6 +50,17 @@ from .usersig import UserSigError, verify_user_sig
 from .webapp import add_web_routes
 
 log = logging.getLogger("callkit.signaling.server")
+
+#: asyncio logs each failed accept (e.g. "Too many open files"): once per 10 s is enough
+_ACCEPT_ERRORS = RepeatFilter(10.0)
+
+
+def _quiet_accept_errors() -> None:
+    """Rate-limit asyncio's per-event error logs (idempotent)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _ACCEPT_ERRORS not in asyncio_log.filters:
+        asyncio_log.addFilter(_ACCEPT_ERRORS)
+
 
 __all__ = ["USER_ID_RE", "ServerConfig", "Session", "SignalingServer", "Stats", "valid_user_id"]
 
@@ -77,8 +89,14 @@ class ServerConfig:
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
     #: sessions (devices) one user may have at once, held ones included (multi-device on)
     max_sessions_per_user: int = 4
-    #: open WebSockets the service accepts; more get HTTP 503 before the upgrade
+    #: TCP connections the service holds at once (before the upgrade and login too); more
+    #: get HTTP 503 at once. ``callkit serve`` raises the open-file limit to fit it
     max_connections: int = 10_000
+    #: TCP connections from one client address; more get HTTP 503
+    max_connections_per_ip: int = 256
+    #: a connection that is neither a WebSocket nor in a request is closed this many seconds
+    #: after it opened or after its last response (slowloris, idle keep-alive sockets)
+    handshake_timeout: float = 10.0
     #: how long a user whose socket dropped without a clean close keeps its call membership,
     #: counted from the last frame or pong received from it (a TCP close counts as a sign of
     #: life, missed pongs do not). So a vanished client leaves its call at most this long after
@@ -98,7 +116,14 @@ class ServerConfig:
     wall_clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "login_timeout", "rate_per_s", "rate_burst", "send_timeout"):
+        for name in (
+            "heartbeat",
+            "login_timeout",
+            "rate_per_s",
+            "rate_burst",
+            "send_timeout",
+            "handshake_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.resume_grace < 0:
@@ -107,6 +132,7 @@ class ServerConfig:
             "max_message_bytes",
             "max_sessions_per_user",
             "max_connections",
+            "max_connections_per_ip",
             "max_held_messages",
             "max_held_bytes",
             "max_send_queue_bytes",
@@ -236,6 +262,7 @@ class SignalingServer:
         self._sockets: dict[web.WebSocketResponse, Session] = {}  # open socket -> its session
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
+        self._guard: ConnectionGuard | None = None
         self._timer_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.url: str | None = None
@@ -263,7 +290,7 @@ class SignalingServer:
     def create_app(self) -> web.Application:
         """The aiohttp application (``/ws``, ``/health``, the admin API of rest.py, the web
         phone and SDK)."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._deadline_middleware])
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/health", self._health)
         app.router.add_get("/calls", self._calls)
@@ -282,7 +309,17 @@ class SignalingServer:
         with an ``ssl_context``). Raises OSError when the address cannot be bound."""
         self._runner = web.AppRunner(self.create_app(), handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
+        _quiet_accept_errors()
+        cfg = self.config
+        self._guard = ConnectionGuard(
+            cfg.max_connections,
+            cfg.max_connections_per_ip,
+            cfg.handshake_timeout,
+            on_refused=self._count_refused,
+        )
+        site = GuardedSite(
+            self._runner, host, port, guard=self._guard, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except OSError:
@@ -400,6 +437,21 @@ class SignalingServer:
 
     # ------------------------------------------------------------------ websocket
 
+    def _count_refused(self) -> None:
+        self.stats.refused_connections += 1
+
+    @web.middleware
+    async def _deadline_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """No handshake deadline while a request runs; it restarts after the response."""
+        guard = self._guard
+        if guard is None:
+            return await handler(request)
+        guard.busy(request.transport, True)
+        try:
+            return await handler(request)
+        finally:
+            guard.busy(request.transport, False)
+
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if len(self._sockets) >= self.config.max_connections:
             self.stats.refused_connections += 1
@@ -410,6 +462,8 @@ class SignalingServer:
             max_msg_size=self.config.max_message_bytes * 16,
         )
         await ws.prepare(request)
+        if self._guard is not None:
+            self._guard.upgraded(request.transport)
         loop = asyncio.get_running_loop()
         session = Session(
             ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(), last_seen=loop.time()
