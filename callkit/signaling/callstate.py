@@ -85,6 +85,8 @@ class Member:
     began_at: float | None
     audio: bool = True
     video: bool = False
+    #: the ``calleeIdList`` of this member's invitation (to ring again on a later login)
+    invite_list: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -177,14 +179,19 @@ def _check_media_type(media_type: object) -> CallMediaType:
     return CallMediaType(media_type)
 
 
+#: longest ring timeout accepted, in seconds (TUICallKit's REST API bounds robot calls to
+#: 10-600 s; callkit keeps short timeouts for tests and bots but the same upper bound)
+MAX_RING_TIMEOUT = 600.0
+
+
 def _check_timeout(timeout: object) -> float:
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))
         or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_RING_TIMEOUT
     ):
-        raise _invalid("timeout must be a positive number of seconds")
+        raise _invalid(f"timeout must be a number of seconds in (0, {MAX_RING_TIMEOUT:g}]")
     return float(timeout)
 
 
@@ -235,6 +242,15 @@ class CallRegistry:
         """The live call using ``room_id``."""
         call_id = self._room_call.get(room_id)
         return None if call_id is None else self.calls[call_id]
+
+    def pending_invitation(self, user_id: str) -> Notify | None:
+        """The ``onCallReceived`` of the call ``user_id`` is ringing in, to deliver again to a
+        device that logs in while it rings (None when the user does not ring)."""
+        call = self.call_of(user_id)
+        member = call.members.get(user_id) if call is not None else None
+        if call is None or member is None or member.state is not MemberState.RINGING:
+            return None
+        return self._received(call, user_id, member.invited_by, member.invite_list)
 
     def is_idle(self) -> bool:
         """True when no call, member, room or live timer is left."""
@@ -567,6 +583,7 @@ class CallRegistry:
         del self._room_call[call.room_id]
 
     def _received(self, call: Call, callee: str, inviter: str, callee_list: list[str]) -> Notify:
+        call.members[callee].invite_list = list(callee_list)
         return _notify(
             call,
             callee,

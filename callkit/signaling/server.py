@@ -769,6 +769,17 @@ class SignalingServer:
                 },
             )
         )
+        invitation = self.registry.pending_invitation(user) if call is not None else None
+        if old is None and invitation is not None:  # it rings on the device that just came
+            call_snap = self._snapshot(call) if call is not None else None
+            session.post(
+                p.Event(
+                    event=invitation.event,
+                    call_id=invitation.call_id,
+                    payload=invitation.payload,
+                    call=call_snap,
+                ).encode()
+            )
 
     def _take_over(self, old: Session, new: Session) -> list[p.Message]:
         """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
