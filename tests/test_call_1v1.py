@@ -60,11 +60,19 @@ async def test_video_call_carries_real_audio_and_video(make_engine) -> None:
     await quiet()
     assert end_a["totalTime"] == end_b["totalTime"] >= 3
     # each side learns the other's video is available when its first frame decodes
-    assert ra.names() == ["onUserJoin", "onCallBegin", "onUserVideoAvailable", "onCallEnd"]
+    # and that the other joined with the microphone on (onUserAudioAvailable, from the server)
+    assert ra.names() == [
+        "onUserJoin",
+        "onCallBegin",
+        "onUserAudioAvailable",
+        "onUserVideoAvailable",
+        "onCallEnd",
+    ]
     assert rb.names() == [
         "onCallReceived",
         "onCallBegin",
         "onUserJoin",
+        "onUserAudioAvailable",
         "onUserVideoAvailable",
         "onUserLeave",
         "onCallEnd",
@@ -136,7 +144,7 @@ async def test_callee_busy_in_another_call(make_engine) -> None:
     bob, rb = await make_engine("bob")
     carol, rc = await make_engine("carol")
     await connect(alice, ra, bob, rb)
-    await rb.wait_for("onUserJoin")  # bob's own events are in flight on his socket's writer
+    await rb.wait_for("onUserAudioAvailable")  # the last event of the accept reached bob
     before_bob = rb.names()
     await carol.call("bob", CallMediaType.AUDIO)
     await rc.wait_for("onCallCancelled")

@@ -123,6 +123,11 @@ def ev(event: str, user: str) -> tuple[str, dict[str, Any]]:
     return (event, {"userId": user})
 
 
+def mic(user: str) -> tuple[str, dict[str, Any]]:
+    """A member who joined with the microphone on is announced (TUICallKit)."""
+    return ("onUserAudioAvailable", {"userId": user, "isAudioAvailable": True})
+
+
 def received(caller: str, callees: list[str], group: str = "", media: int = 2, data: str = ""):
     return (
         "onCallReceived",
@@ -264,8 +269,8 @@ def test_accept(reg: CallRegistry, clock: Clock) -> None:
     call, _ = reg.start_call(clock(), "A", ["B"], VIDEO)
     out = reg.accept(clock(2), "B", call.call_id)
     assert by_user(out) == {
-        "A": [ev("onUserJoin", "B"), begin(1)],
-        "B": [begin(2), ev("onUserJoin", "A")],
+        "A": [ev("onUserJoin", "B"), begin(1), mic("B")],
+        "B": [begin(2), ev("onUserJoin", "A"), mic("A")],
     }
     assert call.begun and call.joined() == ["A", "B"] and call.ringing() == []
     assert call.members["A"].began_at == call.members["B"].began_at == 1002.0
@@ -381,14 +386,14 @@ def test_group_accepts(reg: CallRegistry, clock: Clock) -> None:
     call, _ = reg.start_call(clock(), "A", ["B", "C", "D"], AUDIO, group_id="g1")
     out = reg.accept(clock(1), "B", call.call_id)
     assert by_user(out) == {
-        "A": [ev("onUserJoin", "B"), begin(1, media=1)],
-        "B": [begin(2, media=1), ev("onUserJoin", "A")],
+        "A": [ev("onUserJoin", "B"), begin(1, media=1), mic("B")],
+        "B": [begin(2, media=1), ev("onUserJoin", "A"), mic("A")],
     }
     out = reg.accept(clock(1), "C", call.call_id)
     assert by_user(out) == {
-        "A": [ev("onUserJoin", "C")],
-        "B": [ev("onUserJoin", "C")],
-        "C": [begin(2, media=1), ev("onUserJoin", "A"), ev("onUserJoin", "B")],
+        "A": [ev("onUserJoin", "C"), mic("C")],
+        "B": [ev("onUserJoin", "C"), mic("C")],
+        "C": [begin(2, media=1), ev("onUserJoin", "A"), mic("A"), ev("onUserJoin", "B"), mic("B")],
     }
     out = reg.reject(clock(1), "D", call.call_id)
     assert by_user(out) == {
@@ -404,7 +409,11 @@ def test_group_accepts(reg: CallRegistry, clock: Clock) -> None:
 def test_group_reject_before_anyone_accepted_keeps_ringing(reg: CallRegistry, clock: Clock) -> None:
     call, _ = reg.start_call(clock(), "A", ["B", "C"], AUDIO, group_id="g")
     out = reg.reject(clock(1), "B", call.call_id)
-    assert by_user(out) == {"B": [ev("onCallCancelled", "B")], "A": [ev("onUserReject", "B")]}
+    assert by_user(out) == {
+        "B": [ev("onCallCancelled", "B")],
+        "A": [ev("onUserReject", "B")],
+        "C": [ev("onUserReject", "B")],  # every invitee hears of a reject in a group call
+    }
     out = reg.ignore(clock(1), "C", call.call_id)
     assert by_user(out) == {
         "C": [ev("onCallCancelled", "C")],
@@ -473,9 +482,9 @@ def test_invite_mid_call(reg: CallRegistry, clock: Clock) -> None:
     )
     out = reg.accept(clock(1), "C", call.call_id)
     assert by_user(out) == {
-        "A": [ev("onUserJoin", "C")],
-        "B": [ev("onUserJoin", "C")],
-        "C": [begin(2, media=1), ev("onUserJoin", "A"), ev("onUserJoin", "B")],
+        "A": [ev("onUserJoin", "C"), mic("C")],
+        "B": [ev("onUserJoin", "C"), mic("C")],
+        "C": [begin(2, media=1), ev("onUserJoin", "A"), mic("A"), ev("onUserJoin", "B"), mic("B")],
     }
 
 
@@ -511,9 +520,9 @@ def test_join_by_room_id(reg: CallRegistry, clock: Clock) -> None:
     joined, out = reg.join(clock(1), "E", room, AUDIO, granted_groups=frozenset({"g"}))
     assert joined is call
     assert by_user(out) == {
-        "A": [ev("onUserJoin", "E")],
-        "B": [ev("onUserJoin", "E")],
-        "E": [begin(2, media=1), ev("onUserJoin", "A"), ev("onUserJoin", "B")],
+        "A": [ev("onUserJoin", "E"), mic("E")],
+        "B": [ev("onUserJoin", "E"), mic("E")],
+        "E": [begin(2, media=1), ev("onUserJoin", "A"), mic("A"), ev("onUserJoin", "B"), mic("B")],
     }
     e = call.members["E"]
     assert (e.state, e.role, e.began_at, e.deadline) == (
@@ -528,8 +537,11 @@ def test_join_by_room_id(reg: CallRegistry, clock: Clock) -> None:
     assert by_user(out)["C"] == [
         begin(2, media=1),
         ev("onUserJoin", "A"),
+        mic("A"),
         ev("onUserJoin", "B"),
+        mic("B"),
         ev("onUserJoin", "E"),
+        mic("E"),
     ]
     assert reg.get_timer() is None
     out = reg.hangup(clock(10), "E", call.call_id)
@@ -635,8 +647,8 @@ def test_waiting_alone_then_invitee_accepts(reg: CallRegistry, clock: Clock) -> 
     reg.hangup(clock(1), "A", call.call_id)
     out = reg.accept(clock(1), "C", call.call_id)
     assert by_user(out) == {
-        "B": [ev("onUserJoin", "C")],
-        "C": [begin(2, media=1), ev("onUserJoin", "B")],
+        "B": [ev("onUserJoin", "C"), mic("C")],
+        "C": [begin(2, media=1), ev("onUserJoin", "B"), mic("B")],
     }
 
 
@@ -672,7 +684,14 @@ def test_glare(reg: CallRegistry, clock: Clock) -> None:
     call, _ = reg.start_call(clock(), "A", ["B"], VIDEO)
     refused(reg, REFUSED, reg.start_call, clock(), "B", ["A"], VIDEO)
     out = reg.accept(clock(1), "B", call.call_id)
-    assert [n.event for n in out] == ["onUserJoin", "onCallBegin", "onCallBegin", "onUserJoin"]
+    assert [n.event for n in out] == [
+        "onUserJoin",
+        "onCallBegin",
+        "onUserAudioAvailable",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserAudioAvailable",
+    ]
 
 
 def test_accept_racing_cancel(reg: CallRegistry, clock: Clock) -> None:
@@ -882,3 +901,50 @@ def test_public_types() -> None:
     assert (m.audio, m.video) == (True, False)
     assert MemberState.RINGING == "ringing"
     assert CallRegistry.MAX_PARTICIPANTS == 9
+
+
+def test_group_reject_reaches_every_invitee_other_exits_only_joined(
+    reg: CallRegistry, clock: Clock
+) -> None:
+    """TUICallKit: in a group call all invitees get onUserReject; timeouts and busy are for
+    the joined members only; a 1v1 reject goes to the caller alone."""
+    call, _ = reg.start_call(clock(), "A", ["B", "C", "D", "E"], AUDIO, group_id="g", timeout=5)
+    reg.accept(clock(1), "B", call.call_id)
+    out = reg.reject(clock(1), "C", call.call_id)
+    assert by_user(out) == {
+        "C": [ev("onCallCancelled", "C")],
+        "A": [ev("onUserReject", "C")],
+        "B": [ev("onUserReject", "C")],
+        "D": [ev("onUserReject", "C")],
+        "E": [ev("onUserReject", "C")],
+    }
+    out = reg.ignore(clock(1), "D", call.call_id)
+    assert set(by_user(out)) == {"D", "A", "B"}  # E, still ringing, is not told of a busy line
+    out = reg.handle_timer(clock(10))
+    assert by_user(out) == {
+        "E": [ev("onCallCancelled", "E")],
+        "A": [ev("onUserNoResponse", "E")],
+        "B": [ev("onUserNoResponse", "E")],
+    }
+    # a call placed with group_call("", ...) to several users is a group call too
+    call2, _ = reg.start_call(clock(), "P", ["Q", "R"], AUDIO)
+    assert call2.is_group()
+    out = reg.reject(clock(1), "Q", call2.call_id)
+    assert by_user(out)["R"] == [ev("onUserReject", "Q")]
+    # 1v1: only the caller
+    call3, _ = reg.start_call(clock(), "X", ["Y"], AUDIO)
+    assert not call3.is_group()
+    out = reg.reject(clock(1), "Y", call3.call_id)
+    assert set(by_user(out)) == {"X", "Y"}
+
+
+def test_member_joining_with_microphone_off_is_not_announced(
+    reg: CallRegistry, clock: Clock
+) -> None:
+    call, _ = reg.start_call(clock(), "A", ["B", "C"], AUDIO, group_id="g")
+    reg.set_device(clock(1), "A", call.call_id, audio=False)  # the caller mutes while calling
+    out = reg.accept(clock(1), "B", call.call_id)
+    assert by_user(out) == {
+        "A": [ev("onUserJoin", "B"), begin(1, media=1), mic("B")],
+        "B": [begin(2, media=1), ev("onUserJoin", "A")],  # A's microphone is off
+    }

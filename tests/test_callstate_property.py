@@ -90,7 +90,11 @@ class CallMachine(RuleBasedStateMachine):
                 assert ev in ("onCallReceived", "onCallBegin"), (n, st_)
                 self.status[key] = "ringing" if ev == "onCallReceived" else "in"
             elif st_ == "ringing":
-                assert ev in ("onCallBegin", "onCallCancelled"), (n, st_)
+                # in a group call a ringing invitee hears of the others' rejects
+                assert ev in ("onCallBegin", "onCallCancelled", "onUserReject"), (n, st_)
+                if ev == "onUserReject":
+                    assert self.reg.calls[n.call_id].is_group(), n
+                    continue
                 self.status[key] = "in" if ev == "onCallBegin" else "idle"
             elif st_ == "calling":
                 assert ev in CALLING_EVENTS | {"onCallBegin", "onCallCancelled"}, (n, st_)

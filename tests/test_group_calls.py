@@ -80,19 +80,37 @@ async def test_three_party_group_call_full_mesh(make_engine) -> None:
     await alice.hangup()
     await rb.wait_for("onCallEnd")
     await quiet()
-    assert ra.names() == ["onUserJoin", "onCallBegin", "onUserJoin", "onUserLeave", "onCallEnd"]
+    assert ra.names() == [
+        "onUserJoin",
+        "onCallBegin",
+        "onUserAudioAvailable",
+        "onUserJoin",
+        "onUserAudioAvailable",
+        "onUserLeave",
+        "onCallEnd",
+    ]
     assert rb.names() == [
         "onCallReceived",
         "onCallBegin",
         "onUserJoin",
+        "onUserAudioAvailable",
         "onUserJoin",
+        "onUserAudioAvailable",
         "onUserLeave",
         "onUserLeave",
         "onCallEnd",
     ]
     assert [p["userId"] for p in rb.of("onUserJoin")] == ["alice", "carol"]
     assert [p["userId"] for p in rb.of("onUserLeave")] == ["carol", "alice"]
-    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserJoin", "onCallEnd"]
+    assert rc.names() == [
+        "onCallReceived",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserAudioAvailable",
+        "onUserJoin",
+        "onUserAudioAvailable",
+        "onCallEnd",
+    ]
     for rec in (ra, rb, rc):
         assert_payload_keys(rec)
 
@@ -125,6 +143,7 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
         ("onUserLineBusy", {"userId": "dave"}),
         ("onUserJoin", {"userId": "bob"}),
         ("onCallBegin", ra.of("onCallBegin")[0]),
+        ("onUserAudioAvailable", {"userId": "bob", "isAudioAvailable": True}),
         ("onUserReject", {"userId": "carol"}),
         ("onUserNoResponse", {"userId": "frank"}),
     ]
@@ -132,6 +151,7 @@ async def test_reject_busy_and_no_response_reach_every_participant(make_engine) 
         "onCallReceived",
         "onCallBegin",
         "onUserJoin",
+        "onUserAudioAvailable",
         "onUserReject",
         "onUserNoResponse",
     ]
@@ -161,7 +181,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     assert dave_begin == {"roomID": begin["roomID"], "callMediaType": 1, "callRole": 2}
     for rec in (ra, rb, rc):
         await rec.wait_for("onUserJoin", lambda p: p["userId"] == "dave")
-    await rd.wait_for("onUserJoin", count=3)
+    await rd.wait_for("onUserAudioAvailable", count=3)  # the last events of the join
     assert [p["userId"] for p in rd.of("onUserJoin")] == ["alice", "bob", "carol"]
     await assert_everyone_hears_everyone(parties, ["alice", "bob", "carol", "dave"])
     for name, (engine, _) in parties.items():
@@ -190,8 +210,15 @@ async def test_caller_leaves_group_while_others_ring_and_talk(make_engine) -> No
     await bob.hangup()
     await rc.wait_for("onCallEnd")
     await quiet()
-    assert rc.names() == ["onCallReceived", "onCallBegin", "onUserJoin", "onUserLeave", "onCallEnd"]
-    assert rb.names()[-3:] == ["onUserLeave", "onUserJoin", "onCallEnd"]
+    assert rc.names() == [
+        "onCallReceived",
+        "onCallBegin",
+        "onUserJoin",
+        "onUserAudioAvailable",
+        "onUserLeave",
+        "onCallEnd",
+    ]
+    assert rb.names()[-4:] == ["onUserLeave", "onUserJoin", "onUserAudioAvailable", "onCallEnd"]
 
 
 async def test_group_parameter_errors(make_engine) -> None:

@@ -128,8 +128,10 @@ async def pair_loop(a: SoakClient, b: SoakClient, until: float, m: Measure, seed
                 await timed(m, callee.request("accept", callId=call_id))
                 await caller.event("onCallBegin")
                 await caller.event("onUserJoin")
+                await caller.event("onUserAudioAvailable")  # the callee joined with mic on
                 await callee.event("onCallBegin")
                 await callee.event("onUserJoin")
+                await callee.event("onUserAudioAvailable")
                 ender, other = (caller, callee) if rng.random() < 0.5 else (callee, caller)
                 await timed(m, ender.request("hangup", callId=call_id))
                 await other.event("onUserLeave")

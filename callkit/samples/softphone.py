@@ -257,13 +257,13 @@ class Softphone:
         if cmd == "call" and len(users) == 1:
             if video:
                 await self._open_camera()
-            await e.call(users[0], media)
             self.say(f">> calling {users[0]} ({media.name.lower()})")
+            await e.call(users[0], media)
         elif cmd == "group" and users:
             if video:
                 await self._open_camera()
-            await e.group_call(users, f"group-{e.user_id}", media)
             self.say(f">> calling {', '.join(users)} ({media.name.lower()} group call)")
+            await e.group_call(users, f"group-{e.user_id}", media)
         elif cmd == "accept":
             await e.accept()
         elif cmd == "reject":

@@ -10,7 +10,8 @@ Who gets what (DESIGN.md section 3; every sequence is pinned by tests/test_calls
 
 - an invitee leaves the ringing state by accepting (the call begins for it), or by one of
   the *exits* in :data:`INVITEE_EXITS` (reject / ignore / timeout): it gets
-  ``onCallCancelled {userId: itself}`` and every joined member gets the exit's event;
+  ``onCallCancelled {userId: itself}`` and every joined member gets the exit's event; in a
+  group call a reject also reaches the invitees still ringing (``onUserReject``);
 - a joined member hangs up: before anyone accepted this cancels the whole call, afterwards
   it leaves (``onUserLeave`` to the others, ``onCallEnd`` to itself);
 - after every departure the call *settles* (:meth:`CallRegistry._settle`): it lives while two
@@ -109,6 +110,10 @@ class Call:
     def joined(self) -> list[str]:
         """The joined members, in member order."""
         return [u for u, m in self.members.items() if m.state is MemberState.JOINED]
+
+    def is_group(self) -> bool:
+        """A group call: placed with a group id, or more than one user was ever invited."""
+        return bool(self.group_id) or len(self.invited) > 2
 
     def ringing(self) -> list[str]:
         """The ringing invitees, in member order."""
@@ -629,9 +634,21 @@ class CallRegistry:
             waiting = call.members[other]
             if waiting.began_at is None:
                 out.append(self._begin(now, call, waiting))
+            out += self._audio_on(call, other, member)
         out.append(self._begin(now, call, member))
-        out += [_notify(call, member.user_id, "onUserJoin", userId=o) for o in others]
+        for o in others:
+            out.append(_notify(call, member.user_id, "onUserJoin", userId=o))
+            out += self._audio_on(call, member.user_id, call.members[o])
         return out
+
+    @staticmethod
+    def _audio_on(call: Call, to: str, member: Member) -> list[Notify]:
+        """TUICallKit announces a member who joins with the microphone on to the others."""
+        if not member.audio:
+            return []
+        return [
+            _notify(call, to, "onUserAudioAvailable", userId=member.user_id, isAudioAvailable=True)
+        ]
 
     def _exit_invitee(self, now: float, call: Call, member: Member, how: str) -> list[Notify]:
         """A ringing invitee rejects, ignores or times out (see :data:`INVITEE_EXITS`)."""
@@ -639,6 +656,9 @@ class CallRegistry:
         self._remove_member(call, user_id)
         out = [_notify(call, user_id, "onCallCancelled", userId=user_id)]
         out += [_notify(call, j, INVITEE_EXITS[how], userId=user_id) for j in call.joined()]
+        if how == "reject" and call.is_group():
+            # TUICallKit: "in a group call every invitee gets onUserReject", ringing ones too
+            out += [_notify(call, r, "onUserReject", userId=user_id) for r in call.ringing()]
         return out + self._settle(now, call)
 
     def _leave(self, now: float, call: Call, member: Member) -> list[Notify]:
