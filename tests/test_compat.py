@@ -1,21 +1,38 @@
-"""callkit.media._compat: targeted versions, and aioice's TURN 438 handling against a real
-coturn (on 127.0.0.1) whose nonces go stale after 1 s."""
+"""callkit.media._compat: targeted versions, aioice's TURN 438 handling against a real
+coturn (on 127.0.0.1) whose nonces go stale after 1 s, and one test per replacement of an
+aiortc / aioice internal proving it still takes effect (so an upgrade fails loudly)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import av
+import numpy as np
 import pytest
 from aioice import turn
+from aioice.ice import Connection
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+)
+from aiortc.contrib.media import MediaBlackhole
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
+from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
+from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
+from callkit.media.volume import FrameLevel, compute_audio_level_dbov, install_audio_level_hook
 from callkit.signaling.ice import turn_credentials
 
 SECRET = "compat-turn-secret"
@@ -102,3 +119,163 @@ async def test_channel_bind_after_the_nonce_went_stale(coturn: int) -> None:
         for peer in peers:
             peer.close()
         await asyncio.sleep(0.2)
+
+
+# ------------------------------------------------------------ one test per replacement
+
+
+class _CountingShaper:
+    """Duck-typed NetworkShaper: counts and forwards every datagram."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, transport: Any, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        transport.sendto(data, addr)
+
+
+@contextlib.asynccontextmanager
+async def _loopback_pair(shaper: Any = None) -> AsyncIterator[tuple[Any, Any]]:
+    """Two aiortc peers on 127.0.0.1 (gathered through the host-address hook), pc1 sending a
+    tone to pc2; yields once both are connected (at most 10 s)."""
+    pc1 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    hole = MediaBlackhole()
+    pc1.addTrack(AudioStreamTrack())
+    pc2.on("track", hole.addTrack)
+    try:
+        icehooks.attach(pc1, host_addresses=["127.0.0.1"], shaper=shaper)
+        await pc1.setLocalDescription(await pc1.createOffer())
+        await pc2.setRemoteDescription(pc1.localDescription)
+        icehooks.attach(pc2, host_addresses=["127.0.0.1"])
+        await pc2.setLocalDescription(await pc2.createAnswer())
+        await pc1.setRemoteDescription(pc2.localDescription)
+        await hole.start()
+        deadline = time.monotonic() + 10
+        while not pc1.connectionState == "connected" == pc2.connectionState:
+            assert time.monotonic() < deadline, "loopback peers did not connect within 10 s"
+            await asyncio.sleep(0.05)
+        yield pc1, pc2
+    finally:
+        await hole.stop()
+        await pc1.close()
+        await pc2.close()
+
+
+def _candidate_addresses(sdp: str) -> list[str]:
+    return [line.split()[4] for line in sdp.splitlines() if line.startswith("a=candidate:")]
+
+
+async def test_host_addresses_replacement_takes_effect() -> None:
+    """aioice never gathers 127.0.0.1 by itself: only the hook can put it in the offer. This
+    also proves ``ice_connection`` / ``pc_ice_transports`` find aiortc's Connection."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio")
+        pc_transports = _compat.pc_ice_transports(pc)
+        assert pc_transports
+        assert all(isinstance(_compat.ice_connection(t), Connection) for t in pc_transports)
+        icehooks.attach(pc, host_addresses=["127.0.0.1"])
+        await pc.setLocalDescription(await pc.createOffer())
+        assert _candidate_addresses(pc.localDescription.sdp) == ["127.0.0.1"]
+        assert _compat.gathering_connection() is None  # only set while gathering
+    finally:
+        await pc.close()
+
+
+async def test_datagram_transport_replacement_takes_effect() -> None:
+    """Every datagram of a real call (ICE, DTLS, SRTP) leaves through the shaper; the
+    nominated pair is read back through ``nominated_pairs``."""
+    shaper = _CountingShaper()
+    async with _loopback_pair(shaper) as (pc1, _):
+        await asyncio.sleep(0.5)  # 25 audio frames
+        assert shaper.sent > 25
+        pairs = [p for c in icehooks.connections(pc1) for p in _compat.nominated_pairs(c)]
+        assert pairs and pairs[0].local_addr[0] == "127.0.0.1"
+        assert icehooks.selected_pairs(pc1) == [(pairs[0].local_addr, pairs[0].remote_addr)]
+
+
+async def test_relayed_candidate_replacement_takes_effect(coturn: int) -> None:
+    """aiortc hands aioice its first TURN URL only; here that one has a wrong password, so a
+    relay candidate can only come from the hook's second server (TCP, right password)."""
+    username, password = turn_credentials(SECRET, "alice", 600, time.time())
+    bad = RTCIceServer(f"turn:127.0.0.1:{coturn}?transport=udp", "alice", "wrong")
+    good = RTCIceServer(f"turn:127.0.0.1:{coturn}?transport=tcp", username, password)
+    assert _compat.parse_stun_turn_uri(good.urls)["transport"] == "tcp"
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[bad]))
+    try:
+        pc.addTransceiver("audio")
+        icehooks.attach(pc, host_addresses=["127.0.0.1"], turn=icehooks.turn_servers([bad, good]))
+        await asyncio.wait_for(pc.setLocalDescription(await pc.createOffer()), 20)
+        assert " typ relay" in pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+async def test_sender_rtcp_replacement_takes_effect() -> None:
+    """The RTCP log gets the SRs a real sender sends (RTT needs them) and the report blocks
+    about its own SSRC (``sender_ssrc``) that come back."""
+    async with _loopback_pair() as (pc1, _):
+        sender = pc1.getSenders()[0]
+        ssrc = int(pc1.localDescription.sdp.split("a=ssrc:")[1].split()[0])
+        assert _compat.sender_ssrc(sender) == ssrc
+        log = rtcp_log(sender)
+        blocks: list[Any] = []
+        deadline = time.monotonic() + 10  # aiortc sends RTCP every 0.5-1.5 s
+        while not (blocks and log.rtt_ms is not None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            blocks += log.take_blocks()
+        assert blocks, "no receiver-report block reached the RTCP log"
+        assert log.rtt_ms is not None and 0 <= log.rtt_ms < 500
+
+
+async def test_audio_level_replacement_takes_effect() -> None:
+    """aiortc's sender takes the RTP audio level from our function: it trusts the frame's
+    attached FrameLevel (42) although its samples are silence (aiortc's own says 127)."""
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = 48000, 0, fractions.Fraction(1, 48000)
+    frame.opaque = FrameLevel(42)
+    install_audio_level_hook()
+
+    class OneFrame(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self) -> av.AudioFrame:
+            return frame
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        sender = pc.addTrack(OneFrame())
+        opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+        encoded = await sender._next_encoded_frame(opus)
+        assert encoded is not None and encoded.audio_level == -42
+        assert _compat.AIORTC_COMPUTE_AUDIO_LEVEL_DBOV(frame) == -127
+    finally:
+        await pc.close()
+
+
+def test_every_patch_is_installed_once() -> None:
+    """Importing callkit.media installs every wrapper; installing again does not re-wrap."""
+    import aioice.ice
+    import aiortc.rtp
+    from aiortc.rtcrtpsender import RTCRtpSender
+
+    def patched() -> list[Any]:
+        return [
+            aioice.ice.get_host_addresses,
+            aioice.ice.Connection.gather_candidates,
+            aioice.ice.StunProtocol.connection_made,
+            aioice.ice.relayed_candidate,
+            RTCRtpSender._send_rtcp,
+            RTCRtpSender._handle_rtcp_packet,
+        ]
+
+    install_audio_level_hook()
+    before = patched()
+    assert all(getattr(fn, "_callkit_compat", False) for fn in before)
+    icehooks.install()
+    install_rtcp_hooks()
+    install_audio_level_hook()
+    assert patched() == before
+    assert aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov

@@ -1,9 +1,26 @@
 """Where callkit depends on aiortc / aioice internals, pinned to the versions it was made for.
 
 Targets **aiortc 1.16.x** and **aioice 0.13.x** (pinned in pyproject.toml). Every replacement of
-an aiortc or aioice internal belongs here, each with a test that fails when it stops taking
-effect; the hooks that still live in ``icehooks.py`` (host addresses, datagram shaping, the
-multi-TURN allocation race) and ``rtcstats.py`` (RTCP log) move here with issue 14.
+an aiortc or aioice internal belongs here, each with a test in ``tests/test_compat.py`` that
+fails when it stops taking effect. The callkit logic stays with its owner (``icehooks``,
+``rtcstats``, ``volume``); this module only knows *where* in aiortc / aioice it plugs in:
+
+1. ``aioice.ice.get_host_addresses`` + ``Connection.gather_candidates``: per-connection host
+   addresses (:func:`patch_host_addresses`, :func:`gathering_connection`);
+2. ``aioice.ice.StunProtocol.connection_made``: a proxy transport per ICE socket, for the
+   network shaper (:func:`patch_datagram_transport`);
+3. ``aioice.ice.relayed_candidate``: several TURN servers at once
+   (:func:`patch_relayed_candidate`);
+4. ``aiortc.RTCRtpSender._send_rtcp`` / ``_handle_rtcp_packet``: the RTCP log
+   (:func:`patch_sender_rtcp`);
+5. ``aiortc.rtp.compute_audio_level_dbov``: numpy audio level (:func:`patch_audio_level`);
+6. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
+   ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
+   ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
+   (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported).
+
+Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
+replaces the callkit hook the wrapper calls.
 
 TURN and nonces (issue 10). coturn answers a request that carries an expired nonce with
 ``438 Stale Nonce`` and a fresh NONCE; a client must retry with it (RFC 8656 section 9).
@@ -23,9 +40,34 @@ docs/deploy.md says so and tests/nattopo.py gives its "internet" a default route
 
 from __future__ import annotations
 
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import version
+from typing import Any
 
-__all__ = ["TARGETS", "version_mismatches"]
+import aioice.ice
+import aiortc.rtp
+from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
+from aiortc.rtcrtpsender import RTCRtpSender
+
+__all__ = [
+    "AIORTC_COMPUTE_AUDIO_LEVEL_DBOV",
+    "TARGETS",
+    "gathering_connection",
+    "ice_connection",
+    "nominated_pairs",
+    "parse_stun_turn_uri",
+    "patch_audio_level",
+    "patch_datagram_transport",
+    "patch_host_addresses",
+    "patch_relayed_candidate",
+    "patch_sender_rtcp",
+    "pc_ice_transports",
+    "sender_ssrc",
+    "version_mismatches",
+]
 
 #: the minor versions the internals used by callkit were checked against
 TARGETS = {"aiortc": "1.16", "aioice": "0.13"}
@@ -39,3 +81,191 @@ def version_mismatches() -> list[str]:
         if ".".join(installed.split(".")[:2]) != target:
             problems.append(f"{package} {installed} installed, callkit targets {target}.x")
     return problems
+
+
+_MARK = "_callkit_compat"
+#: the callkit function each installed wrapper calls, by patch name
+_hooks: dict[str, Any] = {}
+
+
+def _marked(fn: Any) -> bool:
+    return bool(getattr(fn, _MARK, False))
+
+
+# --------------------------------------------------------------------------- 1. host addresses
+# aioice gathers host candidates from ``get_host_addresses()`` (looked up on ``aioice.ice`` at
+# call time, always skipping 127.0.0.1) and aiortc offers no way to choose them per peer
+# connection. The connection gathering is tracked in a ContextVar set around
+# ``Connection.gather_candidates``; the wrapper asks the hook for that connection's list.
+
+_gathering: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "callkit_gathering_connection", default=None
+)
+
+
+def gathering_connection() -> Connection | None:
+    """The aioice Connection whose ``gather_candidates`` is running in this context."""
+    return _gathering.get()
+
+
+def patch_host_addresses(choose: Callable[[Connection], list[str] | None]) -> None:
+    """While a Connection gathers, host addresses come from ``choose(connection)`` (None:
+    aioice's own interface enumeration)."""
+    _hooks["host_addresses"] = choose
+    orig_get = aioice.ice.get_host_addresses
+    if not _marked(orig_get):
+
+        @functools.wraps(orig_get)
+        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            conn = _gathering.get()
+            if conn is not None:
+                chosen = _hooks["host_addresses"](conn)
+                if chosen is not None:
+                    return list(chosen)
+            return orig_get(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+
+        setattr(get_host_addresses, _MARK, True)
+        aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[assignment]
+
+    orig_gather = Connection.gather_candidates
+    if not _marked(orig_gather):
+
+        @functools.wraps(orig_gather)
+        async def gather_candidates(self: Connection) -> None:
+            token = _gathering.set(self)
+            try:
+                await orig_gather(self)
+            finally:
+                _gathering.reset(token)
+
+        setattr(gather_candidates, _MARK, True)
+        Connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------ 2. datagram transport
+# ICE checks, DTLS, RTP and RTCP all leave through ``StunProtocol.transport.sendto``
+# (``send_stun`` / ``send_data`` in aioice 0.13); the protocol's ``receiver`` is its Connection.
+# Replacing the transport right after ``connection_made`` is the only place to intercept them.
+
+
+def patch_datagram_transport(wrap: Callable[[Any, StunProtocol], Any]) -> None:
+    """After each ICE socket opens, its protocol's transport becomes ``wrap(transport,
+    protocol)`` (return the transport itself to leave it alone)."""
+    _hooks["datagram_transport"] = wrap
+    orig_made = StunProtocol.connection_made
+    if not _marked(orig_made):
+
+        @functools.wraps(orig_made)
+        def connection_made(self: StunProtocol, transport: Any) -> None:
+            orig_made(self, transport)
+            self.transport = _hooks["datagram_transport"](self.transport, self)
+
+        setattr(connection_made, _MARK, True)
+        StunProtocol.connection_made = connection_made  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------- 3. relayed candidate
+# aiortc hands aioice only the first TURN URL of its configuration; aioice's gathering calls
+# ``relayed_candidate(**kwargs)`` (looked up on ``aioice.ice``) for that one server.
+
+RelayHook = Callable[
+    [Callable[..., Awaitable[Any]], Connection | None, dict[str, Any]], Awaitable[Any]
+]
+
+
+def patch_relayed_candidate(replacement: RelayHook) -> None:
+    """aioice's TURN allocation becomes ``replacement(original, gathering_connection, kwargs)``."""
+    _hooks["relayed_candidate"] = replacement
+    orig = aioice.ice.relayed_candidate
+    if not _marked(orig):
+
+        @functools.wraps(orig)
+        async def relayed_candidate(**kwargs: Any) -> Any:
+            return await _hooks["relayed_candidate"](orig, _gathering.get(), kwargs)
+
+        setattr(relayed_candidate, _MARK, True)
+        aioice.ice.relayed_candidate = relayed_candidate  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------ 4. sender RTCP
+# aiortc keeps only the latest RTCP report per sender (and a smoothed RTT); the RTCP log needs
+# every SR sent and every report block received. Both go through these two private coroutines.
+
+
+def patch_sender_rtcp(
+    on_send: Callable[[RTCRtpSender, list[Any]], None],
+    on_receive: Callable[[RTCRtpSender, Any], None],
+) -> None:
+    """Call ``on_send(sender, packets)`` before each RTCP compound a sender sends and
+    ``on_receive(sender, packet)`` before it handles each RTCP packet it gets."""
+    _hooks["rtcp_send"], _hooks["rtcp_receive"] = on_send, on_receive
+    orig_send = RTCRtpSender._send_rtcp
+    if not _marked(orig_send):
+
+        @functools.wraps(orig_send)
+        async def _send_rtcp(self: RTCRtpSender, packets: list[Any]) -> None:
+            _hooks["rtcp_send"](self, packets)
+            await orig_send(self, packets)
+
+        setattr(_send_rtcp, _MARK, True)
+        RTCRtpSender._send_rtcp = _send_rtcp  # type: ignore[method-assign]
+
+    orig_handle = RTCRtpSender._handle_rtcp_packet
+    if not _marked(orig_handle):
+
+        @functools.wraps(orig_handle)
+        async def _handle_rtcp_packet(self: RTCRtpSender, packet: Any) -> None:
+            _hooks["rtcp_receive"](self, packet)
+            await orig_handle(self, packet)
+
+        setattr(_handle_rtcp_packet, _MARK, True)
+        RTCRtpSender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------ 5. audio level
+# ``RTCRtpSender._next_encoded_frame`` calls ``aiortc.rtp.compute_audio_level_dbov(frame)``
+# (looked up at call time) for every audio frame: a pure-Python loop over the samples that
+# costs about as much as the Opus encode. Replacing the module attribute is enough.
+
+#: aiortc's own ``compute_audio_level_dbov``, as found at import (before any replacement)
+AIORTC_COMPUTE_AUDIO_LEVEL_DBOV: Callable[[Any], int] = getattr(
+    aiortc.rtp.compute_audio_level_dbov, "original", aiortc.rtp.compute_audio_level_dbov
+)
+
+
+def patch_audio_level(replacement: Callable[[Any], int]) -> None:
+    """Make aiortc's sender use ``replacement`` for the level of every audio frame."""
+    if aiortc.rtp.compute_audio_level_dbov is not replacement:
+        aiortc.rtp.compute_audio_level_dbov = replacement
+
+
+# ----------------------------------------------------------------------------- 6. private reads
+
+
+def ice_connection(ice_transport: Any) -> Connection | None:
+    """The aioice Connection under an aiortc ``RTCIceTransport``
+    (``RTCIceGatherer._connection``)."""
+    conn = getattr(getattr(ice_transport, "iceGatherer", None), "_connection", None)
+    return conn if isinstance(conn, Connection) else None
+
+
+def pc_ice_transports(pc: Any) -> Iterable[Any]:
+    """Every ``RTCIceTransport`` of an ``RTCPeerConnection`` (its private set, which also holds
+    transports no transceiver points at any more)."""
+    return tuple(getattr(pc, "_RTCPeerConnection__iceTransports", ()) or ())
+
+
+def nominated_pairs(conn: Connection) -> list[CandidatePair]:
+    """The nominated candidate pairs of an aioice Connection (``_nominated``, per component);
+    empty before ICE completes."""
+    return list(getattr(conn, "_nominated", {}).values())
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int | None:
+    """The SSRC an ``RTCRtpSender`` sends with (``_ssrc``)."""
+    return getattr(sender, "_ssrc", None)
+
+
+#: ``aiortc.rtcicetransport.parse_stun_turn_uri`` (a module function outside aiortc's API):
+#: ``{"scheme", "host", "port", "transport"?}`` from a ``stun:`` / ``turn:`` / ``turns:`` URL
+parse_stun_turn_uri: Callable[[str], dict[str, Any]] = _parse_stun_turn_uri

@@ -22,22 +22,22 @@ intercept outgoing datagrams. This module adds both, per connection:
 
 Registrations are kept in a :class:`weakref.WeakKeyDictionary` keyed by Connection, so they
 die with the connection. The patches are installed once, at import time, and are inert for
-connections that were never registered.
+connections that were never registered. Where each hook plugs into aioice (and which aioice
+version that was checked against) is in :mod:`callkit.media._compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aioice.ice
 from aioice.ice import Connection, StunProtocol
+
+from callkit.media import _compat
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
@@ -56,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger("callkit.media.icehooks")
 
-_MARK = "_callkit_icehook"
 #: after the first TURN allocation succeeds, how long a preferred (earlier) one may still win
 TURN_PREFERENCE_WAIT = 0.5
 #: TURN URLs tried at once per connection (the first ones of the configuration)
@@ -77,8 +76,6 @@ class TurnServer:
 def turn_servers(ice_servers: list[Any]) -> list[TurnServer]:
     """Every usable TURN URL of aiortc ``RTCIceServer`` s, in order (aiortc's own rules:
     ``turn:`` with udp/tcp, ``turns:`` with tcp, password credentials only)."""
-    from aiortc.rtcicetransport import parse_stun_turn_uri
-
     found: list[TurnServer] = []
     for server in ice_servers:
         urls = server.urls if isinstance(server.urls, list) else [server.urls]
@@ -86,7 +83,7 @@ def turn_servers(ice_servers: list[Any]) -> list[TurnServer]:
             continue
         for url in urls:
             try:
-                parsed = parse_stun_turn_uri(url)
+                parsed = _compat.parse_stun_turn_uri(url)
             except ValueError:
                 continue
             scheme, transport = parsed["scheme"], parsed.get("transport")
@@ -135,9 +132,6 @@ def turn_errors(pc: RTCPeerConnection) -> list[str]:
 
 
 _registry: weakref.WeakKeyDictionary[Connection, _Registration] = weakref.WeakKeyDictionary()
-_gathering: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
-    "callkit_gathering_connection", default=None
-)
 
 
 class _ShapedTransport:
@@ -164,68 +158,38 @@ class _ShapedTransport:
         return f"<shaped {self._transport!r}>"
 
 
+def _host_addresses(conn: Connection) -> list[str] | None:
+    reg = _registry.get(conn)
+    return reg.host_addresses if reg is not None else None
+
+
+def _shaped(transport: Any, protocol: StunProtocol) -> Any:
+    return (
+        transport
+        if isinstance(transport, _ShapedTransport)
+        else _ShapedTransport(transport, protocol)
+    )
+
+
+async def _relayed_candidate(orig: Any, conn: Connection | None, kwargs: dict[str, Any]) -> Any:
+    reg = _registry.get(conn) if conn is not None else None
+    servers = reg.turn_servers if reg is not None else None
+    try:
+        if not servers or len(servers) < 2:
+            return await orig(**kwargs)
+        return await _first_relay(orig, kwargs, servers)
+    except Exception as exc:  # aioice drops it silently: keep it for the error message
+        if reg is not None and len(reg.turn_errors) < 8:
+            reg.turn_errors.append(_describe(exc))
+        raise
+
+
 def install() -> None:
-    """Install the aioice patches (idempotent; done automatically at import)."""
-    orig_get = aioice.ice.get_host_addresses
-    if not getattr(orig_get, _MARK, False):
-
-        @functools.wraps(orig_get)
-        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-            conn = _gathering.get()
-            if conn is not None:
-                reg = _registry.get(conn)
-                if reg is not None and reg.host_addresses is not None:
-                    return list(reg.host_addresses)
-            return orig_get(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-
-        setattr(get_host_addresses, _MARK, True)
-        aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[assignment]
-
-    orig_gather = Connection.gather_candidates
-    if not getattr(orig_gather, _MARK, False):
-
-        @functools.wraps(orig_gather)
-        async def gather_candidates(self: Connection) -> None:
-            token = _gathering.set(self)
-            try:
-                await orig_gather(self)
-            finally:
-                _gathering.reset(token)
-
-        setattr(gather_candidates, _MARK, True)
-        Connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
-
-    orig_made = StunProtocol.connection_made
-    if not getattr(orig_made, _MARK, False):
-
-        @functools.wraps(orig_made)
-        def connection_made(self: StunProtocol, transport: Any) -> None:
-            orig_made(self, transport)
-            if not isinstance(self.transport, _ShapedTransport):
-                self.transport = _ShapedTransport(self.transport, self)  # type: ignore
-
-        setattr(connection_made, _MARK, True)
-        StunProtocol.connection_made = connection_made  # type: ignore[method-assign]
-
-    orig_relayed = aioice.ice.relayed_candidate
-    if not getattr(orig_relayed, _MARK, False):
-
-        @functools.wraps(orig_relayed)
-        async def relayed_candidate(**kwargs: Any) -> Any:
-            conn = _gathering.get()
-            reg = _registry.get(conn) if conn is not None else None
-            servers = reg.turn_servers if reg is not None else None
-            try:
-                if not servers or len(servers) < 2:
-                    return await orig_relayed(**kwargs)
-                return await _first_relay(orig_relayed, kwargs, servers)
-            except Exception as exc:  # aioice drops it silently: keep it for the error message
-                if reg is not None and len(reg.turn_errors) < 8:
-                    reg.turn_errors.append(_describe(exc))
-                raise
-
-        setattr(relayed_candidate, _MARK, True)
-        aioice.ice.relayed_candidate = relayed_candidate  # type: ignore[assignment]
+    """Install the aioice patches (idempotent; done automatically at import). The patching
+    itself lives in :mod:`callkit.media._compat`."""
+    _compat.patch_host_addresses(_host_addresses)
+    _compat.patch_datagram_transport(_shaped)
+    _compat.patch_relayed_candidate(_relayed_candidate)
 
 
 async def _first_relay(orig: Any, kwargs: dict[str, Any], servers: list[TurnServer]) -> Any:
@@ -291,10 +255,8 @@ def connections(pc: RTCPeerConnection) -> list[Connection]:
     found: dict[int, Connection] = {}
 
     def add_dtls(dtls: Any) -> None:
-        ice = getattr(dtls, "transport", None)
-        gatherer = getattr(ice, "iceGatherer", None)
-        conn = getattr(gatherer, "_connection", None)
-        if isinstance(conn, Connection):
+        conn = _compat.ice_connection(getattr(dtls, "transport", None))
+        if conn is not None:
             found.setdefault(id(conn), conn)
 
     for t in pc.getTransceivers():
@@ -303,9 +265,9 @@ def connections(pc: RTCPeerConnection) -> list[Connection]:
     sctp = pc.sctp
     if sctp is not None:
         add_dtls(sctp.transport)
-    for ice in getattr(pc, "_RTCPeerConnection__iceTransports", ()) or ():
-        conn = getattr(getattr(ice, "iceGatherer", None), "_connection", None)
-        if isinstance(conn, Connection):
+    for ice in _compat.pc_ice_transports(pc):
+        conn = _compat.ice_connection(ice)
+        if conn is not None:
             found.setdefault(id(conn), conn)
     return list(found.values())
 
@@ -342,11 +304,11 @@ def attach(
 def selected_pairs(pc: RTCPeerConnection) -> list[tuple[tuple[str, int], tuple[str, int]]]:
     """Return ``(local_addr, remote_addr)`` of each nominated ICE pair under ``pc``.
 
-    Reads aioice's private ``Connection._nominated``; empty before ICE completes.
+    Empty before ICE completes.
     """
     pairs = []
     for conn in connections(pc):
-        for pair in getattr(conn, "_nominated", {}).values():
+        for pair in _compat.nominated_pairs(conn):
             pairs.append((pair.local_addr, pair.remote_addr))
     return pairs
 

@@ -24,7 +24,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from . import icehooks
+from . import _compat, icehooks
 from .netsim import NetworkShaper
 from .rtcstats import rtcp_log
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
@@ -303,7 +303,7 @@ class PeerSession:
         """The nominated ICE pair media flows on, with its type and RTT; None before ICE
         completed. The type says whether the call is relayed (``relay``) or direct."""
         for conn in icehooks.connections(self.pc):
-            for pair in getattr(conn, "_nominated", {}).values():
+            for pair in _compat.nominated_pairs(conn):
                 local, remote = pair.local_candidate, pair.remote_candidate
                 kind = next((t for t in _PAIR_TYPES if t in (local.type, remote.type)), local.type)
                 rtts = [

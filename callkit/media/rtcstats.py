@@ -24,13 +24,13 @@ so a peer that receives nothing looks like a peer that loses nothing. :func:`rtc
 therefore records, per ``RTCRtpSender``, every RTCP receiver-report block about its stream
 (:class:`ReportBlock`) and an RTT sample for each block that echoes any of the sender's recent
 SRs (RFC 3550 section 6.4.1: ``RTT = arrival - SR send time - DLSR``). The hooks wrap
-``RTCRtpSender._send_rtcp`` and ``_handle_rtcp_packet`` once, at import; they only record.
+``RTCRtpSender._send_rtcp`` and ``_handle_rtcp_packet`` once, at import (through
+:mod:`callkit.media._compat`); they only record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -40,6 +40,8 @@ from typing import Any
 
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+from callkit.media import _compat
 
 __all__ = [
     "DEFAULT_CLOCK_RATES",
@@ -166,7 +168,6 @@ def snapshot_from_report(
 
 # --------------------------------------------------------------------------- RTCP hooks
 
-_MARK = "_callkit_rtcphook"
 _SR_HISTORY = 16  # SRs remembered per sender for RTT (aiortc sends one every 0.5-1.5 s)
 _BLOCK_HISTORY = 256
 
@@ -282,39 +283,28 @@ def rtcp_log(sender: Any) -> RtcpLog:
     return log
 
 
+def _rtcp_sent(sender: RTCRtpSender, packets: list[Any]) -> None:
+    for packet in packets:
+        if isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            rtcp_log(sender).sr_sent(
+                (info.ntp_timestamp >> 16) & 0xFFFFFFFF, info.packet_count, _now()
+            )
+
+
+def _rtcp_received(sender: RTCRtpSender, packet: Any) -> None:
+    if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+        ssrc = _compat.sender_ssrc(sender)
+        at = _now()
+        for report in packet.reports:
+            if report.ssrc == ssrc:
+                rtcp_log(sender).block_received(report, at)
+
+
 def install_rtcp_hooks() -> None:
-    """Wrap aiortc's sender RTCP methods to fill :func:`rtcp_log` (idempotent; done at import)."""
-    orig_send = RTCRtpSender._send_rtcp
-    if not getattr(orig_send, _MARK, False):
-
-        @functools.wraps(orig_send)
-        async def _send_rtcp(self: RTCRtpSender, packets: list[Any]) -> None:
-            for packet in packets:
-                if isinstance(packet, RtcpSrPacket):
-                    info = packet.sender_info
-                    rtcp_log(self).sr_sent(
-                        (info.ntp_timestamp >> 16) & 0xFFFFFFFF, info.packet_count, _now()
-                    )
-            await orig_send(self, packets)
-
-        setattr(_send_rtcp, _MARK, True)
-        RTCRtpSender._send_rtcp = _send_rtcp  # type: ignore[method-assign]
-
-    orig_handle = RTCRtpSender._handle_rtcp_packet
-    if not getattr(orig_handle, _MARK, False):
-
-        @functools.wraps(orig_handle)
-        async def _handle_rtcp_packet(self: RTCRtpSender, packet: Any) -> None:
-            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-                ssrc = getattr(self, "_ssrc", None)
-                at = _now()
-                for report in packet.reports:
-                    if report.ssrc == ssrc:
-                        rtcp_log(self).block_received(report, at)
-            await orig_handle(self, packet)
-
-        setattr(_handle_rtcp_packet, _MARK, True)
-        RTCRtpSender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+    """Make aiortc's senders fill :func:`rtcp_log` (idempotent; done at import). The patch of
+    ``RTCRtpSender`` itself lives in :mod:`callkit.media._compat`."""
+    _compat.patch_sender_rtcp(_rtcp_sent, _rtcp_received)
 
 
 install_rtcp_hooks()

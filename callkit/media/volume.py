@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import aiortc.rtp
 import numpy as np
+
+from callkit.media import _compat
 
 __all__ = [
     "FULL_SCALE",
@@ -198,9 +199,7 @@ class FrameLevel(int):
 _MARK = "_callkit_audio_level"
 
 #: aiortc's own ``compute_audio_level_dbov`` (pure-Python loop), as found at import.
-aiortc_compute_audio_level_dbov = getattr(
-    aiortc.rtp.compute_audio_level_dbov, "original", aiortc.rtp.compute_audio_level_dbov
-)
+aiortc_compute_audio_level_dbov = _compat.AIORTC_COMPUTE_AUDIO_LEVEL_DBOV
 
 
 def compute_audio_level_dbov(frame: Any) -> int:
@@ -227,5 +226,4 @@ def install_audio_level_hook() -> None:
     ``RTCRtpSender`` looks the function up on ``aiortc.rtp`` for each frame, so replacing the
     module attribute is enough.
     """
-    if not getattr(aiortc.rtp.compute_audio_level_dbov, _MARK, False):
-        aiortc.rtp.compute_audio_level_dbov = compute_audio_level_dbov
+    _compat.patch_audio_level(compute_audio_level_dbov)
