@@ -190,3 +190,28 @@ def test_pattern_tiny_and_odd_aligned_sizes() -> None:
 def test_pattern_bad_args(kwargs: dict, bad: str) -> None:
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
         TestPatternSource(**kwargs)
+
+
+class _DirectTone(ToneSource):
+    MAX_TABLE = 0  # never a table: the sine computed on every read
+
+
+@pytest.mark.parametrize(("freq", "rate", "channels"), [(440.0, 48000, 1), (1000.0, 44100, 2)])
+def test_tone_table_matches_the_computed_sine(freq: float, rate: int, channels: int) -> None:
+    """The precomputed period gives the computed sine's samples (±1 LSB of rounding), also
+    across level and frequency changes and reads longer than the table."""
+    fast, direct = ToneSource(freq, -20.0, rate, channels), _DirectTone(freq, -20.0, rate, channels)
+    chunks = [960, 7, 960, 30000, 441]
+    for i in range(40):
+        if i == 10:
+            fast.level_dbfs = direct.level_dbfs = -35.0
+        if i == 20:
+            fast.freq = direct.freq = 550.0
+        n = chunks[i % len(chunks)]
+        a, b = fast.read(n), direct.read(n)
+        assert a.shape == b.shape == (n, channels)
+        assert int(np.abs(a.astype(np.int32) - b).max()) <= 1
+    assert fast._table is not None and direct._table is None
+    odd = ToneSource(440.3, -20.0)
+    odd.read(960)
+    assert odd._table is None  # a period longer than MAX_TABLE: computed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -87,7 +88,17 @@ class ToneSource(AudioSource):
     above about -3 dBFS saturate). ``freq`` and ``level_dbfs`` may be changed at any time,
     e.g. mid-call; the waveform stays continuous. All channels carry the same tone.
     ``level_dbfs=-inf`` gives silence.
+
+    When the tone repeats exactly after at most ``MAX_TABLE`` samples (any whole number of Hz
+    does: 440 Hz at 48 kHz repeats every 1200 samples), one period is computed once per
+    frequency/level change and reads are slices of it; other frequencies compute the sine
+    on each read. Both give the same samples (within 1 LSB of rounding).
     """
+
+    #: longest period, in samples, kept as a precomputed table (one second at 48 kHz)
+    MAX_TABLE = 48000
+    #: reads up to this many samples are one slice of the (repeated) table
+    _SLICE = 9600
 
     def __init__(
         self,
@@ -101,6 +112,10 @@ class ToneSource(AudioSource):
         self._freq = 0.0
         self._level = 0.0
         self._amplitude = 0.0
+        #: one period (repeated) of the current tone starting at ``_phase``, or None
+        self._table: np.ndarray | None = None
+        self._period = 0
+        self._index = 0  # samples read since ``_table`` was built, modulo its period
         self.freq = freq
         self.level_dbfs = level_dbfs
 
@@ -116,6 +131,7 @@ class ToneSource(AudioSource):
             raise ValueError(
                 f"freq must be below sample_rate/2 ({self.sample_rate / 2}), got {value!r}"
             )
+        self._sync_phase()
         self._freq = v
 
     @property
@@ -132,20 +148,53 @@ class ToneSource(AudioSource):
             or value > 20.0
         ):
             raise ValueError(f"level_dbfs must be a number <= 20 (or -inf), got {value!r}")
+        self._sync_phase()
         self._level = float(value)
         amp = 0.0 if math.isinf(self._level) else 32767.0 * 10 ** (self._level / 20) * math.sqrt(2)
         self._amplitude = min(amp, 32767.0)
 
+    def _sync_phase(self) -> None:
+        """Fold the samples read from the table into ``_phase`` and drop the table (before
+        the frequency or the level changes)."""
+        if self._table is not None:
+            step = _TWO_PI * self._freq / self.sample_rate
+            self._phase = (self._phase + step * self._index) % _TWO_PI
+            self._table, self._index = None, 0
+
+    def _build_table(self) -> np.ndarray | None:
+        period = (Fraction(self._freq) / self.sample_rate).denominator
+        if period > self.MAX_TABLE:
+            return None
+        reps = -(-(period + self._SLICE) // period)  # so that any slice of _SLICE fits
+        mono = self._sine(self._phase, period)
+        self._period = period
+        return np.ascontiguousarray(np.tile(mono, reps)[:, None].repeat(self.channels, axis=1))
+
+    def _sine(self, phase: float, n: int) -> np.ndarray:
+        step = _TWO_PI * self._freq / self.sample_rate
+        return np.rint(
+            self._amplitude * np.sin(phase + step * np.arange(n, dtype=np.float64))
+        ).astype(np.int16)
+
     def read(self, n: int) -> np.ndarray:
         """Return the next ``n`` samples of the tone."""
         n = max(0, int(n))
-        step = _TWO_PI * self._freq / self.sample_rate
-        phase = self._phase + step * np.arange(n, dtype=np.float64)
-        self._phase = (self._phase + step * n) % _TWO_PI
-        mono = np.rint(self._amplitude * np.sin(phase)).astype(np.int16)
-        if self.channels == 1:
-            return mono.reshape(n, 1)
-        return np.repeat(mono[:, None], self.channels, axis=1)
+        if self._table is None:
+            self._table = self._build_table()
+            self._index = 0
+        table = self._table
+        if table is None:  # no short period: compute this read
+            step = _TWO_PI * self._freq / self.sample_rate
+            mono = self._sine(self._phase, n)
+            self._phase = (self._phase + step * n) % _TWO_PI
+            if self.channels == 1:
+                return mono.reshape(n, 1)
+            return np.repeat(mono[:, None], self.channels, axis=1)
+        start = self._index
+        self._index = (start + n) % self._period
+        if start + n <= table.shape[0]:
+            return table[start : start + n].copy()
+        return table[np.arange(start, start + n) % self._period]
 
     def __repr__(self) -> str:
         return (
