@@ -115,6 +115,11 @@ class SignalingClient:
         self._reader = asyncio.create_task(self._run(), name="callkit-signaling-reader")
         return data
 
+    def update_login(self, **fields: Any) -> None:
+        """Change ``Login`` fields sent when the link logs in again (resume)."""
+        if self._login is not None:
+            self._login.update(fields)
+
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         assert self._http is not None
         return await asyncio.wait_for(

@@ -216,10 +216,15 @@ class CallEngine(StreamsMixin):
         return self._client
 
     async def enable_multi_device_ability(self, enable: bool) -> None:
-        """Let every online device of this user ring (applies from the next ``init``)."""
+        """Let every online device of this user ring; before or after ``init`` (as in
+        TUICallKit: after it, the service is told at once)."""
         if not isinstance(enable, bool):
             raise CallError(ErrorCode.PARAM_INVALID, "enable must be a bool")
         self._multi_device = enable
+        client = self._client
+        if client is not None:
+            await client.request(p.MultiDevice, enable=enable)
+            client.update_login(multi_device=enable)  # a resume after a drop keeps it
 
     async def set_self_info(self, nickname: str, avatar_url: str) -> None:
         """Store this user's nickname and avatar on the service (see docs/events.md)."""

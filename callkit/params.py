@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .errors import CallError, ErrorCode
+
 
 @dataclass(frozen=True)
 class CallParams:
-    """Options of ``call`` / ``group_call`` (TUICallKit's TUICallParams)."""
+    """Options of ``call`` / ``group_call`` (TUICallKit's TUICallParams); an invalid value
+    raises ``CallError(-1202)``."""
 
     #: seconds the invitees ring before the server gives up (onUserNoResponse)
     timeout: float = 30.0
@@ -22,8 +25,11 @@ class CallParams:
             or not math.isfinite(self.timeout)
             or not 0 < self.timeout <= 3600
         ):
-            raise ValueError(
-                f"timeout must be a number of seconds in (0, 3600], got {self.timeout!r}"
+            raise CallError(
+                ErrorCode.PARAM_INVALID,
+                f"timeout must be a number of seconds in (0, 3600], got {self.timeout!r}",
             )
         if not isinstance(self.user_data, str):
-            raise ValueError(f"user_data must be a string, got {self.user_data!r}")
+            raise CallError(
+                ErrorCode.PARAM_INVALID, f"user_data must be a string, got {self.user_data!r}"
+            )

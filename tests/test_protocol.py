@@ -27,6 +27,7 @@ SAMPLES: list[p.Message] = [
     p.Device(id=10, call_id="c", audio=False),
     p.Relay(id=11, call_id="c", to="bob", kind="offer", data={"sdp": "v=0", "type": "offer"}),
     p.SelfInfo(id=12, nickname="Al", avatar_url="http://x/a.png"),
+    p.MultiDevice(id=16, enable=True),
     p.Ping(id=13),
     p.Reply(id=1, data={"call": {"callId": "c"}}),
     p.ErrorReply(id=None, code=-1402, message="bad"),

@@ -190,6 +190,14 @@ class SelfInfo(Request):
 
 
 @dataclass(frozen=True)
+class MultiDevice(Request):
+    """Turn multi-device on or off for this session after login (as the ``login`` field)."""
+
+    TYPE: ClassVar[str] = "multiDevice"
+    enable: bool = False
+
+
+@dataclass(frozen=True)
 class Ping(Request):
     TYPE: ClassVar[str] = "ping"
 
@@ -287,6 +295,7 @@ CLIENT_MESSAGES: dict[str, type[Request]] = {
         Device,
         Relay,
         SelfInfo,
+        MultiDevice,
         Ping,
         QueryRecords,
         DeleteRecords,

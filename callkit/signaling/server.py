@@ -282,6 +282,7 @@ class SignalingServer:
                 now, s.user_id, self._own(s, m.call_id), audio=m.audio, video=m.video
             ),
             p.SelfInfo: self._on_self_info,
+            p.MultiDevice: self._on_multi_device,
             p.Ping: lambda s, m, now: [],
         }
 
@@ -968,6 +969,11 @@ class SignalingServer:
         )
         self._owner[session.user_id or ""] = (call.call_id, session)
         return {"call": self._snapshot(call)}, notifies
+
+    def _on_multi_device(self, session: Session, msg: p.MultiDevice, now: float) -> list[Notify]:
+        """From now on this session lets later multi-device logins of its user coexist."""
+        session.multi_device = msg.enable
+        return []
 
     def _on_self_info(self, session: Session, msg: p.SelfInfo, now: float) -> list[Notify]:
         self._profiles[session.user_id or ""] = {
