@@ -67,16 +67,22 @@ async def test_message_rate_is_limited_per_connection() -> None:
         calm = await login(server.url or "", "calm")
         for i in range(100):
             await fast.ws.send_str(json.dumps({"v": 1, "type": "ping", "id": 1000 + i}))
-        frames = [await fast.recv() for _ in range(100)]
+        frames = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while True:
+                frames.append(await fast.recv(timeout=1.0))
+        answered = [f for f in frames if f["type"] == "ok"]
         limited = [f for f in frames if f["type"] == "error"]
-        assert 50 <= len(limited) <= 61, len(limited)  # burst 40 (+ refill) pass
-        assert all(f["code"] == -1403 and "too many messages" in f["message"] for f in limited)
-        assert {f["id"] for f in limited} <= set(range(1000, 1100))  # ids are echoed
+        assert 39 <= len(answered) <= 52, len(answered)  # burst 40 (- login, + refill) pass
+        # frames over the rate are dropped unread: one error per second says so, no ids
+        assert len(limited) == 1, limited
+        assert limited[0]["code"] == -1403 and "too many messages" in limited[0]["message"]
+        assert "id" not in limited[0]
         # other connections are not affected, and the fast one recovers
         assert (await calm.request("ping"))["type"] == "ok"
         await asyncio.sleep(0.2)
         assert (await fast.request("ping"))["type"] == "ok"
-        assert server.stats.rate_limited == len(limited)
+        assert server.stats.rate_limited == 100 - len(answered)
         await fast.close()
         await calm.close()
     finally:

@@ -38,6 +38,7 @@ async def test_slow_reader_is_dropped_and_stalls_nobody() -> None:
     server = await started(
         ServerConfig(
             heartbeat=30.0,  # only the writer's bound can catch the sloth
+            liveness_timeout=60.0,
             max_send_queue_bytes=512 * 1024,
             send_timeout=3.0,
             resume_grace=3.0,

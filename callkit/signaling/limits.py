@@ -26,6 +26,7 @@ log = logging.getLogger("callkit.signaling.limits")
 
 __all__ = [
     "ConnectionCounter",
+    "FrameRate",
     "GuardedSite",
     "RepeatFilter",
     "ensure_open_files",
@@ -268,3 +269,43 @@ class GuardedSite(web.TCPSite):
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+class FrameRate:
+    """One sender's frame budget: a token bucket checked before a frame is parsed.
+
+    :meth:`take` says what to do with the next frame: ``"ok"`` (within the rate), ``"drop"``
+    (over it: drop unread), ``"notify"`` (drop, and tell the sender -- at most once per
+    second), or ``"flood"`` (more than ``flood_drops`` frames dropped within ``window``
+    seconds: disconnect the sender). Pure: time is passed in.
+    """
+
+    def __init__(
+        self, rate: float, burst: float, now: float, *, flood_drops: int, window: float = 10.0
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.flood_drops = flood_drops
+        self.window = window
+        self.tokens = burst
+        self._last = now
+        self._window_start = now
+        self.drops = 0  # frames dropped in the current window
+        self._notified = -1e18
+
+    def take(self, now: float) -> str:
+        """Account for one frame arriving at ``now``; returns what to do with it."""
+        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return "ok"
+        if now - self._window_start > self.window:
+            self._window_start, self.drops = now, 0
+        self.drops += 1
+        if self.drops > self.flood_drops:
+            return "flood"
+        if now - self._notified >= 1.0:
+            self._notified = now
+            return "notify"
+        return "drop"

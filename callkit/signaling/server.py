@@ -37,7 +37,7 @@ from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
 from .codes import CallEndReason, ErrorCode
 from .grants import granted_groups
 from .ice import IceServersConfig
-from .limits import ConnectionGuard, GuardedSite, RepeatFilter
+from .limits import ConnectionGuard, FrameRate, GuardedSite, RepeatFilter
 from .metrics import LoopLagMonitor, ServerMetrics
 from .protocol import USER_ID_RE, valid_user_id
 from .records.service import RecordService
@@ -77,14 +77,19 @@ CLOSE_TIMEOUT = 1.0
 class ServerConfig:
     """Tunables of the service (every bound the service enforces is here)."""
 
-    #: seconds between WebSocket pings; a peer that misses a pong for half of this is dropped,
-    #: so a silent client is noticed within 1.5 x heartbeat
+    #: a client silent for this many seconds gets a WebSocket ping (checked twice as often)
     heartbeat: float = 2.0
+    #: a client from which nothing (no frame, no pong) arrived for this long is a lost link;
+    #: generous, so that a loaded server does not drop idle clients whose pongs are late
+    liveness_timeout: float = 5.0
     #: an unauthenticated socket is closed (1008) after this many seconds
     login_timeout: float = 5.0
-    #: token bucket per connection: sustained messages per second and burst size
+    #: token bucket per connection: sustained messages per second and burst size; frames
+    #: over it are dropped unread (one -1403 error per second tells the sender)
     rate_per_s: float = 100.0
     rate_burst: float = 200.0
+    #: frames dropped within 10 s after which the sender is disconnected (1008) as a flooder
+    flood_drops: int = 1000
     #: frames larger than this get an error reply; frames over 16x this close the socket (1009)
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
     #: sessions (devices) one user may have at once, held ones included (multi-device on)
@@ -118,6 +123,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in (
             "heartbeat",
+            "liveness_timeout",
             "login_timeout",
             "rate_per_s",
             "rate_burst",
@@ -133,6 +139,7 @@ class ServerConfig:
             "max_sessions_per_user",
             "max_connections",
             "max_connections_per_ip",
+            "flood_drops",
             "max_held_messages",
             "max_held_bytes",
             "max_send_queue_bytes",
@@ -153,8 +160,8 @@ class Session:
     sig_expires_at: float = 0.0
     #: group ids the UserSig's userbuf grants (join by room id without an invitation)
     groups: frozenset[str] = frozenset()
-    tokens: float = 0.0
-    last_refill: float = 0.0
+    #: the sender's frame budget (limits.FrameRate)
+    rate: FrameRate | None = None
     #: loop time of the last frame (or pong) received, or of a TCP close
     last_seen: float = 0.0
     expiry_handle: asyncio.TimerHandle | None = None
@@ -169,8 +176,10 @@ class Session:
     #: the socket's own bounded writer (see sessionio.py) and its TCP transport
     writer: SessionWriter | None = None
     transport: Any = None
-    #: the service dropped this socket as a lost link (it could not keep up)
+    #: the service dropped this socket as a lost link (it could not keep up, or went silent)
     lost: bool = False
+    #: the service disconnects this socket for flooding; its frames are no longer read
+    flooded: bool = False
 
     def post(self, text: str) -> None:
         """Queue an encoded frame on this socket's writer; never waits on the socket."""
@@ -195,6 +204,10 @@ class Stats:
     kicked: int = 0
     #: clients disconnected because they did not read their frames fast enough
     slow_disconnects: int = 0
+    #: clients disconnected for sending far over their rate
+    flooders: int = 0
+    #: clients dropped because nothing (no frame, no pong) came from them in time
+    silent_disconnects: int = 0
     sig_expired: int = 0
     held: int = 0
     resumed: int = 0
@@ -344,13 +357,36 @@ class SignalingServer:
 
     async def _background(self, app: web.Application):  # type: ignore[no-untyped-def]
         self._timer_task = asyncio.create_task(self._timer_loop(), name="signaling-timers")
+        liveness = asyncio.create_task(self._liveness_loop(), name="signaling-liveness")
         yield
+        liveness.cancel()
         self._timer_task.cancel()
         for session in [s for held in self._held.values() for s in held]:
             await self._release(session)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._timer_task, *self._tasks, return_exceptions=True)
+
+    async def _liveness_loop(self) -> None:
+        """Ping silent clients; drop as a lost link any silent for ``liveness_timeout``."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        while True:
+            await asyncio.sleep(min(cfg.heartbeat, cfg.liveness_timeout) / 2)
+            now = loop.time()
+            for session in list(self._sockets.values()):
+                silent = now - session.last_seen
+                if session.lost or session.flooded or session.writer is None:
+                    continue
+                if silent > cfg.liveness_timeout:
+                    session.lost = True
+                    self.stats.silent_disconnects += 1
+                    log.info("%s went silent for %.1f s", session.user_id or "a client", silent)
+                    self._spawn(
+                        self._close(session, WSCloseCode.GOING_AWAY, b"silent", flush=False)
+                    )
+                elif silent >= cfg.heartbeat:
+                    session.writer.ping()
 
     async def _records_ctx(self, app: web.Application):  # type: ignore[no-untyped-def]
         await self.records.start()  # migrations, interrupted calls; raises on a bad database
@@ -458,7 +494,6 @@ class SignalingServer:
             self.stats.refused_connections += 1
             return web.json_response({"error": "too many connections"}, status=503)
         ws = web.WebSocketResponse(
-            heartbeat=self.config.heartbeat,
             autoping=False,
             max_msg_size=self.config.max_message_bytes * 16,
         )
@@ -467,7 +502,14 @@ class SignalingServer:
             self._guard.upgraded(request.transport)
         loop = asyncio.get_running_loop()
         session = Session(
-            ws=ws, tokens=self.config.rate_burst, last_refill=loop.time(), last_seen=loop.time()
+            ws=ws,
+            rate=FrameRate(
+                self.config.rate_per_s,
+                self.config.rate_burst,
+                loop.time(),
+                flood_drops=self.config.flood_drops,
+            ),
+            last_seen=loop.time(),
         )
         session.transport = request.transport
         session.writer = SessionWriter(
@@ -490,9 +532,13 @@ class SignalingServer:
                         login_timer.cancel()
                 elif msg.type is WSMsgType.BINARY:
                     session.last_seen = loop.time()
-                    await self._send_error(
-                        session, None, ErrorCode.PROTOCOL_ERROR, "binary frames are not supported"
-                    )
+                    if self._allow(session):
+                        await self._send_error(
+                            session,
+                            None,
+                            ErrorCode.PROTOCOL_ERROR,
+                            "binary frames are not supported",
+                        )
                 elif msg.type is WSMsgType.PING:
                     session.last_seen = loop.time()
                     with contextlib.suppress(ConnectionError, RuntimeError):
@@ -552,27 +598,35 @@ class SignalingServer:
             self._spawn(self._close(session, WSCloseCode.POLICY_VIOLATION, b"login timeout"))
 
     def _allow(self, session: Session) -> bool:
-        now = asyncio.get_running_loop().time()
-        cfg = self.config
-        session.tokens = min(
-            cfg.rate_burst, session.tokens + (now - session.last_refill) * cfg.rate_per_s
-        )
-        session.last_refill = now
-        if session.tokens < 1.0:
+        """Is this frame within its sender's rate? Over it the frame is dropped unread; a
+        persistent flooder is disconnected (1008)."""
+        assert session.rate is not None
+        if session.flooded:
             return False
-        session.tokens -= 1.0
-        return True
+        verdict = session.rate.take(asyncio.get_running_loop().time())
+        if verdict == "ok":
+            return True
+        self.stats.rate_limited += 1
+        if verdict == "notify":
+            self.stats.errors_sent += 1
+            session.post(
+                p.ErrorReply(
+                    id=None,
+                    code=int(ErrorCode.RATE_LIMITED),
+                    message=f"too many messages (more than {self.config.rate_per_s:g}/s); "
+                    "frames over the rate are dropped unread",
+                ).encode()
+            )
+        elif verdict == "flood" and not session.flooded:
+            session.flooded = True  # closed as a policy violation (a logout, not held)
+            self.stats.flooders += 1
+            log.info("disconnecting %s: message flood", session.user_id or "a client")
+            self._spawn(self._close(session, WSCloseCode.POLICY_VIOLATION, b"message flood"))
+        return False
 
     async def _on_text(self, session: Session, text: str) -> None:
         self.stats.messages += 1
         if not self._allow(session):
-            self.stats.rate_limited += 1
-            await self._send_error(
-                session,
-                p.peek_id(text),
-                ErrorCode.RATE_LIMITED,
-                f"too many messages (more than {self.config.rate_per_s:g}/s)",
-            )
             return
         try:
             msg = p.decode(text, max_bytes=self.config.max_message_bytes)

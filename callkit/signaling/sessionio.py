@@ -24,6 +24,8 @@ __all__ = ["SessionWriter", "text_bytes"]
 class _Socket(Protocol):
     async def send_str(self, data: str) -> None: ...
 
+    async def ping(self, message: bytes = b"") -> None: ...
+
 
 def text_bytes(text: str) -> int:
     """UTF-8 size of a frame (cheap for ASCII, which almost every frame is)."""
@@ -46,7 +48,7 @@ class SessionWriter:
         self.max_bytes = max_bytes
         self.send_timeout = send_timeout
         self._on_stalled = on_stalled
-        self._frames: deque[str] = deque()
+        self._frames: deque[str | None] = deque()  # None: a ping
         #: bytes queued and not yet handed to the socket
         self.queued_bytes = 0
         self._ready = asyncio.Event()
@@ -67,6 +69,12 @@ class SessionWriter:
         self._ready.set()
         return True
 
+    def ping(self) -> None:
+        """Queue a WebSocket ping (after the frames already queued)."""
+        if not (self.closed or self.stalled):
+            self._frames.append(None)
+            self._ready.set()
+
     def _stall(self, why: str) -> None:
         if self.stalled:
             return
@@ -83,7 +91,8 @@ class SessionWriter:
                 continue
             text = self._frames[0]
             try:
-                await asyncio.wait_for(self._ws.send_str(text), self.send_timeout)
+                send = self._ws.ping() if text is None else self._ws.send_str(text)
+                await asyncio.wait_for(send, self.send_timeout)
             except asyncio.TimeoutError:
                 self._stall(f"a frame took over {self.send_timeout:g} s to send")
                 return
@@ -93,7 +102,7 @@ class SessionWriter:
                 return
             if self._frames and self._frames[0] is text:
                 self._frames.popleft()
-                self.queued_bytes -= text_bytes(text)
+                self.queued_bytes -= 0 if text is None else text_bytes(text)
 
     async def flush(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until every queued frame was sent; True if it was."""
