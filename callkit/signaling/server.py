@@ -98,7 +98,7 @@ class ServerConfig:
     #: get HTTP 503 at once. ``callkit serve`` raises the open-file limit to fit it
     max_connections: int = 10_000
     #: TCP connections from one client address; more get HTTP 503
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 1024
     #: a connection that is neither a WebSocket nor in a request is closed this many seconds
     #: after it opened or after its last response (slowloris, idle keep-alive sockets)
     handshake_timeout: float = 10.0
