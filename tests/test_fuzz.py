@@ -551,6 +551,7 @@ async def normal_call_works(url: str) -> None:
     await bob.close()
 
 
+@pytest.mark.slow
 async def test_fuzz_live_server(error_log: Any) -> None:
     t0 = time.monotonic()
     actions = generate_actions(examples=FUZZ_EXAMPLES)

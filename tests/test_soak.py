@@ -29,7 +29,7 @@ DURATION = 30.0
 PAUSE = (0.3, 0.9)
 TIMEOUT = 10.0
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 class SoakClient:
