@@ -115,12 +115,18 @@ def _bot(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``callkit``."""
-    parser = argparse.ArgumentParser(prog="callkit", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from callkit.samples.common import HelpFormatter as fmt
+
+    parser = argparse.ArgumentParser(prog="callkit", description=__doc__, formatter_class=fmt)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG to stderr (default: WARNING)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run real calls between in-process engines")
-    demo.add_argument("--seconds", type=float, default=4.0, help="talk time per call")
+    demo = sub.add_parser(
+        "demo", help="run real calls between in-process engines", formatter_class=fmt
+    )
+    demo.add_argument("--seconds", type=float, default=4.0, help="talk time per call, seconds")
     demo.set_defaults(func=_demo)
 
     serve = sub.add_parser(
@@ -133,11 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     serveconfig.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    usersig = sub.add_parser("usersig", help="print a UserSig for USER_ID")
-    usersig.add_argument("user_id")
-    usersig.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
-    usersig.add_argument("--secret-key", required=True)
-    usersig.add_argument("--expire", type=int, default=15552000, help="seconds (default 180 d)")
+    usersig = sub.add_parser("usersig", help="print a UserSig for USER_ID", formatter_class=fmt)
+    usersig.add_argument("user_id", help="the user id to sign for")
+    usersig.add_argument(
+        "--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID, help="the application id"
+    )
+    usersig.add_argument(
+        "--secret-key", required=True, help="the secret key the signaling server runs with"
+    )
+    usersig.add_argument(
+        "--expire", type=int, default=15552000, help="validity in seconds (15552000 is 180 days)"
+    )
     usersig.add_argument(
         "--groups",
         help="comma-separated group ids this user may join by room id uninvited (a signed grant)",
@@ -156,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     phone.set_defaults(func=_phone)
 
     bot = sub.add_parser("bot", help="run a bot: echo, record or tone (samples/*_bot.py)")
-    bot.add_argument("kind", choices=["echo", "record", "tone"])
+    bot.add_argument(
+        "kind",
+        choices=["echo", "record", "tone"],
+        help="echo (logs in as 'echo'), record ('recorder') or tone ('tone')",
+    )
     bot.add_argument("args", nargs=argparse.REMAINDER, help="the bot's options (--help)")
     bot.set_defaults(func=_bot)
     return parser

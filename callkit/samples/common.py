@@ -21,6 +21,38 @@ DEFAULT_URL = "ws://127.0.0.1:8765/ws"  # where `callkit serve` listens by defau
 DEFAULT_SDK_APP_ID = 1400000001
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each option's default (unless it is unset or an off flag) and keeps
+    the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if shows_default(action) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` should show ``action``'s default: it has a value worth showing."""
+    return (
+        action.default not in (None, False, argparse.SUPPRESS)
+        and bool(action.option_strings)
+        and action.nargs != 0
+    )
+
+
+def new_parser(
+    prog: str | None, doc: str | None, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """An argument parser for a sample: first line of ``doc`` as description, defaults shown."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=(doc or "").split("\n")[0],
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+
+
 def add_login_args(parser: argparse.ArgumentParser, user: str) -> None:
     """--url (--server), --ca-file, --sdk-app-id, --user, --secret-key / --usersig and
     --ice-address."""
@@ -28,15 +60,20 @@ def add_login_args(parser: argparse.ArgumentParser, user: str) -> None:
         "--url",
         "--server",
         default=DEFAULT_URL,
-        help=f"signaling URL, ws:// or wss:// ({DEFAULT_URL})",
+        help="signaling URL, ws:// or wss://",
     )
     parser.add_argument(
         "--ca-file",
         metavar="PEM",
         help="trust this CA for a wss:// server with a private certificate (default: the system's)",
     )
-    parser.add_argument("--sdk-app-id", type=int, default=DEFAULT_SDK_APP_ID)
-    parser.add_argument("--user", default=user, help=f"user id to log in as ({user})")
+    parser.add_argument(
+        "--sdk-app-id",
+        type=int,
+        default=DEFAULT_SDK_APP_ID,
+        help="the application id the server runs with",
+    )
+    parser.add_argument("--user", default=user, help="user id to log in as")
     auth = parser.add_mutually_exclusive_group(required=True)
     auth.add_argument("--secret-key", help="the server's secret: a UserSig is made from it")
     auth.add_argument("--usersig", help="a UserSig for --user (e.g. from `callkit usersig`)")
@@ -128,9 +165,36 @@ async def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
             await result
 
 
-async def run_until_stopped(engine: CallEngine, stop: asyncio.Event | None = None) -> None:
-    """Wait for ``stop`` (or Ctrl-C / SIGTERM), then hang up and log out."""
+#: exit status of a program whose login ended: displaced by another device, UserSig expired
+EXIT_LOGGED_OUT = 3
+
+
+async def run_until_stopped(engine: CallEngine, stop: asyncio.Event | None = None) -> int:
+    """Wait for ``stop`` (or Ctrl-C / SIGTERM), then hang up and log out; returns 0.
+
+    When the login ends under the program (``onKickedOffline``: the same user logged in
+    elsewhere; ``onUserSigExpired``) it says so on stderr and returns ``EXIT_LOGGED_OUT``
+    instead of running on, deaf.
+    """
     stop = stop or asyncio.Event()
+    ended: list[str] = []
+    user = engine.user_id
+
+    def logged_out(why: str) -> Callable[[dict[str, Any]], None]:
+        def listener(res: dict[str, Any]) -> None:
+            ended.append(why)
+            print(f"{why}; exiting", file=sys.stderr, flush=True)
+            stop.set()
+
+        return listener
+
+    engine.add_event_listener(
+        "onKickedOffline",
+        logged_out(f"displaced: {user!r} logged in on another device (or another bot)"),
+    )
+    engine.add_event_listener(
+        "onUserSigExpired", logged_out(f"the UserSig of {user!r} expired; log in again")
+    )
     loop = asyncio.get_running_loop()
     if sys.platform != "win32":
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -139,6 +203,7 @@ async def run_until_stopped(engine: CallEngine, stop: asyncio.Event | None = Non
         await stop.wait()
     finally:
         await engine.destroy()
+    return EXIT_LOGGED_OUT if ended else 0
 
 
 def run(coro: Awaitable[int]) -> int:

@@ -3,13 +3,13 @@
 Usage (three terminals, or `&`):
 
     callkit serve --secret-key KEY                       # the signaling server
-    python samples/echo_bot.py --secret-key KEY          # logs in as "echo"
+    callkit bot echo --secret-key KEY                    # logs in as "echo"
     callkit phone --user alice --secret-key KEY          # then type: call echo
 
-``callkit bot echo ...`` runs the same program. In a group call every participant's audio
-is echoed, mixed, to everyone. This is the bot API in both directions: each caller's audio
-comes out of ``engine.remote_audio(user)`` as numpy frames and goes back in through a
-``PushAudioSource``.
+``python -m callkit.samples.echo_bot ...`` runs the same program. In a group call every
+participant's audio is echoed, mixed, to everyone. This is the bot API in both directions:
+each caller's audio comes out of ``engine.remote_audio(user)`` as numpy frames and goes back
+in through a ``PushAudioSource``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ if not __package__:  # run as a file: make `samples` importable
 
 from callkit import CallEngine
 from callkit.media import MixSource, PushAudioSource
-from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_until_stopped
+from callkit.samples.common import (
+    AutoAnswer,
+    add_login_args,
+    login,
+    new_parser,
+    run,
+    run_until_stopped,
+)
 
 
 class EchoBot:
@@ -62,21 +69,25 @@ class EchoBot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The echo bot's options."""
+    parser = new_parser(prog, __doc__)
+    add_login_args(parser, user="echo")
+    return parser
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the echo bot until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    add_login_args(parser, user="echo")
-    args = parser.parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
 
     async def go() -> int:
         engine = await login(args)
         bot = EchoBot(engine)
         print(f"echo bot {args.user!r} online at {args.url}; call it", flush=True)
         try:
-            await run_until_stopped(engine)
+            return await run_until_stopped(engine)
         finally:
             await bot.close()
-        return 0
 
     return run(go())
 

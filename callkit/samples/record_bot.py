@@ -3,10 +3,10 @@
 Usage:
 
     callkit serve --secret-key KEY
-    python samples/record_bot.py --secret-key KEY --out recordings/
+    callkit bot record --secret-key KEY --out recordings/     # logs in as "recorder"
     callkit phone --user alice --secret-key KEY          # then: call recorder
 
-``callkit bot record ...`` runs the same program. Every call gives
+``python -m callkit.samples.record_bot ...`` runs the same program. Every call gives
 ``<out>/<time>-<n>-<user>.wav`` (48 kHz mono) per participant, and ``.mkv`` (VP8) for video;
 files are finalised when the call ends.
 """
@@ -24,7 +24,14 @@ if not __package__:  # run as a file: make `samples` importable
 
 from callkit import CallEngine
 from callkit.media import RecordedFiles, RecorderSink
-from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_until_stopped
+from callkit.samples.common import (
+    AutoAnswer,
+    add_login_args,
+    login,
+    new_parser,
+    run,
+    run_until_stopped,
+)
 
 
 class RecordBot:
@@ -71,23 +78,27 @@ class RecordBot:
             )
 
 
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The record bot's options."""
+    parser = new_parser(prog, __doc__)
+    add_login_args(parser, user="recorder")
+    parser.add_argument("--out", default="recordings", help="directory for the recordings")
+    parser.add_argument("--no-video", action="store_true", help="record audio only")
+    return parser
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the record bot until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    add_login_args(parser, user="recorder")
-    parser.add_argument("--out", default="recordings", help="directory (./recordings)")
-    parser.add_argument("--no-video", action="store_true", help="record audio only")
-    args = parser.parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
 
     async def go() -> int:
         engine = await login(args)
         bot = RecordBot(engine, args.out, video=not args.no_video)
         print(f"record bot {args.user!r} online at {args.url}, writing to {args.out}/", flush=True)
         try:
-            await run_until_stopped(engine)
+            return await run_until_stopped(engine)
         finally:
             await bot.finish()
-        return 0
 
     return run(go())
 

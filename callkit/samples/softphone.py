@@ -3,7 +3,7 @@
 Usage:
 
     callkit serve --secret-key KEY                         # once, somewhere
-    python samples/softphone.py --user alice --secret-key KEY
+    python -m callkit.samples.softphone --user alice --secret-key KEY
     callkit phone --user alice --secret-key KEY            # the same program
 
 Commands (type them and press Enter):
@@ -48,7 +48,7 @@ from callkit.media import (
     list_audio_devices,
     list_cameras,
 )
-from callkit.samples.common import add_login_args, login, run
+from callkit.samples.common import add_login_args, login, new_parser, run
 
 HELP = __doc__[__doc__.index("Commands") : __doc__.index("It uses")].rstrip()
 
@@ -363,18 +363,13 @@ def open_audio(args: argparse.Namespace, say: Any) -> tuple[AudioSource, Speaker
     return source or ToneSource(440.0, -20.0), speaker
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run the softphone on stdin/stdout until ``quit`` or end of input."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.split("\n")[0],
-        epilog=HELP,
-        formatter_class=argparse.RawTextHelpFormatter,
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The softphone's options."""
+    parser = new_parser(prog, __doc__, epilog=HELP)
     add_login_args(parser, user="alice")
     parser.add_argument("--mic", help="microphone: PortAudio index or part of its name")
     parser.add_argument("--speaker", help="speaker: PortAudio index or part of its name")
-    parser.add_argument("--camera", help="camera device (default: the first one)")
+    parser.add_argument("--camera", help="camera device (none given: the first one)")
     parser.add_argument("--tone", action="store_true", help="send a tone, not the microphone")
     parser.add_argument("--no-speaker", action="store_true", help="do not play received audio")
     parser.add_argument(
@@ -385,9 +380,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="print volume and quality this often in a call (1.0)",
+        help="refresh the volume and quality status this often in a call",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the softphone on stdin/stdout until ``quit`` or end of input."""
+    args = build_parser(prog).parse_args(argv)
     if args.mic is not None and args.mic.isdigit():
         args.mic = int(args.mic)
     if args.speaker is not None and args.speaker.isdigit():

@@ -3,13 +3,13 @@
 Usage:
 
     callkit serve --secret-key KEY
-    python samples/tone_bot.py --secret-key KEY                      # 440 Hz at -20 dBFS
-    python samples/tone_bot.py --secret-key KEY --freq 660 --level -30
-    python samples/tone_bot.py --secret-key KEY --file music.mp3 --loop
+    callkit bot tone --secret-key KEY                      # logs in as "tone"; 440 Hz, -20 dBFS
+    callkit bot tone --secret-key KEY --freq 660 --level -30
+    callkit bot tone --secret-key KEY --file music.mp3 --loop
     callkit phone --user alice --secret-key KEY                      # then: call tone
 
-``callkit bot tone ...`` runs the same program. A file starts from the beginning for each
-call; its video (if any) is sent in video calls, else a test pattern.
+``python -m callkit.samples.tone_bot ...`` runs the same program. A file starts from the
+beginning for each call; its video (if any) is sent in video calls, else a test pattern.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ if not __package__:  # run as a file: make `samples` importable
 
 from callkit import CallEngine
 from callkit.media import FileSource, TestPatternSource, ToneSource
-from callkit.samples.common import AutoAnswer, add_login_args, login, run, run_until_stopped
+from callkit.samples.common import (
+    AutoAnswer,
+    add_login_args,
+    login,
+    new_parser,
+    run,
+    run_until_stopped,
+)
 
 
 class ToneBot:
@@ -61,15 +68,20 @@ class ToneBot:
             self.playing = None
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run the tone bot until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The tone bot's options."""
+    parser = new_parser(prog, __doc__)
     add_login_args(parser, user="tone")
-    parser.add_argument("--freq", type=float, default=440.0, help="tone frequency, Hz (440)")
-    parser.add_argument("--level", type=float, default=-20.0, help="tone level, dBFS (-20)")
+    parser.add_argument("--freq", type=float, default=440.0, help="tone frequency, Hz")
+    parser.add_argument("--level", type=float, default=-20.0, help="tone level, dBFS")
     parser.add_argument("--file", help="play this audio/video file instead of a tone")
     parser.add_argument("--loop", action="store_true", help="loop the file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the tone bot until Ctrl-C."""
+    args = build_parser(prog).parse_args(argv)
     if args.file is not None:
         FileSource(args.file).close()  # fail now, not at the first call, if it is unreadable
 
@@ -78,8 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         ToneBot(engine, freq=args.freq, level_dbfs=args.level, file=args.file, loop=args.loop)
         what = args.file or f"{args.freq:g} Hz at {args.level:g} dBFS"
         print(f"tone bot {args.user!r} online at {args.url}, playing {what}; call it", flush=True)
-        await run_until_stopped(engine)
-        return 0
+        return await run_until_stopped(engine)
 
     return run(go())
 
