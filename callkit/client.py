@@ -4,8 +4,11 @@ The link logs in as part of :meth:`SignalingClient.connect`. When the socket dro
 the service having closed it on purpose, the link reconnects with backoff and logs in again
 with ``resume`` set to its session id, so the service re-attaches the call membership it held
 meanwhile (see docs/protocol.md, "Resuming"). Requests made while it reconnects wait for it
-(up to ``REQUEST_TIMEOUT``). It gives up when it could not resume within the grace the
-service announced at login; then ``on_closed(reason)`` runs, once.
+(up to ``REQUEST_TIMEOUT``). It keeps trying, with backoff, for as long as it is not
+closed: ``on_lost(reason)`` runs once per drop, ``on_grace_over()`` once the service's resume
+grace is over (the call is gone there), ``on_resumed(reply_data)`` when it is back. It gives up
+only when the service ends the session on purpose (kicked, expired, refused login); then
+``on_closed(reason)`` runs, once.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ REQUEST_TIMEOUT = 10.0
 HEARTBEAT = 2.0
 #: how long to keep reconnecting when the service did not announce its resume grace
 DEFAULT_RESUME_GRACE = 9.0
-#: backoff between reconnect attempts: first delay, cap (each with up to 25 % jitter)
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 1.0
+#: backoff between reconnect attempts: first delay, cap (each with up to 25 % jitter); the
+#: link keeps trying at the cap for as long as it is not closed
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 #: close codes after which reconnecting is pointless: kicked / expired / policy (1008),
 #: resumed on another socket (4001)
 FINAL_CLOSE_CODES = frozenset({1008, 4001})
@@ -53,6 +57,8 @@ class SignalingClient:
         on_closed: Callable[[str], None],
         *,
         on_resumed: Callable[[dict[str, Any]], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        on_grace_over: Callable[[], None] | None = None,
         heartbeat: float = HEARTBEAT,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
@@ -61,6 +67,8 @@ class SignalingClient:
         self._on_push = on_push
         self._on_closed = on_closed
         self._on_resumed = on_resumed
+        self._on_lost = on_lost
+        self._on_grace_over = on_grace_over
         self._heartbeat = heartbeat
         self._ids = itertools.count(1)
         self._pending: dict[
@@ -241,6 +249,7 @@ class SignalingClient:
                 if self._closing or self._final or not retry:
                     break
                 log.info("signaling link lost (%s); reconnecting", reason)
+                self._hook(self._on_lost, reason)
                 failure = await self._reconnect()
                 if failure is None:
                     continue
@@ -294,26 +303,38 @@ class SignalingClient:
         )
         return why, code not in FINAL_CLOSE_CODES
 
+    def _hook(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is not None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("signaling hook failed")
+
     async def _reconnect(self) -> str | None:
-        """Reconnect with backoff and resume; None on success, else why it gave up."""
+        """Reconnect with backoff (for as long as the link is not closed) and resume; None on
+        success, else why it gave up (a refused login). Once the service's resume grace is
+        over, ``on_grace_over`` runs (the service has forgotten our call by then)."""
         loop = asyncio.get_running_loop()
-        # the service holds our session resume_grace s after it last heard from us; give up
-        # a little earlier so the local call never outlives the service's view of it
-        deadline = self._last_heard + max(1.0, self.resume_grace - 0.5)
+        # the service holds our session resume_grace s after it last heard from us; say so a
+        # little earlier so the local call never outlives the service's view of it
+        grace_deadline = self._last_heard + max(1.0, self.resume_grace - 0.5)
+        grace_over = False
         delay = BACKOFF_FIRST
         attempts = 0
-        last_error = "no attempt"
         old = self._ws
         if old is not None and not old.closed:
             await old.close()
         while not self._closing:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            await asyncio.sleep(min(left, delay * (1 + 0.25 * random.random())))
+            wait = delay * (1 + 0.25 * random.random())
+            if not grace_over:
+                wait = min(wait, max(0.0, grace_deadline - loop.time()))
+            await asyncio.sleep(wait)
+            if not grace_over and loop.time() >= grace_deadline:
+                grace_over = True
+                self._hook(self._on_grace_over)
             delay = min(delay * 2, BACKOFF_MAX)
             attempts += 1
-            if self._closing or deadline - loop.time() <= 0:
+            if self._closing:
                 break
             ws: aiohttp.ClientWebSocketResponse | None = None
             try:
@@ -321,7 +342,7 @@ class SignalingClient:
                 assert self._login is not None
                 data = await self._log_in(ws, dict(self._login))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                last_error = describe_connect_error(self.url, exc)
+                log.debug("reconnect attempt %d failed: %r", attempts, exc)
                 if ws is not None:
                     await ws.close()
                 continue
@@ -329,7 +350,6 @@ class SignalingClient:
                 if ws is not None:
                     await ws.close()
                 if exc.code == ErrorCode.SIGNALING_SEND_FAIL:
-                    last_error = exc.message
                     continue
                 return f"login refused on reconnect: {exc.message} (code {exc.code})"
             self._ws = ws
@@ -338,16 +358,9 @@ class SignalingClient:
             log.info(
                 "signaling link back after %d attempt(s); resumed=%s", attempts, data.get("resumed")
             )
-            if self._on_resumed is not None:
-                try:
-                    self._on_resumed(data)
-                except Exception:
-                    log.exception("resume hook failed")
+            self._hook(self._on_resumed, data)
             return None
-        return (
-            f"could not reconnect within {self.resume_grace:g} s "
-            f"({attempts} attempts; last: {last_error})"
-        )
+        return "closed while reconnecting"
 
     def _fail_pending(self, reason: str) -> None:
         for future, _ in self._pending.values():

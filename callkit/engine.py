@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,8 @@ class CallContext:
     role: CallRole
     state: CallState
     members: dict[str, str] = field(default_factory=dict)  # userId -> "ringing" | "joined"
+    #: time.monotonic() of this user's onCallBegin (None before)
+    began_at: float | None = None
 
     def update(self, snapshot: dict[str, Any] | None) -> None:
         if not snapshot:
@@ -192,6 +195,8 @@ class CallEngine(StreamsMixin):
             self._on_push,
             self._on_link_closed,
             on_resumed=self._on_link_resumed,
+            on_lost=self._on_link_lost,
+            on_grace_over=self._on_link_grace_over,
             ssl=self._ssl,
         )
         try:
@@ -553,6 +558,7 @@ class CallEngine(StreamsMixin):
                 return
         ctx.update(ev.call)
         if name == "onCallBegin":
+            ctx.began_at = time.monotonic()
             ctx.state = CallState.CONNECTED
             ctx.role = CallRole(payload["callRole"])
             self._begin_media(ctx)
@@ -804,9 +810,22 @@ class CallEngine(StreamsMixin):
             f"signaling lost: {reason}" + ("; the call ended" if had_call else ""),
         )
 
+    def _on_link_lost(self, reason: str) -> None:
+        """The link dropped (it reconnects by itself): onError -1401, once per drop."""
+        if not self._destroyed and self._client is not None:
+            self._emit_error(
+                ErrorCode.SIGNALING_SEND_FAIL, f"signaling link lost ({reason}); reconnecting"
+            )
+
+    def _on_link_grace_over(self) -> None:
+        """Still no link after the service's resume grace: the service has ended our part of
+        the call, so end it here too (onCallEnd / onCallCancelled)."""
+        if not self._destroyed:
+            self._end_forgotten_call()
+
     def _on_link_resumed(self, data: dict[str, Any]) -> None:
         """The link came back (login reply ``data``): keep the call if the service kept it,
-        else end it locally with onError -1401. Events held for us were handled already."""
+        else end it (onCallEnd / onCallCancelled). Events held for us were handled already."""
         self._login_ice_servers = ice_servers_from_json(data.get("iceServers"))
         ctx, snap = self._call, data.get("call")
         if ctx is None:
@@ -814,13 +833,27 @@ class CallEngine(StreamsMixin):
         if isinstance(snap, dict) and snap.get("callId") == ctx.call_id:
             ctx.update(snap)
             return
+        self._end_forgotten_call()
+
+    def _end_forgotten_call(self) -> None:
+        """End the local call the service no longer knows, with the event the application
+        expects: onCallEnd for a connected call, onCallCancelled for one still ringing."""
+        ctx = self._call
+        if ctx is None:
+            return
+        if ctx.state is CallState.CONNECTED:
+            began = ctx.began_at if ctx.began_at is not None else time.monotonic()
+            payload: dict[str, Any] = {
+                "roomID": ctx.room_id,
+                "callMediaType": int(ctx.media_type),
+                "callRole": int(ctx.role),
+                "totalTime": max(0, round(time.monotonic() - began)),
+            }
+            name = "onCallEnd"
+        else:
+            payload, name = {"userId": str(self.user_id)}, "onCallCancelled"
         self._end_locally()
-        why = (
-            "the call ended while signaling was down"
-            if data.get("resumed")
-            else "signaling was down longer than the service keeps a session; the call ended"
-        )
-        self._emit_error(ErrorCode.SIGNALING_SEND_FAIL, why)
+        self._events.emit(name, payload)
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
