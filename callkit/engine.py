@@ -12,7 +12,7 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from callkit.media.netsim import NetworkConditions, NetworkShaper
+from callkit.media.netsim import NetworkConditions, NetworkCounts, NetworkShaper
 from callkit.media.peer import CONNECT_TIMEOUT, PeerSession, ice_servers_from_json
 from callkit.media.qualitymonitor import QualityMonitor
 from callkit.media.sources import AudioSource, VideoSource
@@ -502,6 +502,12 @@ class CallEngine(StreamsMixin):
         self._video_source = source
         if self._local_video is not None:
             self._local_video.set_source(source)
+
+    @property
+    def network_counts(self) -> NetworkCounts:
+        """What the network simulator did to this engine's outgoing datagrams so far (sent,
+        dropped ...): tests compare what they measure with what really happened."""
+        return self._shaper.counts()
 
     def set_network_conditions(self, conditions: NetworkConditions) -> None:
         """Simulate a network on every datagram this engine sends (mid-call too)."""

@@ -375,3 +375,14 @@ async def test_attach_without_transports_is_harmless() -> None:
         assert len(icehooks.connections(pc)) == 1
     finally:
         await pc.close()
+
+
+def test_counts_snapshot_difference_and_realized_loss() -> None:
+    from callkit.media import NetworkCounts
+
+    a = NetworkCounts(sent=100, dropped=5, overflowed=1, delayed=10)
+    b = NetworkCounts(sent=190, dropped=15, overflowed=1, delayed=30)
+    d = b - a
+    assert d == NetworkCounts(sent=90, dropped=10, overflowed=0, delayed=20)
+    assert d.loss == 0.1
+    assert NetworkCounts().loss == 0.0

@@ -16,7 +16,7 @@ from .devices import (
 )
 from .errors import DeviceError
 from .files import FileAudioSource, FileSource, FileVideoSource, RecordedFiles, RecorderSink
-from .netsim import NetworkConditions
+from .netsim import NetworkConditions, NetworkCounts
 from .sources import AudioSource, SilenceSource, TestPatternSource, ToneSource, VideoSource
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -33,6 +33,7 @@ __all__ = [
     "MicrophoneSource",
     "MixSource",
     "NetworkConditions",
+    "NetworkCounts",
     "PushAudioSource",
     "PushVideoSource",
     "RecordedFiles",

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["DatagramSink", "NetworkConditions", "NetworkShaper"]
+__all__ = ["DatagramSink", "NetworkConditions", "NetworkCounts", "NetworkShaper"]
 
 #: A datagram that would wait longer than this in the rate-cap queue is dropped (seconds).
 MAX_QUEUE_DELAY = 0.5
@@ -106,6 +106,35 @@ class DatagramSink(Protocol):
     def sendto(self, data: bytes, addr: Any = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class NetworkCounts:
+    """What the simulator did to an engine's outgoing datagrams so far (cumulative)."""
+
+    #: handed to the socket (at once or after a delay)
+    sent: int = 0
+    #: lost on purpose (loss, burst loss, and ``overflowed``)
+    dropped: int = 0
+    #: dropped because the rate-cap queue was full (counted in ``dropped`` too)
+    overflowed: int = 0
+    #: sent after a simulated delay
+    delayed: int = 0
+
+    def __sub__(self, earlier: NetworkCounts) -> NetworkCounts:
+        """The counts between ``earlier`` and this snapshot."""
+        return NetworkCounts(
+            self.sent - earlier.sent,
+            self.dropped - earlier.dropped,
+            self.overflowed - earlier.overflowed,
+            self.delayed - earlier.delayed,
+        )
+
+    @property
+    def loss(self) -> float:
+        """The realized loss: dropped / (sent + dropped), 0.0 when nothing was offered."""
+        offered = self.sent + self.dropped
+        return self.dropped / offered if offered else 0.0
+
+
 class NetworkShaper:
     """Applies :class:`NetworkConditions` to datagrams; conditions may change at any time.
 
@@ -154,6 +183,10 @@ class NetworkShaper:
         self._p_enter = 1.0 if loss >= 1.0 else loss * (1.0 - q) / (1.0 - loss)
         self._conditions = conditions
         self._ideal = conditions.is_ideal
+
+    def counts(self) -> NetworkCounts:
+        """A snapshot of the counters."""
+        return NetworkCounts(self.sent, self.dropped, self.overflowed, self.delayed)
 
     def reset_counters(self) -> None:
         """Zero the counters."""
