@@ -31,9 +31,12 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
+from callkit.media.jitter import AudioJitterBuffer
 from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
 from callkit.media.volume import FrameLevel, compute_audio_level_dbov, install_audio_level_hook
 from callkit.signaling.ice import turn_credentials
+
+from .helpers import connect
 
 SECRET = "compat-turn-secret"
 
@@ -136,9 +139,9 @@ class _CountingShaper:
 
 
 @contextlib.asynccontextmanager
-async def _loopback_pair(shaper: Any = None) -> AsyncIterator[tuple[Any, Any]]:
+async def _loopback_pair(shaper: Any = None, buffer: Any = None) -> AsyncIterator[tuple[Any, Any]]:
     """Two aiortc peers on 127.0.0.1 (gathered through the host-address hook), pc1 sending a
-    tone to pc2; yields once both are connected (at most 10 s)."""
+    tone to pc2 (through ``buffer`` if given); yields once both are connected (at most 10 s)."""
     pc1 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     hole = MediaBlackhole()
@@ -148,6 +151,8 @@ async def _loopback_pair(shaper: Any = None) -> AsyncIterator[tuple[Any, Any]]:
         icehooks.attach(pc1, host_addresses=["127.0.0.1"], shaper=shaper)
         await pc1.setLocalDescription(await pc1.createOffer())
         await pc2.setRemoteDescription(pc1.localDescription)
+        if buffer is not None:
+            _compat.use_jitter_buffer(pc2.getReceivers()[0], buffer)
         icehooks.attach(pc2, host_addresses=["127.0.0.1"])
         await pc2.setLocalDescription(await pc2.createAnswer())
         await pc1.setRemoteDescription(pc2.localDescription)
@@ -279,3 +284,34 @@ def test_every_patch_is_installed_once() -> None:
     install_audio_level_hook()
     assert patched() == before
     assert aiortc.rtp.compute_audio_level_dbov is compute_audio_level_dbov
+
+
+async def test_jitter_buffer_replacement_takes_effect() -> None:
+    """A real receiver reassembles its audio with the buffer it was given."""
+    buffer = AudioJitterBuffer()
+    async with _loopback_pair(buffer=buffer) as (_, pc2):
+        receiver = pc2.getReceivers()[0]
+        assert _compat.jitter_buffer(receiver) is buffer
+        await asyncio.sleep(0.5)
+        assert buffer.received > 10 and buffer.waiting() == 0
+    with pytest.raises(RuntimeError, match="jitter_buffer"):
+        _compat.use_jitter_buffer(object(), buffer)
+
+
+@pytest.mark.loopback
+async def test_callkit_audio_receivers_use_the_adaptive_jitter_buffer(make_engine) -> None:
+    alice, ra = await make_engine("alice")
+    bob, rb = await make_engine("bob")
+    await connect(alice, ra, bob, rb)
+    for engine, other in ((alice, "bob"), (bob, "alice")):
+        deadline = time.monotonic() + 10
+        while other not in engine.peers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        session = engine.peers[other]
+        audio = [t.receiver for t in session.pc.getTransceivers() if t.kind == "audio"]
+        buffer = _compat.jitter_buffer(audio[0])
+        assert isinstance(buffer, AudioJitterBuffer)
+        while buffer.received < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert buffer.received >= 10
+    await alice.hangup()

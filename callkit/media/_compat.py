@@ -14,7 +14,10 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
 4. ``aiortc.RTCRtpSender._send_rtcp`` / ``_handle_rtcp_packet``: the RTCP log
    (:func:`patch_sender_rtcp`);
 5. ``aiortc.rtp.compute_audio_level_dbov``: numpy audio level (:func:`patch_audio_level`);
-6. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
+6. ``RTCRtpReceiver.__jitter_buffer``: callkit's audio receivers get
+   :class:`callkit.media.jitter.AudioJitterBuffer` instead of aiortc's ``JitterBuffer(16,
+   prefetch=4)`` (:func:`use_jitter_buffer`, :func:`jitter_buffer`);
+7. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
    ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
    ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
    (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported).
@@ -57,6 +60,7 @@ __all__ = [
     "TARGETS",
     "gathering_connection",
     "ice_connection",
+    "jitter_buffer",
     "nominated_pairs",
     "parse_stun_turn_uri",
     "patch_audio_level",
@@ -66,6 +70,7 @@ __all__ = [
     "patch_sender_rtcp",
     "pc_ice_transports",
     "sender_ssrc",
+    "use_jitter_buffer",
     "version_mismatches",
 ]
 
@@ -239,7 +244,30 @@ def patch_audio_level(replacement: Callable[[Any], int]) -> None:
         aiortc.rtp.compute_audio_level_dbov = replacement
 
 
-# ----------------------------------------------------------------------------- 6. private reads
+# --------------------------------------------------------------------------- 6. jitter buffer
+# aiortc's audio receiver waits for 4 later frames before it hands one out and, after a loss,
+# for 16, a backlog it never drains (aiortc issue 543). The buffer is a private attribute set
+# in ``RTCRtpReceiver.__init__`` and only used through ``add(packet)`` in
+# ``_handle_rtp_packet``, so a replacement with the same ``add`` can be set per receiver (raw
+# aiortc peers in the same process keep theirs).
+
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+def jitter_buffer(receiver: Any) -> Any:
+    """The jitter buffer an aiortc ``RTCRtpReceiver`` reassembles frames with."""
+    return getattr(receiver, _JITTER_ATTR)
+
+
+def use_jitter_buffer(receiver: Any, buffer: Any) -> None:
+    """Make ``receiver`` reassemble its frames with ``buffer`` (anything with aiortc's
+    ``add(packet) -> (pli_flag, JitterFrame | None)``); before its first packet."""
+    if not hasattr(receiver, _JITTER_ATTR):
+        raise RuntimeError(f"aiortc's RTCRtpReceiver has no {_JITTER_ATTR} any more")
+    setattr(receiver, _JITTER_ATTR, buffer)
+
+
+# ----------------------------------------------------------------------------- 7. private reads
 
 
 def ice_connection(ice_transport: Any) -> Connection | None:

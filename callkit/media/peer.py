@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from . import _compat, icehooks
+from .jitter import AudioJitterBuffer
 from .netsim import NetworkShaper
 from .rtcstats import rtcp_log
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
@@ -170,6 +171,8 @@ class PeerSession:
         if video_t is None:
             video_t = self.pc.addTransceiver("video", direction=self._video_direction())
         audio_t.direction = "sendrecv"
+        if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioJitterBuffer):
+            _compat.use_jitter_buffer(audio_t.receiver, AudioJitterBuffer())
         if audio_t.sender.track is not self._audio_track:
             audio_t.sender.replaceTrack(self._audio_track)
         video_t.direction = self._video_direction()
