@@ -15,12 +15,16 @@ Commands (type them and press Enter):
     mute | unmute                close / open the microphone
     camera on | camera off       open / close the camera (video calls)
     devices                      list audio devices and cameras
+    status                       print the status line now
     help | quit
 
 It uses the microphone, speaker and camera when they are there, and otherwise a 440 Hz
 tone, no playback and a test pattern (``--tone``, ``--no-speaker``, ``--pattern`` force
-those). While in a call it prints, once a second, a volume bar and the network quality of
-every participant.
+those); ``--file`` sends an audio file (looped) instead. A status line shows the call
+ringing (out or in, with the seconds so far) and, in a call, a volume bar and the network
+quality of every participant. In a terminal it is the top line, updated in place, so it
+never garbles what you type; when the output is a pipe or a file it is printed as a line
+every ``--meters`` seconds instead.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from typing import Any, TextIO
 if not __package__:  # run as a file: make `samples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from callkit import CallEngine, CallError, CallMediaType, NetworkQuality
+from callkit import CallEngine, CallError, CallMediaType, ErrorCode, NetworkQuality
 from callkit.media import (
     AudioSource,
     CameraSource,
+    FileAudioSource,
     MicrophoneSource,
     SpeakerSink,
     TestPatternSource,
@@ -51,12 +56,58 @@ from callkit.media import (
 from callkit.samples.common import add_login_args, login, new_parser, run
 
 HELP = __doc__[__doc__.index("Commands") : __doc__.index("It uses")].rstrip()
+#: what a known command needs, for a command typed with the wrong arguments
+USAGE = {
+    "call": "call USER [video]",
+    "group": "group USER USER... [video]",
+    "camera": "camera on | camera off",
+}
 
 
 def volume_bar(volume: int, width: int = 10) -> str:
     """``########--`` for volume 80 of 100."""
     full = round(max(0, min(100, volume)) * width / 100)
     return "#" * full + "-" * (width - full)
+
+
+class StatusLine:
+    """One line of status: in a terminal the top row, redrawn in place (the rows below
+    scroll, the cursor and what the user is typing stay where they are); elsewhere printed
+    as a line each time."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self._reserved = False
+
+    def show(self, text: str) -> None:
+        """Show ``text`` as the status."""
+        if not self.tty:
+            print(text, file=self.out, flush=True)
+            return
+        import shutil
+
+        cols, rows = shutil.get_terminal_size()
+        if not self._reserved:  # keep row 1 for the status: scroll only rows 2..rows
+            self.out.write(f"\0337\033[2;{rows}r\0338")
+            self._reserved = True
+        # save the cursor, draw on row 1, restore: the input line is untouched
+        self.out.write(f"\0337\033[1;1H\033[2K{text[: cols - 1]}\0338")
+        self.out.flush()
+
+    def clear(self) -> None:
+        """Empty the status (terminal only)."""
+        if self.tty and self._reserved:
+            self.out.write("\0337\033[1;1H\033[2K\0338")
+            self.out.flush()
+
+    def close(self) -> None:
+        """Give the terminal its whole height back."""
+        if self.tty and self._reserved:
+            self.clear()
+            self.out.write("\0337\033[r\0338")
+            self.out.flush()
+            self._reserved = False
 
 
 class Softphone:
@@ -85,6 +136,9 @@ class Softphone:
         self.users: list[str] = []  # remote participants of the current call
         self.volumes: dict[str, int] = {}
         self.quality: dict[str, int] = {}
+        self.status = StatusLine(out)
+        #: what rings ("calling bob" / "call from alice") and since when (loop time)
+        self.ringing: tuple[str, float] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         for name in (
             "onCallReceived",
@@ -129,6 +183,7 @@ class Softphone:
             self.say(
                 f"<< incoming {kind} call from {res['callerId']}{group}: type accept or reject"
             )
+            self._ring(f"call from {res['callerId']}{group}: accept or reject?")
             self._add_user(res["callerId"])
             if res["callMediaType"] == CallMediaType.VIDEO:
                 task = asyncio.ensure_future(self._open_camera())
@@ -136,6 +191,7 @@ class Softphone:
                 task.add_done_callback(self._tasks.discard)
         elif name == "onCallBegin":
             self.in_call = True
+            self.ringing = None
             kind = CallMediaType(res["callMediaType"]).name.lower()
             self.say(f"== {kind} call connected (room {res['roomID']})")
         elif name == "onUserJoin":
@@ -189,8 +245,14 @@ class Softphone:
         self.volumes.pop(user, None)
         self.quality.pop(user, None)
 
+    def _ring(self, what: str) -> None:
+        self.ringing = (what, asyncio.get_running_loop().time())
+        self.status.show(self.status_line())
+
     def _end_call(self) -> None:
         self.in_call = False
+        self.ringing = None
+        self.status.clear()
         for user in list(self.users):
             self._remove_user(user)
         self.volumes.clear()
@@ -228,11 +290,21 @@ class Softphone:
             parts.append(f"{label} {volume_bar(vol)} {vol:3d} {q}")
         return "   " + " | ".join(parts)
 
+    def status_line(self) -> str:
+        """The meters in a call, what rings while ringing, else who is logged in."""
+        if self.in_call:
+            return self.meter_line()
+        if self.ringing is not None:
+            what, since = self.ringing
+            seconds = asyncio.get_running_loop().time() - since
+            return f"   ringing: {what} ({seconds:.0f} s)"
+        return f"   idle, logged in as {self.engine.user_id}"
+
     async def _meters(self) -> None:
         while True:
             await asyncio.sleep(self.meter_interval)
-            if self.in_call:
-                self.say(self.meter_line())
+            if self.in_call or self.ringing is not None:
+                self.status.show(self.status_line())
 
     # -- commands ----------------------------------------------------------------------------
     async def command(self, line: str) -> bool:
@@ -258,12 +330,22 @@ class Softphone:
             if video:
                 await self._open_camera()
             self.say(f">> calling {users[0]} ({media.name.lower()})")
-            await e.call(users[0], media)
+            self._ring(f"calling {users[0]}")
+            try:
+                await e.call(users[0], media)
+            except CallError:
+                self.ringing = None
+                raise
         elif cmd == "group" and users:
             if video:
                 await self._open_camera()
             self.say(f">> calling {', '.join(users)} ({media.name.lower()} group call)")
-            await e.group_call(users, f"group-{e.user_id}", media)
+            self._ring(f"calling {', '.join(users)}")
+            try:
+                await e.group_call(users, f"group-{e.user_id}", media)
+            except CallError:
+                self.ringing = None
+                raise
         elif cmd == "accept":
             await e.accept()
         elif cmd == "reject":
@@ -286,11 +368,15 @@ class Softphone:
         elif cmd == "devices":
             self._list_devices()
         elif cmd == "status":
-            self.say(self.meter_line() if self.in_call else f"-- idle, logged in as {e.user_id}")
+            self.say(self.status_line())
         elif cmd in ("quit", "exit"):
             return False
-        else:
+        elif cmd == "help":
             self.say(HELP)
+        elif cmd in USAGE:
+            self.say(f"?? usage: {USAGE[cmd]}")
+        else:
+            self.say(f"?? unknown command {cmd!r}: type help for the list of commands")
         return True
 
     def _list_devices(self) -> None:
@@ -323,6 +409,7 @@ class Softphone:
                     break
         finally:
             meters.cancel()
+            self.status.close()
             if self.engine.call_state.value != "idle":
                 try:
                     await self.engine.hangup()
@@ -349,18 +436,28 @@ async def stdin_lines() -> AsyncIterator[str]:
 def open_audio(args: argparse.Namespace, say: Any) -> tuple[AudioSource, SpeakerSink | None]:
     """The microphone (else a tone) and the speaker (else none), as asked and available."""
     source: AudioSource | None = None
+    if args.file:
+        try:
+            source = FileAudioSource(args.file, loop=True)
+        except Exception as exc:  # missing, no audio stream, not a media file
+            raise CallError(ErrorCode.PARAM_INVALID, f"cannot send {args.file}: {exc}") from None
+        return source, _speaker(args, say)
     if not args.tone:
         try:
             source = MicrophoneSource(args.mic)
         except CallError as exc:
             say(f"-- {exc.message}; sending a 440 Hz tone instead of the microphone")
-    speaker = None
-    if not args.no_speaker:
-        try:
-            speaker = SpeakerSink(args.speaker)
-        except CallError as exc:
-            say(f"-- {exc.message}; not playing what arrives")
-    return source or ToneSource(440.0, -20.0), speaker
+    return source or ToneSource(440.0, -20.0), _speaker(args, say)
+
+
+def _speaker(args: argparse.Namespace, say: Any) -> SpeakerSink | None:
+    if args.no_speaker:
+        return None
+    try:
+        return SpeakerSink(args.speaker)
+    except CallError as exc:
+        say(f"-- {exc.message}; not playing what arrives")
+        return None
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -371,6 +468,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--speaker", help="speaker: PortAudio index or part of its name")
     parser.add_argument("--camera", help="camera device (none given: the first one)")
     parser.add_argument("--tone", action="store_true", help="send a tone, not the microphone")
+    parser.add_argument(
+        "--file", metavar="PATH", help="send this audio file (looped), not the microphone"
+    )
     parser.add_argument("--no-speaker", action="store_true", help="do not play received audio")
     parser.add_argument(
         "--pattern", action="store_true", help="send a test pattern, not the camera"
