@@ -436,11 +436,12 @@ async def stdin_lines() -> AsyncIterator[str]:
 def open_audio(args: argparse.Namespace, say: Any) -> tuple[AudioSource, SpeakerSink | None]:
     """The microphone (else a tone) and the speaker (else none), as asked and available."""
     source: AudioSource | None = None
-    if args.file:
+    path = getattr(args, "file", None)  # (callers may pass a namespace without it)
+    if path:
         try:
-            source = FileAudioSource(args.file, loop=True)
+            source = FileAudioSource(path, loop=True)
         except Exception as exc:  # missing, no audio stream, not a media file
-            raise CallError(ErrorCode.PARAM_INVALID, f"cannot send {args.file}: {exc}") from None
+            raise CallError(ErrorCode.PARAM_INVALID, f"cannot send {path}: {exc}") from None
         return source, _speaker(args, say)
     if not args.tone:
         try:
