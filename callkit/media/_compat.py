@@ -241,7 +241,7 @@ AIORTC_COMPUTE_AUDIO_LEVEL_DBOV: Callable[[Any], int] = getattr(
 def patch_audio_level(replacement: Callable[[Any], int]) -> None:
     """Make aiortc's sender use ``replacement`` for the level of every audio frame."""
     if aiortc.rtp.compute_audio_level_dbov is not replacement:
-        aiortc.rtp.compute_audio_level_dbov = replacement
+        aiortc.rtp.compute_audio_level_dbov = replacement  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- 6. jitter buffer
