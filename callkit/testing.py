@@ -40,7 +40,7 @@ from .signaling.usersig import gen_user_sig
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the plugin loads, its async fixtures explain
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 __all__ = [
     "LOOPBACK",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -411,10 +412,8 @@ class Softphone:
             meters.cancel()
             self.status.close()
             if self.engine.call_state.value != "idle":
-                try:
+                with contextlib.suppress(CallError):
                     await self.engine.hangup()
-                except CallError:
-                    pass
             self._close_camera()
 
 
