@@ -293,12 +293,12 @@ class SignalingClient:
             else:
                 break
         code = ws.close_code
-        exc = ws.exception()
-        if not isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        error = ws.exception()
+        if not isinstance(error, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             self._last_heard = loop.time()  # a close or reset: the path worked until now
         why = (
             "no heartbeat from the service"
-            if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
+            if isinstance(error, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
             else f"closed ({code})"
         )
         return why, code not in FINAL_CLOSE_CODES

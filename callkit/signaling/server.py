@@ -836,7 +836,7 @@ class SignalingServer:
                 ).encode()
             )
 
-    def _take_over(self, old: Session, new: Session) -> list[p.Message]:
+    def _take_over(self, old: Session, new: Session) -> list[str]:
         """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
         self.stats.resumed += 1
         outbox, old.outbox, old.outbox_bytes = old.outbox, [], 0
