@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/callkit demo
 
-test: deb $(STAMP)
+# lint first: a finding fails the run before the tests start
+test: deb $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
@@ -40,8 +41,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+LINT_PATHS := callkit tests bench docs/gen_api.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check callkit tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy callkit
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

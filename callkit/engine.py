@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import ssl
@@ -579,11 +580,10 @@ class CallEngine(StreamsMixin):
         elif name == "onCallMediaTypeChanged":
             ctx.media_type = CallMediaType(payload["newCallMediaType"])
             self._apply_media_type(ctx)
-        elif name in ("onUserVideoAvailable", "onUserAudioAvailable"):
-            if name == "onUserVideoAvailable":
-                if self._video_available.get(payload["userId"]) == payload["isVideoAvailable"]:
-                    return  # already reported (first frame arrived before the server said so)
-                self._video_available[payload["userId"]] = payload["isVideoAvailable"]
+        elif name == "onUserVideoAvailable":
+            if self._video_available.get(payload["userId"]) == payload["isVideoAvailable"]:
+                return  # already reported (first frame arrived before the server said so)
+            self._video_available[payload["userId"]] = payload["isVideoAvailable"]
         self._events.emit(name, payload)
         if name in ("onCallEnd", "onCallCancelled") and self._call is ctx:
             self._end_locally()
@@ -870,10 +870,8 @@ class CallEngine(StreamsMixin):
         client, self._client = self._client, None
         if client is not None:
             if self._call is not None and client.connected:  # no 10 s wait on a dead link
-                try:
+                with contextlib.suppress(CallError):
                     await client.request(p.Hangup, call_id=self._call.call_id)
-                except CallError:
-                    pass
             self._end_locally()
             await client.close()
 

@@ -279,7 +279,7 @@ async def test_second_login_kicks_the_first(server: SignalingServer) -> None:
 @pytest.mark.parametrize("path", ["/health", "/calls"])
 async def test_rest_endpoints(server: SignalingServer, path: str) -> None:
     admin = {"Authorization": f"Bearer {sig('administrator')}"}
-    async with aiohttp.ClientSession(headers=admin) as http:
-        async with http.get(server.url.replace("ws://", "http://").replace("/ws", path)) as r:
-            assert r.status == 200
-            await r.json()
+    url = server.url.replace("ws://", "http://").replace("/ws", path)
+    async with aiohttp.ClientSession(headers=admin) as http, http.get(url) as r:
+        assert r.status == 200
+        await r.json()

@@ -274,7 +274,7 @@ class CallRegistry:
         now: float,
         caller: str,
         callees: list[str],
-        media_type: CallMediaType,
+        media_type: int,  # validated: 1 or 2
         *,
         group_id: str = "",
         timeout: float = 30.0,
@@ -366,7 +366,7 @@ class CallRegistry:
         now: float,
         user_id: str,
         room_id: int,
-        media_type: CallMediaType,
+        media_type: int,  # validated: 1 or 2
         *,
         group_id: str | None = None,
         granted_groups: frozenset[str] = frozenset(),

@@ -25,9 +25,9 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
@@ -181,6 +181,13 @@ class Session:
     #: the service disconnects this socket for flooding; its frames are no longer read
     flooded: bool = False
 
+    @property
+    def uid(self) -> str:
+        """The logged-in user's id; message handlers run only after login."""
+        if self.user_id is None:
+            raise RuntimeError("session is not logged in")
+        return self.user_id
+
     def post(self, text: str) -> None:
         """Queue an encoded frame on this socket's writer; never waits on the socket."""
         if self.released or self.held or self.ws.closed or self.writer is None:
@@ -289,10 +296,10 @@ class SignalingServer:
             p.Invite: self._on_invite,
             p.Join: self._on_join,
             p.SwitchMedia: lambda s, m, now: self.registry.switch_media_type(
-                now, s.user_id, self._own(s, m.call_id), m.media_type
+                now, s.uid, self._own(s, m.call_id), m.media_type
             ),
             p.Device: lambda s, m, now: self.registry.set_device(
-                now, s.user_id, self._own(s, m.call_id), audio=m.audio, video=m.video
+                now, s.uid, self._own(s, m.call_id), audio=m.audio, video=m.video
             ),
             p.SelfInfo: self._on_self_info,
             p.MultiDevice: self._on_multi_device,
@@ -340,9 +347,9 @@ class SignalingServer:
             runner, self._runner = self._runner, None
             await runner.cleanup()
             raise
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server = cast("asyncio.Server | None", site._server)
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         scheme = "wss" if self.ssl_context is not None else "ws"
         self.url = f"{scheme}://{shown}:{self.port}/ws"
@@ -708,7 +715,7 @@ class SignalingServer:
         session.post(text)
 
     async def _deliver(
-        self, notifies: list[Notify], also: list[str | None] = (), cause: Cause = Cause.NORMAL
+        self, notifies: list[Notify], also: Sequence[str | None] = (), cause: Cause = Cause.NORMAL
     ) -> None:
         """Send each notification to its user's device(s), in order; then drop stale owners.
         ``also``: the acting user (if any); the change is recorded first (never awaited)."""
@@ -967,7 +974,7 @@ class SignalingServer:
         self._check_ids(msg.callees)
         call, notifies = self.registry.start_call(
             now,
-            session.user_id,
+            session.uid,
             msg.callees,
             msg.media_type,
             group_id=msg.group_id,
@@ -1009,13 +1016,13 @@ class SignalingServer:
     def _on_invite(self, session: Session, msg: p.Invite, now: float) -> list[Notify]:
         self._check_ids(msg.callees)
         return self.registry.invite(
-            now, session.user_id, self._own(session, msg.call_id), msg.callees, timeout=msg.timeout
+            now, session.uid, self._own(session, msg.call_id), msg.callees, timeout=msg.timeout
         )
 
     def _on_join(self, session: Session, msg: p.Join, now: float):  # type: ignore[no-untyped-def]
         call, notifies = self.registry.join(
             now,
-            session.user_id,
+            session.uid,
             msg.room_id,
             msg.media_type,
             group_id=msg.group_id,
