@@ -36,7 +36,7 @@ test: deb $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not loopback and not slow"
+	$(BIN)/python -m pytest -q -m "not loopback and not slow and not nat"
 
 bench: $(STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
