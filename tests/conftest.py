@@ -18,6 +18,7 @@ from callkit.signaling import SignalingServer
 from callkit.testing import LOOPBACK, SDK_APP_ID, SECRET_KEY, EngineFactory, user_sig
 
 from .postgres_server import db_url, pg_cluster, pg_url  # noqa: F401  (one PostgreSQL per session)
+from .redis_server import own_redis, redis_proc, redis_url  # noqa: F401  (one Redis per session)
 
 # the plugin also loads through its pytest11 entry point; this keeps a checkout whose
 # editable install predates the entry point working (pytest loads a plugin once)

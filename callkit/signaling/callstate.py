@@ -89,6 +89,35 @@ class Member:
     #: the ``calleeIdList`` of this member's invitation (to ring again on a later login)
     invite_list: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """A plain JSON dict (for a shared store); :meth:`from_json` reverses it."""
+        return {
+            "userId": self.user_id,
+            "state": self.state.value,
+            "role": int(self.role),
+            "invitedBy": self.invited_by,
+            "deadline": self.deadline,
+            "beganAt": self.began_at,
+            "audio": self.audio,
+            "video": self.video,
+            "inviteList": list(self.invite_list),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Member:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            user_id=obj["userId"],
+            state=MemberState(obj["state"]),
+            role=CallRole(obj["role"]),
+            invited_by=obj["invitedBy"],
+            deadline=obj["deadline"],
+            began_at=obj["beganAt"],
+            audio=obj["audio"],
+            video=obj["video"],
+            invite_list=list(obj["inviteList"]),
+        )
+
 
 @dataclass
 class Call:
@@ -118,6 +147,40 @@ class Call:
     def ringing(self) -> list[str]:
         """The ringing invitees, in member order."""
         return [u for u, m in self.members.items() if m.state is MemberState.RINGING]
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole call as a plain JSON dict (for a shared store, e.g. one Redis document
+        per call); :meth:`from_json` reverses it. Unlike :meth:`snapshot` it keeps everything
+        the rules need (deadlines, roles, who was invited)."""
+        return {
+            "callId": self.call_id,
+            "roomId": self.room_id,
+            "groupId": self.group_id,
+            "mediaType": int(self.media_type),
+            "callerId": self.caller_id,
+            "userData": self.user_data,
+            "createdAt": self.created_at,
+            "begun": self.begun,
+            "members": [m.to_json() for m in self.members.values()],
+            "invited": sorted(self.invited),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Call:
+        """The inverse of :meth:`to_json`."""
+        members = [Member.from_json(m) for m in obj["members"]]
+        return cls(
+            call_id=obj["callId"],
+            room_id=obj["roomId"],
+            group_id=obj["groupId"],
+            media_type=CallMediaType(obj["mediaType"]),
+            caller_id=obj["callerId"],
+            user_data=obj["userData"],
+            created_at=obj["createdAt"],
+            begun=obj["begun"],
+            members={m.user_id: m for m in members},
+            invited=set(obj["invited"]),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view of the call."""
@@ -256,6 +319,21 @@ class CallRegistry:
         if call is None or member is None or member.state is not MemberState.RINGING:
             return None
         return self._received(call, user_id, member.invited_by, member.invite_list)
+
+    def load(self, calls: Iterable[Call]) -> None:
+        """Add ``calls`` (e.g. read from a shared store) with their indexes and ringing
+        timers; a call id already here is replaced."""
+        for call in calls:
+            old = self.calls.get(call.call_id)
+            if old is not None and old is not call:
+                self._remove_call(old)
+            self.calls[call.call_id] = call
+            self._room_call[call.room_id] = call.call_id
+            for member in call.members.values():
+                self._user_call[member.user_id] = call.call_id
+                if member.state is MemberState.RINGING and member.deadline is not None:
+                    entry = (member.deadline, next(self._seq), call.call_id, member.user_id)
+                    heapq.heappush(self._timers, entry)
 
     def is_idle(self) -> bool:
         """True when no call, member, room or live timer is left."""

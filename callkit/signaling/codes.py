@@ -37,6 +37,9 @@ class ErrorCode(IntEnum):
     #: the signaling service cannot be reached: refused, not found, no WebSocket at the URL,
     #: TLS failure, no answer (callkit's own; the message says which and what to check)
     SIGNALING_UNREACHABLE = -1405
+    #: the shared state store (Redis) of a multi-node service is unreachable; the request was
+    #: not applied (callkit's own; the node reconnects by itself, retry later)
+    STORE_UNAVAILABLE = -1406
     #: internal server error (callkit's own; always a bug)
     INTERNAL = -1500
 
