@@ -1,8 +1,10 @@
 """The engine's WebSocket link to the signaling service: requests with replies, pushes in order.
 
-The link logs in as part of :meth:`SignalingClient.connect`. When the socket drops without
-the service having closed it on purpose, the link reconnects with backoff and logs in again
-with ``resume`` set to its session id, so the service re-attaches the call membership it held
+The link logs in as part of :meth:`SignalingClient.connect`, trying each of its URLs in turn
+(the nodes of one service). When the socket drops without the service having closed it on
+purpose, or the service is silent for ``HEARTBEAT_TIMEOUT`` s, the link reconnects with
+backoff, moving to the next URL on every attempt (round robin), and logs in again with
+``resume`` set to its session id, so the service re-attaches the call membership it held
 meanwhile (see docs/protocol.md, "Resuming"). Requests made while it reconnects wait for it
 (up to ``REQUEST_TIMEOUT``). It keeps trying, with backoff, for as long as it is not
 closed: ``on_lost(reason)`` runs once per drop, ``on_grace_over()`` once the service's resume
@@ -19,7 +21,7 @@ import itertools
 import logging
 import random
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -33,8 +35,11 @@ from .errors import CallError
 log = logging.getLogger("callkit.client")
 
 REQUEST_TIMEOUT = 10.0
-#: seconds between pings to the service; a service silent for 1.5x this is a dropped link
+#: seconds between pings to the service
 HEARTBEAT = 2.0
+#: a service from which nothing (no frame, no pong) arrived for this long is a dropped link:
+#: three missed pings, so a loaded service whose pongs are late is not dropped needlessly
+HEARTBEAT_TIMEOUT = 6.0
 #: how long to keep reconnecting when the service did not announce its resume grace
 DEFAULT_RESUME_GRACE = 9.0
 #: backoff between reconnect attempts: first delay, cap (each with up to 25 % jitter); the
@@ -45,14 +50,37 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 FINAL_CLOSE_CODES = frozenset({1008, 4001})
 
 
+def signaling_urls(urls: str | Sequence[str]) -> list[str]:
+    """The service URLs as a non-empty list of strings (one URL or a list of the nodes' URLs);
+    raises ``CallError(-1202)`` saying what is wrong."""
+    if isinstance(urls, str):
+        urls = [urls]
+    elif not isinstance(urls, (list, tuple)):
+        raise CallError(
+            ErrorCode.PARAM_INVALID,
+            f"url must be a string or a list of strings, got {type(urls).__name__}",
+        )
+    if not urls:
+        raise CallError(ErrorCode.PARAM_INVALID, "url list is empty: give at least one URL")
+    for url in urls:
+        if not isinstance(url, str) or not url:
+            raise CallError(
+                ErrorCode.PARAM_INVALID, f"every url must be a non-empty string, got {url!r:.60}"
+            )
+    return list(urls)
+
+
 class SignalingClient:
     """One logical link to the service. ``on_push`` gets every server push, in order,
     synchronously; ``on_resumed(reply_data)`` runs after each successful re-login; and
-    ``on_closed(reason)`` once when the link is lost for good (never after :meth:`close`)."""
+    ``on_closed(reason)`` once when the link is lost for good (never after :meth:`close`).
+
+    ``urls`` is one URL or the URLs of several nodes of one service: login tries them in order,
+    and each reconnect attempt moves to the next one."""
 
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         on_push: Callable[[p.Message], None],
         on_closed: Callable[[str], None],
         *,
@@ -60,9 +88,11 @@ class SignalingClient:
         on_lost: Callable[[str], None] | None = None,
         on_grace_over: Callable[[], None] | None = None,
         heartbeat: float = HEARTBEAT,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        self.url = url
+        self.urls = signaling_urls(urls)
+        self._at = 0  # index of the URL in use (or tried last)
         self._ssl = ssl
         self._on_push = on_push
         self._on_closed = on_closed
@@ -70,6 +100,7 @@ class SignalingClient:
         self._on_lost = on_lost
         self._on_grace_over = on_grace_over
         self._heartbeat = heartbeat
+        self._heartbeat_timeout = heartbeat_timeout
         self._ids = itertools.count(1)
         self._pending: dict[
             int, tuple[asyncio.Future[dict[str, Any]], Callable[[dict[str, Any]], None] | None]
@@ -92,31 +123,46 @@ class SignalingClient:
         self.reconnects = 0
 
     @property
+    def url(self) -> str:
+        """The URL of the node in use (or tried last while reconnecting)."""
+        return self.urls[self._at]
+
+    @property
     def connected(self) -> bool:
         """Logged in on an open socket (False while reconnecting)."""
         return self._up and self._ws is not None and not self._ws.closed
 
     async def connect(self, **login: Any) -> dict[str, Any]:
-        """Open the socket and log in with ``login`` (``Login`` fields); returns the reply's
-        data. Raises CallError(-1405) saying why when the service cannot be reached, or the
-        login's code."""
+        """Open the socket and log in with ``login`` (``Login`` fields), trying each URL in
+        turn until one answers; returns the reply's data. Raises CallError(-1405) saying why
+        when no URL can be reached, or the login's code when the service refuses it."""
         self._http = aiohttp.ClientSession()
+        failures: list[str] = []
         try:
-            try:
-                ws = await self._open()
+            for at in range(len(self.urls)):
+                self._at = at
                 try:
-                    data = await self._log_in(ws, dict(login))
-                except BaseException:
-                    await ws.close()
-                    raise
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                raise CallError(
-                    ErrorCode.SIGNALING_UNREACHABLE, describe_connect_error(self.url, exc)
-                ) from None
+                    ws = await self._open()
+                    try:
+                        data = await self._log_in(ws, dict(login))
+                    except BaseException:
+                        await ws.close()
+                        raise
+                    break
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    failures.append(describe_connect_error(self.url, exc))
+                except CallError as exc:  # a node that dies during login: try the next one
+                    if exc.code != ErrorCode.SIGNALING_SEND_FAIL or at == len(self.urls) - 1:
+                        raise
+                    failures.append(f"{self.url}: {exc.message}")
+            else:
+                raise CallError(ErrorCode.SIGNALING_UNREACHABLE, "; ".join(failures))
         except BaseException:
             await self._http.close()
             self._http = None
             raise
+        if failures:
+            log.info("logged in at %s after: %s", self.url, "; ".join(failures))
         self._login = dict(login)
         self._ws = ws
         self._set_up(True)
@@ -133,8 +179,7 @@ class SignalingClient:
         return await asyncio.wait_for(
             self._http.ws_connect(
                 self.url,
-                heartbeat=self._heartbeat,
-                autoping=False,
+                autoping=False,  # _read answers pings and sends its own (see _read)
                 ssl=self._ssl if self._ssl is not None else True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             ),
@@ -268,12 +313,33 @@ class SignalingClient:
                 self._on_closed(reason)
 
     async def _read(self) -> tuple[str, bool]:
-        """Read the current socket until it ends; returns (why, worth reconnecting)."""
+        """Read the current socket until it ends; returns (why, worth reconnecting).
+
+        It pings the service every ``heartbeat`` s of silence and drops the link when nothing
+        (no frame, no pong) came for ``heartbeat_timeout`` s: aiohttp's own heartbeat gives a
+        pong only heartbeat/2, which a busy service misses."""
         ws = self._ws
         assert ws is not None
         loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        silent = False
         while True:
-            msg = await ws.receive()
+            now = loop.time()
+            if now - self._last_heard >= self._heartbeat_timeout:
+                silent = True
+                # a receive timeout set code 1006, so close() does not wait for the reply
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ws.close(), 1.0)
+                break
+            quiet_for = now - self._last_heard
+            wait = self._heartbeat - quiet_for % self._heartbeat
+            try:
+                msg = await ws.receive(timeout=max(0.01, wait))
+            except asyncio.TimeoutError:
+                if loop.time() - self._last_heard < self._heartbeat_timeout:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.ping()
+                continue
             if msg.type is aiohttp.WSMsgType.TEXT:
                 self._last_heard = loop.time()
                 try:
@@ -292,16 +358,11 @@ class SignalingClient:
                 continue
             else:
                 break
+        if silent:
+            return "no heartbeat from the service", True
         code = ws.close_code
-        error = ws.exception()
-        if not isinstance(error, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            self._last_heard = loop.time()  # a close or reset: the path worked until now
-        why = (
-            "no heartbeat from the service"
-            if isinstance(error, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
-            else f"closed ({code})"
-        )
-        return why, code not in FINAL_CLOSE_CODES
+        self._last_heard = loop.time()  # a close or reset: the path worked until now
+        return f"closed ({code})", code not in FINAL_CLOSE_CODES
 
     def _hook(self, fn: Callable[..., None] | None, *args: Any) -> None:
         if fn is not None:
@@ -311,9 +372,10 @@ class SignalingClient:
                 log.exception("signaling hook failed")
 
     async def _reconnect(self) -> str | None:
-        """Reconnect with backoff (for as long as the link is not closed) and resume; None on
-        success, else why it gave up (a refused login). Once the service's resume grace is
-        over, ``on_grace_over`` runs (the service has forgotten our call by then)."""
+        """Reconnect with backoff (for as long as the link is not closed) and resume, each
+        attempt at the next URL (round robin); None on success, else why it gave up (a refused
+        login). Once the service's resume grace is over, ``on_grace_over`` runs (the service
+        has forgotten our call by then)."""
         loop = asyncio.get_running_loop()
         # the service holds our session resume_grace s after it last heard from us; say so a
         # little earlier so the local call never outlives the service's view of it
@@ -336,6 +398,7 @@ class SignalingClient:
             attempts += 1
             if self._closing:
                 break
+            self._at = (self._at + 1) % len(self.urls)
             ws: aiohttp.ClientWebSocketResponse | None = None
             try:
                 ws = await self._open()
@@ -356,7 +419,10 @@ class SignalingClient:
             self.reconnects += 1
             self._set_up(True)
             log.info(
-                "signaling link back after %d attempt(s); resumed=%s", attempts, data.get("resumed")
+                "signaling link back at %s after %d attempt(s); resumed=%s",
+                self.url,
+                attempts,
+                data.get("resumed"),
             )
             self._hook(self._on_resumed, data)
             return None

@@ -8,6 +8,7 @@ import enum
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from callkit.signaling import protocol as p
 from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
 from callkit.signaling.relaydata import check_relay_data
 
-from .client import SignalingClient
+from .client import SignalingClient, signaling_urls
 from .errors import CallError
 from .events import EventEmitter, EventName, Listener, report_error
 from .params import CallParams
@@ -72,11 +73,18 @@ class CallEngine(StreamsMixin):
 
     ``await init(...)`` logs in; ``call`` / ``accept`` / ``hangup`` ... drive calls; events
     reach listeners added with :meth:`add_event_listener`. Several engines may share a loop.
+
+    ``url`` is the service's WebSocket URL, or a list of the URLs of several nodes of one
+    service (``callkit serve --redis``): ``init`` logs in at the first that answers, and on a
+    lost link the engine moves to the next URL (round robin, backoff 0.1 s up to 2 s) and
+    resumes its session there within the service's resume grace. A node that does not know
+    the session (nodes without shared state) ends the call as a forgotten one (onCallEnd /
+    onCallCancelled) and the engine stays logged in there.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         audio_source: AudioSource | None = None,
         video_source: VideoSource | None = None,
@@ -95,7 +103,8 @@ class CallEngine(StreamsMixin):
                 self._ssl = ssl.create_default_context(cafile=tls_ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"cannot use tls_ca_file {tls_ca_file!r}: {exc}") from None
-        self.url = url
+        #: the service URLs (one, or one per node), in the order they are tried
+        self.urls = signaling_urls(url)
         self.user_id: str | None = None
         self.sdk_app_id: int | None = None
         self._events = EventEmitter()
@@ -132,6 +141,12 @@ class CallEngine(StreamsMixin):
     def call_state(self) -> CallState:
         """IDLE, CALLING, RINGING or CONNECTED."""
         return self._call.state if self._call is not None else CallState.IDLE
+
+    @property
+    def url(self) -> str:
+        """The URL of the node the engine is logged in at (or tries next); the first URL
+        before ``init``."""
+        return self._client.url if self._client is not None else self.urls[0]
 
     @property
     def call_id(self) -> str | None:
@@ -192,7 +207,7 @@ class CallEngine(StreamsMixin):
             await self._logout()
         self._destroyed = False
         client = SignalingClient(
-            self.url,
+            self.urls,
             self._on_push,
             self._on_link_closed,
             on_resumed=self._on_link_resumed,
