@@ -14,11 +14,11 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
+from callkit.media.mesh import PeerMesh
+from callkit.media.meters import CallMeters
 from callkit.media.netsim import NetworkConditions, NetworkCounts, NetworkShaper
 from callkit.media.peer import CONNECT_TIMEOUT, PeerSession, ice_servers_from_json
-from callkit.media.qualitymonitor import QualityMonitor
 from callkit.media.sources import AudioSource, VideoSource
-from callkit.media.tracks import LocalAudio, LocalVideo
 from callkit.signaling import protocol as p
 from callkit.signaling.codes import CallMediaType, CallRole, ErrorCode
 from callkit.signaling.relaydata import check_relay_data
@@ -95,8 +95,9 @@ class CallEngine(StreamsMixin):
         quality_interval: float = 2.0,
         tls_ca_file: str | None = None,
     ) -> None:
-        if volume_interval < 0.1:
-            raise ValueError(f"volume_interval must be >= 0.1 s, got {volume_interval!r}")
+        self._meters = CallMeters(
+            volume_interval=volume_interval, quality_interval=quality_interval
+        )
         self._ssl: ssl.SSLContext | None = None
         if tls_ca_file is not None:  # trust this CA (PEM) for a wss:// service
             try:
@@ -110,25 +111,28 @@ class CallEngine(StreamsMixin):
         self._events = EventEmitter()
         self._client: SignalingClient | None = None
         self._call: CallContext | None = None
-        self._local_audio = LocalAudio(audio_source)
-        self._local_video = LocalVideo(video_source) if video_source is not None else None
-        self._video_source = video_source
         self._ice_servers = ice_servers
         #: the ICE servers of the latest login reply (used when ``ice_servers`` is None)
         self._login_ice_servers: list[RTCIceServer] = []
         self._ice_addresses = ice_addresses
         self._shaper = NetworkShaper(network or NetworkConditions())
-        self._peers: dict[str, PeerSession] = {}
+        #: the call's peer connections and the fan-out of the local sources
+        self._mesh = PeerMesh(
+            audio_source=audio_source,
+            video_source=video_source,
+            host_addresses=ice_addresses,
+            shaper=self._shaper,
+            on_error=lambda msg: self._emit_error(ErrorCode.MEDIA_FAILED, msg),
+            on_failed=self._on_peer_failed,
+            on_audio_frame=self._tap_audio,
+            on_video_frame=self._tap_video,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._call_tasks: set[asyncio.Task[Any]] = set()
-        self._volume_interval = volume_interval
-        self._quality = QualityMonitor(interval=quality_interval)
-        self._signals: asyncio.Queue[p.Relayed] | None = None
         self._mic_open = True
         self._camera_open = True
         self._video_available: dict[str, bool] = {}
         self._multi_device = False
-        self._quality_interval = quality_interval
         self._busy: set[str] = set()  # requests in flight, for REQUEST_REPEATED
         self._destroyed = False
         #: frame taps for bots: {user_id: [fn(samples, sample_rate)]} / {user_id: [fn(frame)]}
@@ -168,7 +172,7 @@ class CallEngine(StreamsMixin):
     @property
     def peers(self) -> dict[str, PeerSession]:
         """Open peer sessions by remote user id (read-only view for tests and tools)."""
-        return dict(self._peers)
+        return self._mesh.peers
 
     # ------------------------------------------------------------------ listeners
 
@@ -432,14 +436,10 @@ class CallEngine(StreamsMixin):
 
     def _apply_media_type(self, ctx: CallContext) -> None:
         video = ctx.media_type is CallMediaType.VIDEO
-        local_video = self._ensure_local_video() if video else self._local_video
         if video:
             self._camera_open = True
-            assert local_video is not None
-            local_video.enabled = True
         self._video_available.clear()
-        for session in self._peers.values():
-            self._spawn(session.set_send_video(video, local_video), call=True)
+        self._mesh.set_video(video)
 
     async def open_microphone(self) -> None:
         """Send audio again; the others get onUserAudioAvailable(true)."""
@@ -504,20 +504,18 @@ class CallEngine(StreamsMixin):
         await client.request(p.Device, call_id=ctx.call_id, audio=audio, video=video)
         if audio is not None:
             self._mic_open = audio
-            self._local_audio.muted = not audio
+            self._mesh.local_audio.muted = not audio
         if video is not None:
             self._camera_open = video
-            self._ensure_local_video().enabled = video
+            self._mesh.ensure_local_video().enabled = video
 
     def set_audio_source(self, source: AudioSource | None) -> None:
         """Use ``source`` for outgoing audio from now on (None: silence), mid-call too."""
-        self._local_audio.set_source(source)
+        self._mesh.set_audio_source(source)
 
     def set_video_source(self, source: VideoSource | None) -> None:
         """Use ``source`` for outgoing video from now on, mid-call too."""
-        self._video_source = source
-        if self._local_video is not None:
-            self._local_video.set_source(source)
+        self._mesh.set_video_source(source)
 
     @property
     def network_counts(self) -> NetworkCounts:
@@ -585,7 +583,8 @@ class CallEngine(StreamsMixin):
             ctx.role = CallRole(payload["callRole"])
             self._begin_media(ctx)
         elif name == "onUserLeave":
-            self._close_peer(payload["userId"])
+            self._meters.forget(payload["userId"])
+            self._mesh.close_peer(payload["userId"])
         elif (
             name == "onUserJoin"
             and ctx.state is CallState.CONNECTED
@@ -605,35 +604,45 @@ class CallEngine(StreamsMixin):
 
     # ------------------------------------------------------------------ media
 
-    def _ensure_local_video(self) -> LocalVideo:
-        if self._local_video is None:
-            from callkit.media.sources import TestPatternSource
-
-            self._local_video = LocalVideo(self._video_source or TestPatternSource())
-        return self._local_video
-
     def _begin_media(self, ctx: CallContext) -> None:
-        if ctx.media_type is CallMediaType.VIDEO:
-            self._ensure_local_video().enabled = self._camera_open
-        self._local_audio.muted = not self._mic_open
-        self._signals = asyncio.Queue()
-        self._spawn(self._signal_worker(ctx, self._signals), call=True)
-        self._spawn(self._volume_loop(ctx), call=True)
-        self._spawn(self._quality_loop(ctx), call=True)
+        video = ctx.media_type is CallMediaType.VIDEO
+        if video:
+            self._mesh.ensure_local_video().enabled = self._camera_open
+        self._mesh.local_audio.muted = not self._mic_open
+
+        async def send(user: str, kind: str, data: dict[str, Any]) -> None:
+            await self._relay(ctx, user, kind, data)
+
+        self._mesh.begin(video=video, send=send, ice_servers=self.ice_servers)
+        me = str(self.user_id)
+        self._meters.start(
+            self._mesh,
+            self_id=me,
+            others=lambda: [u for u in ctx.joined() if u != me],
+            on_volumes=lambda volumes: self._events.emit(
+                "onUserVoiceVolumeChanged", {"volumeMap": volumes}
+            ),
+            on_quality=self._report_quality,
+        )
         if ctx.role is CallRole.CALLED:  # the later joiner offers to everyone already in
             for user in ctx.joined():
                 if user != self.user_id:
-                    self._spawn(self._new_peer(ctx, user, offerer=True).start(), call=True)
+                    self._mesh.connect(user)
         else:  # the others joined later: they offer, within the peer watchdog's bound
             for user in ctx.joined():
                 if user != self.user_id:
                     self._spawn(self._offer_watchdog(ctx, user), call=True)
 
+    def _report_quality(self, local: int, remote: dict[str, int]) -> None:
+        entries = [{"userId": str(self.user_id), "quality": local}]
+        entries += [{"userId": u, "quality": q} for u, q in remote.items()]
+        self._events.emit("onUserNetworkQualityChanged", {"networkQualityList": entries})
+
     async def _offer_watchdog(self, ctx: CallContext, user: str) -> None:
         """onError -1301 (and hang up a 1v1 call) when ``user``, who joined after us and so
         must offer, sent no offer within the peer connection watchdog (CONNECT_TIMEOUT)."""
         await asyncio.sleep(CONNECT_TIMEOUT)
-        if self._call is ctx and user in ctx.joined() and user not in self._peers:
+        if self._call is ctx and user in ctx.joined() and self._mesh.peer(user) is None:
             self._emit_error(
                 ErrorCode.MEDIA_FAILED,
                 f"media to {user} did not connect within {CONNECT_TIMEOUT:.0f} s (no offer)",
@@ -641,71 +650,23 @@ class CallEngine(StreamsMixin):
             if len(ctx.joined()) <= 2 and self._client is not None:
                 self._spawn(self._hangup_quietly())
 
-    def _new_peer(self, ctx: CallContext, user: str, *, offerer: bool) -> PeerSession:
-        old = self._peers.pop(user, None)
-        if old is not None:
-            self._spawn(old.close())
-        video = ctx.media_type is CallMediaType.VIDEO
-
-        async def signal(kind: str, data: dict[str, Any]) -> None:
-            await self._relay(ctx, user, kind, data)
-
-        session = PeerSession(
-            user,
-            offerer=offerer,
-            signal=signal,
-            local_audio=self._local_audio,
-            local_video=self._local_video if video else None,
-            send_video=video,
-            ice_servers=self.ice_servers,
-            host_addresses=self._ice_addresses,
-            shaper=self._shaper,
-            on_failed=self._on_peer_failed,
-            on_audio_frame=self._tap_audio,
-            on_video_frame=self._tap_video,
-        )
-        self._peers[user] = session
-        return session
-
-    async def _signal_worker(self, ctx: CallContext, queue: asyncio.Queue[p.Relayed]) -> None:
-        """Apply relayed SDP messages one at a time, in arrival order."""
-        while self._call is ctx:
-            msg = await queue.get()
-            session = self._peers.get(msg.from_user)
-            try:
-                check_relay_data(msg.kind, msg.data)
-            except ValueError as exc:
-                log.warning(
-                    "%s: dropping %s from %s: %s", self.user_id, msg.kind, msg.from_user, exc
-                )
-                self._emit_error(ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}")
-                continue
-            try:
-                if msg.kind == "offer" and (session is None or not session.offerer):
-                    if session is None:
-                        session = self._new_peer(ctx, msg.from_user, offerer=False)
-                    await session.handle_signal("offer", msg.data)
-                elif msg.kind in ("answer", "renegotiate", "candidate") and session is not None:
-                    await session.handle_signal(msg.kind, msg.data)
-                else:
-                    log.debug("%s: ignoring %s from %s", self.user_id, msg.kind, msg.from_user)
-            except Exception as exc:  # aiortc raises many kinds on hostile SDP: survive them all
-                log.warning("%s: %s from %s failed: %r", self.user_id, msg.kind, msg.from_user, exc)
-                self._emit_error(
-                    ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}: {exc!r:.200}"
-                )
-
     def _on_relayed(self, msg: p.Relayed) -> None:
         ctx = self._call
         if (
             ctx is None
             or ctx.call_id != msg.call_id
             or ctx.state is not CallState.CONNECTED
-            or self._signals is None
+            or not self._mesh.active
         ):
             log.debug("%s: dropping %s from %s", self.user_id, msg.kind, msg.from_user)
             return
-        self._signals.put_nowait(msg)
+        try:
+            check_relay_data(msg.kind, msg.data)
+        except ValueError as exc:
+            log.warning("%s: dropping %s from %s: %s", self.user_id, msg.kind, msg.from_user, exc)
+            self._emit_error(ErrorCode.MEDIA_FAILED, f"bad {msg.kind} from {msg.from_user}")
+            return
+        self._mesh.deliver(msg.from_user, msg.kind, msg.data)
 
     async def _relay(self, ctx: CallContext, to: str, kind: str, data: dict[str, Any]) -> None:
         if self._client is None or self._call is not ctx:
@@ -715,9 +676,7 @@ class CallEngine(StreamsMixin):
         except CallError as exc:
             log.info("%s: relay of %s to %s failed: %s", self.user_id, kind, to, exc)
 
-    def _on_peer_failed(self, session: PeerSession, reason: str) -> None:
-        if self._peers.get(session.remote_user) is not session:
-            return
+    def _on_peer_failed(self, user: str, reason: str) -> None:
         self._emit_error(ErrorCode.MEDIA_FAILED, reason)
         ctx = self._call
         if ctx is not None and len(ctx.joined()) <= 2 and self._client is not None:
@@ -746,59 +705,16 @@ class CallEngine(StreamsMixin):
         for fn in list(self._video_taps.get(user, ())):
             fn(frame)
 
-    def _close_peer(self, user: str) -> None:
-        self._quality.forget(user)
-        session = self._peers.pop(user, None)
-        if session is not None:
-            self._spawn(session.close())
-
-    async def _volume_loop(self, ctx: CallContext) -> None:
-        self._local_audio.take_volume()
-        while self._call is ctx:
-            await asyncio.sleep(self._volume_interval)
-            if self._call is not ctx:
-                break
-            volumes: dict[str, int] = {str(self.user_id): self._local_audio.take_volume()}
-            for user in ctx.joined():
-                if user == self.user_id:
-                    continue
-                session = self._peers.get(user)
-                remote = session.remote_audio if session is not None else None
-                volumes[user] = remote.take_volume() if remote is not None else 0
-            self._events.emit("onUserVoiceVolumeChanged", {"volumeMap": volumes})
-
-    async def _quality_loop(self, ctx: CallContext) -> None:
-        # samples every monitor.tick (0.5 s); reports every quality_interval, and at once
-        # when someone goes DOWN or comes back (media/qualitymonitor.py)
-        loop = asyncio.get_running_loop()
-        monitor = self._quality
-        monitor.start(loop.time())
-        while self._call is ctx:
-            await asyncio.sleep(monitor.sleep_time(loop.time()))
-            if self._call is not ctx:
-                break
-            others = [u for u in ctx.joined() if u != self.user_id]
-            report = await monitor.step(others, self._peers, loop.time())
-            if self._call is not ctx:
-                break
-            if report is None:
-                continue
-            local, remote = report
-            entries = [{"userId": str(self.user_id), "quality": local}]
-            entries += [{"userId": u, "quality": q} for u, q in remote.items()]
-            self._events.emit("onUserNetworkQualityChanged", {"networkQualityList": entries})
-
     def _end_locally(self) -> None:
         """Forget the call and tear its media down (after onCallEnd / cancel / loss)."""
         self._call = None
-        self._signals = None
         self._video_available.clear()
         self._mic_open = self._camera_open = True  # every call starts with both open
-        self._local_audio.muted = False
+        self._mesh.local_audio.muted = False
         for task in list(self._call_tasks):
             task.cancel()
-        for user in list(self._peers):
-            self._close_peer(user)
+        self._meters.stop()
+        self._mesh.end()
 
     def _emit_error(self, code: int, msg: str) -> None:
         self._events.emit("onError", {"code": int(code), "msg": msg})
@@ -848,6 +764,7 @@ class CallEngine(StreamsMixin):
         """The link came back (login reply ``data``): keep the call if the service kept it,
         else end it (onCallEnd / onCallCancelled). Events held for us were handled already."""
         self._login_ice_servers = ice_servers_from_json(data.get("iceServers"))
+        self._mesh.set_ice_servers(self.ice_servers)  # fresh TURN credentials for new peers
         ctx, snap = self._call, data.get("call")
         if ctx is None:
             return
@@ -901,8 +818,6 @@ class CallEngine(StreamsMixin):
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._local_audio.stop()
-        if self._local_video is not None:
-            await self._local_video.stop()
+        await self._mesh.aclose()
         await self._events.aclose()
         self.user_id = None

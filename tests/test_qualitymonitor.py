@@ -11,6 +11,7 @@ import logging
 
 import pytest
 
+from callkit.media.peer import PeerSession
 from callkit.media.quality import BAD, DOWN, EXCELLENT, GOOD, POOR, UNKNOWN, VERY_BAD
 from callkit.media.qualitymonitor import PeerSample, QualityMonitor
 from callkit.media.rtcstats import ReportBlock
@@ -254,7 +255,10 @@ def test_a_new_session_starts_fresh_and_forget_drops_a_user() -> None:
 
 
 async def test_step_survives_broken_sessions(caplog) -> None:
+    # duck-typed sessions running the real PeerSession.quality_sample
     class Broken:
+        quality_sample = PeerSession.quality_sample
+
         @property
         def failed(self) -> bool:
             raise RuntimeError("boom")
@@ -263,11 +267,13 @@ async def test_step_survives_broken_sessions(caplog) -> None:
         connectionState = "connecting"
 
     class Waiting:
+        quality_sample = PeerSession.quality_sample
         failed = False
         connected = asyncio.Event()
         pc = Pc()
 
     class Closed:  # aioice gave up on the connection (consent): "closed", never "failed"
+        quality_sample = PeerSession.quality_sample
         failed = False
         connected = asyncio.Event()
         pc = Pc()

@@ -20,14 +20,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    clock,
+)
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from . import _compat, icehooks
 from .jitter import AudioJitterBuffer
 from .netsim import NetworkShaper
-from .rtcstats import rtcp_log
+from .qualitymonitor import PeerSample
+from .rtcstats import rtcp_log, snapshot_from_report
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 
 log = logging.getLogger("callkit.media.peer")
@@ -376,6 +383,44 @@ class PeerSession:
                 on_frame=None if video_hook is None else (lambda frame: video_hook(user, frame)),
             )
             self.remote_video.start()
+
+    def take_volume(self) -> int:
+        """Volume (0..100) of this user's audio since the last take; 0 before their track."""
+        return self.remote_audio.take_volume() if self.remote_audio is not None else 0
+
+    async def quality_sample(self, now: float) -> PeerSample:
+        """What this connection tells the quality monitor now (``now`` on the monitor's
+        clock): its state, the audio received (RTP stats) and the RTCP reports from the
+        peer about what we send."""
+        if self.failed or self.pc.connectionState in ("failed", "closed"):
+            # "closed" under a live session: aioice's consent checks gave up (about 30 s of
+            # silence), and media will not come back on this connection
+            return PeerSample(connected=False, failed=True)
+        if not self.connected.is_set():
+            return PeerSample(connected=False)
+        sample = PeerSample()
+        wall = clock.current_datetime()
+        last_seen = None
+        audio_receiver = audio_sender = None
+        for t in self.pc.getTransceivers():
+            for src in t.receiver.getSynchronizationSources():
+                if last_seen is None or src.timestamp > last_seen:
+                    last_seen = src.timestamp
+            if t.kind == "audio" and audio_receiver is None:
+                audio_receiver, audio_sender = t.receiver, t.sender
+        if last_seen is not None:
+            sample.last_packet_at = now - max(0.0, (wall - last_seen).total_seconds())
+        if audio_receiver is not None:
+            inbound, _ = snapshot_from_report(await audio_receiver.getStats(), "audio")
+            if inbound is not None:
+                sample.packets_received = inbound.packets_received
+                sample.packets_lost = inbound.packets_lost
+                sample.jitter_ms = inbound.jitter_ms
+        if audio_sender is not None:
+            rlog = rtcp_log(audio_sender)
+            sample.blocks = rlog.take_blocks()
+            sample.packets_sent = rlog.packets_sent
+        return sample
 
     async def get_stats(self) -> Any:
         """aiortc's RTCStatsReport for this connection."""

@@ -34,10 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import clock
-
 from .quality import DOWN, DOWN_AFTER, UNKNOWN, QualityTracker, RttWindow, worst_quality
-from .rtcstats import DEFAULT_CLOCK_RATES, ReportBlock, rtcp_log, snapshot_from_report
+from .rtcstats import DEFAULT_CLOCK_RATES, ReportBlock
 
 __all__ = ["PeerSample", "QualityMonitor"]
 
@@ -145,7 +143,7 @@ class QualityMonitor:
             sample = None
             if session is not None:
                 try:
-                    sample = await collect(session, now)
+                    sample = await session.quality_sample(now)
                 except Exception:  # never let stats break the loop
                     log.exception("quality: reading stats of %s failed", user)
             samples[user] = (session, sample)
@@ -253,37 +251,3 @@ class QualityMonitor:
             "up_jitter_ms": peer.up_jitter_ms,
             "rtt_ms": peer.rtt.value(now),
         }
-
-
-async def collect(session: Any, now: float) -> PeerSample:
-    """Read one :class:`~media.peer.PeerSession`'s audio stats and RTCP log (monitor clock
-    ``now``)."""
-    if session.failed or session.pc.connectionState in ("failed", "closed"):
-        # "closed" under a live session: aioice's consent checks gave up (about 30 s of
-        # silence), and media will not come back on this connection
-        return PeerSample(connected=False, failed=True)
-    if not session.connected.is_set():
-        return PeerSample(connected=False)
-    sample = PeerSample()
-    wall = clock.current_datetime()
-    last_seen = None
-    audio_receiver = audio_sender = None
-    for t in session.pc.getTransceivers():
-        for src in t.receiver.getSynchronizationSources():
-            if last_seen is None or src.timestamp > last_seen:
-                last_seen = src.timestamp
-        if t.kind == "audio" and audio_receiver is None:
-            audio_receiver, audio_sender = t.receiver, t.sender
-    if last_seen is not None:
-        sample.last_packet_at = now - max(0.0, (wall - last_seen).total_seconds())
-    if audio_receiver is not None:
-        inbound, _ = snapshot_from_report(await audio_receiver.getStats(), "audio")
-        if inbound is not None:
-            sample.packets_received = inbound.packets_received
-            sample.packets_lost = inbound.packets_lost
-            sample.jitter_ms = inbound.jitter_ms
-    if audio_sender is not None:
-        rlog = rtcp_log(audio_sender)
-        sample.blocks = rlog.take_blocks()
-        sample.packets_sent = rlog.packets_sent
-    return sample
