@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from callkit import PAYLOAD_KEYS, CallEngine, CallMediaType, CallParams
 from callkit.recorder import EventRecorder
+from callkit.testing import LOOPBACK, SDK_APP_ID, user_sig
 
 
 async def quiet(seconds: float = 0.4) -> None:
@@ -51,3 +53,23 @@ async def connect(
     await ring(caller, callee_rec, callee.user_id, media)
     await callee.accept()
     return await caller_rec.wait_for("onCallBegin")
+
+
+async def engine_at(
+    urls: str | Sequence[str], user: str, **kwargs: Any
+) -> tuple[CallEngine, EventRecorder]:
+    """An engine for ``user`` logged in at ``urls`` (one URL or several nodes'), recorded."""
+    engine = CallEngine(urls, ice_addresses=LOOPBACK, **kwargs)
+    rec = EventRecorder(engine, user)
+    await engine.init(SDK_APP_ID, user, user_sig(user))
+    return engine, rec
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` every 50 ms; AssertionError naming ``what`` after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)

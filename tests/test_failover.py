@@ -17,10 +17,10 @@ import pytest
 
 from callkit import CallEngine, CallError, CallMediaType
 from callkit.media import ToneSource
-from callkit.recorder import EventRecorder
 from callkit.signaling import SignalingServer
 
-from .conftest import LOOPBACK, SDK_APP_ID, SECRET, sig
+from .conftest import SDK_APP_ID, SECRET, sig
+from .helpers import engine_at, wait_until
 
 
 def dead_url() -> str:
@@ -29,22 +29,6 @@ def dead_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"ws://127.0.0.1:{port}/ws"
-
-
-async def engine_at(urls: Any, user: str, **kwargs: Any) -> tuple[CallEngine, EventRecorder]:
-    engine = CallEngine(urls, ice_addresses=LOOPBACK, **kwargs)
-    rec = EventRecorder(engine, user)
-    await engine.init(SDK_APP_ID, user, sig(user))
-    return engine, rec
-
-
-async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
