@@ -84,7 +84,7 @@ async def test_kill_9_mid_call_then_restart(
     receiver: WebhookReceiver,
 ) -> None:
     args = ("--db", db_url, "--webhook", receiver.url, "--webhook-secret", HOOK_SECRET,
-            "--webhook-timeout", "1", "--records-heartbeat", "0.5")  # fmt: skip
+            "--webhook-timeout", "5", "--records-heartbeat", "0.5")  # fmt: skip
     first = ServeProcess(*args)
     second = ServeProcess(*args)
     clients = []
@@ -142,8 +142,9 @@ async def test_kill_9_mid_call_then_restart(
 
         # every webhook owed before the crash arrives, plus the Interrupt end: the ended
         # call's start, join, 2 leaves and end; the live call's start, join and end.
-        # An item the killed server had claimed is due again only when its 30 s lease runs
-        # out (WebhookDeliverer.lease), so wait past the lease.
+        # An item the killed server had claimed is due again only when its lease (2 x the
+        # webhook timeout: 10 s) runs out. A 5 s timeout, not 1 s: on a loaded machine a post
+        # that times out backs off exponentially and can miss the wait below.
         await receiver.wait_for(
             lambda r: len(r.delivered()) == 8, timeout=45, what="8 webhooks after the restart"
         )
