@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import av
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpCodecParameters,
+    RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
@@ -32,6 +34,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
 from callkit.media.jitter import AudioJitterBuffer
+from callkit.media.receiver import AudioReceiver
 from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
 from callkit.media.volume import FrameLevel, compute_audio_level_dbov, install_audio_level_hook
 from callkit.signaling.ice import turn_credentials
@@ -262,7 +265,6 @@ async def test_audio_level_replacement_takes_effect() -> None:
 
 def test_every_patch_is_installed_once() -> None:
     """Importing callkit.media installs every wrapper; installing again does not re-wrap."""
-    import aioice.ice
     import aiortc.rtp
     from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -272,6 +274,8 @@ def test_every_patch_is_installed_once() -> None:
             aioice.ice.Connection.gather_candidates,
             aioice.ice.StunProtocol.connection_made,
             aioice.ice.relayed_candidate,
+            aioice.ice.Connection._prune_components,
+            aioice.ice.Connection._remote_candidates_expected,
             RTCRtpSender._send_rtcp,
             RTCRtpSender._handle_rtcp_packet,
         ]
@@ -309,9 +313,83 @@ async def test_callkit_audio_receivers_use_the_adaptive_jitter_buffer(make_engin
             await asyncio.sleep(0.1)
         session = engine.peers[other]
         audio = [t.receiver for t in session.pc.getTransceivers() if t.kind == "audio"]
-        buffer = _compat.jitter_buffer(audio[0])
-        assert isinstance(buffer, AudioJitterBuffer)
-        while buffer.received < 10 and time.monotonic() < deadline:
+        path = _compat.jitter_buffer(audio[0])
+        assert isinstance(path, AudioReceiver) and path is session.audio_receiver
+        while path.decoded < 10 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        assert buffer.received >= 10
+        # Opus is decoded in the loop: aiortc's decoder thread gets no frame at all
+        assert path.jitter.received >= 10 and path.decoded >= 10 and path.passed_on == 0
+        remote = session.remote_audio
+        assert remote is not None and remote.frames_received >= path.decoded - 1
     await alice.hangup()
+
+
+class _Unresolved:
+    """An mDNS resolver that finds nothing, as for a browser on another link (and so that
+    no multicast query leaves this host)."""
+
+    async def resolve(self, hostname: str, timeout: float | None = 1.0) -> None:
+        return None
+
+
+def _mdns_only(sdp: str) -> str:
+    """``sdp`` with every host candidate's address hidden behind an mDNS name, as browsers do;
+    ``a=end-of-candidates`` stays."""
+    lines = []
+    for n, line in enumerate(sdp.split("\r\n")):
+        parts = line.split()
+        if line.startswith("a=candidate:") and parts[7] == "host":
+            parts[4] = f"{n:08x}-0000-4000-8000-000000000000.local"
+            line = " ".join(parts)
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
+@pytest.mark.parametrize("browser_offers", [True, False], ids=["browser-offers", "python-offers"])
+async def test_mdns_only_candidates_and_end_marker_still_connect(
+    monkeypatch: pytest.MonkeyPatch, browser_offers: bool
+) -> None:
+    """The "browser" (an aiortc peer whose SDP carries only mDNS host candidates and the end
+    marker) reaches the Python peer only through a peer-reflexive pair. Without
+    ``patch_mdns_end_of_candidates`` aioice 0.13 fails ICE on the Python side either way (as
+    answerer it even gathers no candidate at all)."""
+
+    async def resolver(subscriber: object) -> _Unresolved:
+        return _Unresolved()
+
+    monkeypatch.setattr(aioice.ice, "get_or_create_mdns_protocol", resolver)
+    icehooks.install()
+    browser, python = (RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2))
+    offerer, answerer = (browser, python) if browser_offers else (python, browser)
+    try:
+        for pc in (browser, python):
+            pc.addTrack(AudioStreamTrack())
+        offer = await offerer.createOffer()
+        icehooks.attach(offerer, host_addresses=["127.0.0.1"])
+        await offerer.setLocalDescription(offer)
+        sdp = offerer.localDescription.sdp
+        await answerer.setRemoteDescription(
+            RTCSessionDescription(_mdns_only(sdp) if browser_offers else sdp, "offer")
+        )
+        answer = await answerer.createAnswer()
+        icehooks.attach(answerer, host_addresses=["127.0.0.1"])
+        await answerer.setLocalDescription(answer)
+        sdp = answerer.localDescription.sdp
+        assert "typ host" in sdp and "a=end-of-candidates" in sdp
+        await offerer.setRemoteDescription(
+            RTCSessionDescription(sdp if browser_offers else _mdns_only(sdp), "answer")
+        )
+        deadline = time.monotonic() + 10
+        while not browser.connectionState == "connected" == python.connectionState:
+            assert python.connectionState != "failed", "ICE failed on the Python side"
+            assert time.monotonic() < deadline, "not connected within 10 s"
+            await asyncio.sleep(0.05)
+        remote = [
+            p.remote_candidate.type
+            for c in icehooks.connections(python)
+            for p in _compat.nominated_pairs(c)
+        ]
+        assert remote == ["prflx"]
+    finally:
+        await browser.close()
+        await python.close()

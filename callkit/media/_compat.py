@@ -15,9 +15,15 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
    (:func:`patch_sender_rtcp`);
 5. ``aiortc.rtp.compute_audio_level_dbov``: numpy audio level (:func:`patch_audio_level`);
 6. ``RTCRtpReceiver.__jitter_buffer``: callkit's audio receivers get
-   :class:`callkit.media.jitter.AudioJitterBuffer` instead of aiortc's ``JitterBuffer(16,
-   prefetch=4)`` (:func:`use_jitter_buffer`, :func:`jitter_buffer`);
-7. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
+   :class:`callkit.media.receiver.AudioReceiver` (an adaptive
+   :class:`~callkit.media.jitter.AudioJitterBuffer`, Opus decoded with loss concealment in the
+   loop, no frame handed to aiortc's decoder thread) instead of aiortc's ``JitterBuffer(16,
+   prefetch=4)`` (:func:`use_jitter_buffer`, :func:`jitter_buffer`, and the private read
+   ``RTCRtpReceiver.__codecs``: :func:`receiver_codecs`);
+7. ``aioice.ice.Connection._prune_components`` / ``_remote_candidates_expected``: remote
+   candidates that are all mDNS names nobody resolves, then end-of-candidates, no longer fail
+   ICE while a peer-reflexive pair works (:func:`patch_mdns_end_of_candidates`);
+8. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
    ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
    ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
    (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported).
@@ -66,9 +72,11 @@ __all__ = [
     "patch_audio_level",
     "patch_datagram_transport",
     "patch_host_addresses",
+    "patch_mdns_end_of_candidates",
     "patch_relayed_candidate",
     "patch_sender_rtcp",
     "pc_ice_transports",
+    "receiver_codecs",
     "sender_ssrc",
     "use_jitter_buffer",
     "version_mismatches",
@@ -259,6 +267,15 @@ def jitter_buffer(receiver: Any) -> Any:
     return getattr(receiver, _JITTER_ATTR)
 
 
+def receiver_codecs(receiver: Any) -> dict[int, Any]:
+    """The codecs an aiortc ``RTCRtpReceiver`` decodes, by payload type (``__codecs``, set by
+    ``receive()``; empty before)."""
+    codecs = getattr(receiver, "_RTCRtpReceiver__codecs", None)
+    if codecs is None:
+        raise RuntimeError("aiortc's RTCRtpReceiver has no _RTCRtpReceiver__codecs any more")
+    return dict(codecs)
+
+
 def use_jitter_buffer(receiver: Any, buffer: Any) -> None:
     """Make ``receiver`` reassemble its frames with ``buffer`` (anything with aiortc's
     ``add(packet) -> (pli_flag, JitterFrame | None)``); before its first packet."""
@@ -267,7 +284,43 @@ def use_jitter_buffer(receiver: Any, buffer: Any) -> None:
     setattr(receiver, _JITTER_ATTR, buffer)
 
 
-# ----------------------------------------------------------------------------- 7. private reads
+# ------------------------------------------------------------------ 7. mDNS end-of-candidates
+# A browser hides its host addresses behind mDNS names (``<uuid>.local``) that aioice cannot
+# resolve unless it shares the browser's link; it learns the browser's address from its checks
+# instead, as a peer-reflexive candidate (RFC 8445 section 7.3.1.3). aioice 0.13 handles
+# end-of-candidates before any of those arrive as "the remote side has no candidates at all":
+# ``_prune_components`` drops every component (an answerer then gathers no local candidate,
+# and an offerer never counts its nominated pair as complete: "ICE failed" although the pair
+# succeeded), and ``connect()`` stops waiting because ``_remote_candidates_expected`` is
+# False. Until a first remote candidate is known (resolved, signalled or peer-reflexive), both
+# now behave as before end-of-candidates; callkit's connect watchdog bounds that wait.
+
+
+def patch_mdns_end_of_candidates() -> None:
+    """Keep aioice's components and its wait for checks while no remote candidate is known."""
+    orig_prune = Connection._prune_components
+    if not _marked(orig_prune):
+
+        @functools.wraps(orig_prune)
+        def _prune_components(self: Connection) -> None:
+            if self._remote_candidates:
+                orig_prune(self)
+
+        setattr(_prune_components, _MARK, True)
+        Connection._prune_components = _prune_components  # type: ignore[method-assign]
+
+    orig_expected = Connection._remote_candidates_expected
+    if not _marked(orig_expected):
+
+        @functools.wraps(orig_expected)
+        def _remote_candidates_expected(self: Connection) -> bool:
+            return not self._remote_candidates or orig_expected(self)
+
+        setattr(_remote_candidates_expected, _MARK, True)
+        Connection._remote_candidates_expected = _remote_candidates_expected  # type: ignore[method-assign]
+
+
+# ----------------------------------------------------------------------------- 8. private reads
 
 
 def ice_connection(ice_transport: Any) -> Connection | None:

@@ -190,6 +190,7 @@ def install() -> None:
     _compat.patch_host_addresses(_host_addresses)
     _compat.patch_datagram_transport(_shaped)
     _compat.patch_relayed_candidate(_relayed_candidate)
+    _compat.patch_mdns_end_of_candidates()
 
 
 async def _first_relay(orig: Any, kwargs: dict[str, Any], servers: list[TurnServer]) -> Any:

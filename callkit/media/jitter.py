@@ -10,8 +10,9 @@ the rest of the call (aiortc issue 543).
 packet is one frame) and keeps ``hold`` packets of slack for reordering:
 
 * in order, a packet leaves at once (no prefetch);
-* a missing packet is given up once more than ``hold`` later packets are waiting (its loss is
-  the decoder's to conceal, as with aiortc);
+* a missing packet is given up once more than ``hold`` later packets are waiting; :meth:`push`
+  says how many were given up before the packet it hands out, so the receiver can conceal
+  them (:mod:`callkit.media.receiver`);
 * a packet that arrives after it was given up is dropped and raises ``hold`` by one
   (up to ``MAX_HOLD``, aiortc's prefetch); after ``DECAY_PACKETS`` packets (5 s of audio)
   without such a late packet ``hold`` goes down by one, and the oldest waiting frame is dropped
@@ -68,7 +69,16 @@ class AudioJitterBuffer:
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         """Take one RTP packet (with ``_data`` set, as aiortc's receiver does); return
         ``(False, frame)`` with the next frame to decode, if one is due."""
+        _, out = self.push(packet)
+        if out is None:
+            return False, None
+        return False, JitterFrame(data=out._data, timestamp=out.timestamp)
+
+    def push(self, packet: Any) -> tuple[int, Any | None]:
+        """Take one RTP packet; return ``(given_up, packet_out)``: the next packet to decode
+        (or None) and how many missing packets were given up just before it (to conceal)."""
         seq = packet.sequence_number
+        given_up = 0
         self.received += 1
         if self._next is None:
             self._next = seq
@@ -78,7 +88,7 @@ class AudioJitterBuffer:
                 self.late += 1
                 self._since_late = 0
                 self.hold = min(MAX_HOLD, self.hold + 1)
-                return False, None
+                return 0, None
             ahead = _RESTART  # a restarted stream: start over below
         if ahead >= _RESTART:
             self.dropped += len(self._waiting)
@@ -91,14 +101,16 @@ class AudioJitterBuffer:
             self.hold -= 1
         if self._next not in self._waiting and len(self._waiting) > self.hold:
             first = min(self._waiting, key=lambda s: _delta(s, self._next))  # type: ignore[arg-type]
-            self.lost += _delta(first, self._next)
+            given_up = _delta(first, self._next)
+            self.lost += given_up
             self._next = first
         while len(self._waiting) > self.hold + 1 and self._next in self._waiting:
             del self._waiting[self._next]  # shrinking: the oldest waiting frame goes
             self.dropped += 1
+            given_up = 0  # what was given up lies before the dropped frame: nothing to conceal
             self._next = (self._next + 1) % 0x10000
         out = self._waiting.pop(self._next, None)
         if out is None:
-            return False, None
+            return 0, None
         self._next = (self._next + 1) % 0x10000
-        return False, JitterFrame(data=out._data, timestamp=out.timestamp)
+        return given_up, out

@@ -31,9 +31,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from . import _compat, icehooks
-from .jitter import AudioJitterBuffer
 from .netsim import NetworkShaper
+from .opus import offer_inband_fec
 from .qualitymonitor import PeerSample
+from .receiver import AudioReceiver
 from .rtcstats import rtcp_log, snapshot_from_report
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 
@@ -132,6 +133,7 @@ class PeerSession:
         self._video_track: MediaStreamTrack | None = None
         self.remote_audio: RemoteAudio | None = None
         self.remote_video: RemoteVideo | None = None
+        self._audio_receiver: AudioReceiver | None = None
         self.failed = False
         self.connected = asyncio.Event()
         self.negotiations = 0
@@ -178,8 +180,10 @@ class PeerSession:
         if video_t is None:
             video_t = self.pc.addTransceiver("video", direction=self._video_direction())
         audio_t.direction = "sendrecv"
-        if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioJitterBuffer):
-            _compat.use_jitter_buffer(audio_t.receiver, AudioJitterBuffer())
+        if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioReceiver):
+            self._audio_receiver = AudioReceiver(audio_t.receiver)
+            self._audio_receiver.sink = self._feed_audio
+            _compat.use_jitter_buffer(audio_t.receiver, self._audio_receiver)
         if audio_t.sender.track is not self._audio_track:
             audio_t.sender.replaceTrack(self._audio_track)
         video_t.direction = self._video_direction()
@@ -221,7 +225,7 @@ class PeerSession:
             self._attach_tracks()
             offer = await self.pc.createOffer()
             self._hook()
-            await self.pc.setLocalDescription(offer)
+            await self.pc.setLocalDescription(_with_fec(offer))
             self._awaiting_answer = True
             self._start_watchdog()
             desc = _desc(self.pc.localDescription)
@@ -243,7 +247,7 @@ class PeerSession:
                 self._attach_tracks()
                 answer = await self.pc.createAnswer()
                 self._hook()
-                await self.pc.setLocalDescription(answer)
+                await self.pc.setLocalDescription(_with_fec(answer))
                 self.negotiations += 1
                 self._start_watchdog()
                 desc = _desc(self.pc.localDescription)
@@ -365,6 +369,16 @@ class PeerSession:
         if self._on_failed is not None:
             self._on_failed(self, reason)
 
+    def _feed_audio(self, samples: Any, sample_rate: int, concealed: bool) -> None:
+        if self.remote_audio is not None:
+            self.remote_audio.feed(samples, sample_rate, concealed)
+
+    @property
+    def audio_receiver(self) -> AudioReceiver | None:
+        """The receive path of the remote audio (counters of decoded and concealed frames);
+        None before the first negotiation."""
+        return self._audio_receiver
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         user = self.remote_user
         if track.kind == "audio":
@@ -437,9 +451,16 @@ class PeerSession:
             self._local_audio.unsubscribe(self._audio_track)
         self._release_video()
         await self.pc.close()
+        if self._audio_receiver is not None:
+            self._audio_receiver.close()
         for remote in (self.remote_audio, self.remote_video):
             if remote is not None:
                 await remote.stop()
+
+
+def _with_fec(desc: RTCSessionDescription) -> RTCSessionDescription:
+    """Our offer or answer, asking the remote Opus encoder for in-band FEC."""
+    return RTCSessionDescription(sdp=offer_inband_fec(desc.sdp), type=desc.type)
 
 
 def _desc(desc: RTCSessionDescription | None) -> dict[str, str]:

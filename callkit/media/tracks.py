@@ -566,12 +566,15 @@ class _RemoteConsumer:
                 log.exception("%s consumer: recv failed; stopping", self.track.kind)
                 self.ended = True
                 return
-            self.frames_received += 1
-            self.last_frame_at = loop.time()
+            self._count(loop.time())
             try:
                 self._handle(frame)
             except Exception:
                 log.exception("%s consumer: frame handling failed", self.track.kind)
+
+    def _count(self, now: float) -> None:
+        self.frames_received += 1
+        self.last_frame_at = now
 
     def _handle(self, frame: Any) -> None:
         raise NotImplementedError
@@ -592,6 +595,8 @@ class RemoteAudio(_RemoteConsumer):
         self.on_frame = on_frame
         self.sample_rate: int | None = None
         self.channels: int | None = None
+        self.frames_concealed = 0
+        """Frames that stand for lost packets (concealed or recovered by in-band FEC)."""
         self._meter = LevelMeter()
 
     def take_volume(self) -> int:
@@ -602,13 +607,27 @@ class RemoteAudio(_RemoteConsumer):
         """dBFS of the audio received since the last take (-inf if none or silent)."""
         return self._meter.take_dbfs()
 
+    def feed(self, samples: np.ndarray, sample_rate: int, concealed: bool = False) -> None:
+        """Take one decoded frame pushed by the receive path (int16 ``(n, channels)``, kept
+        as is), ``concealed`` if it stands for a lost packet; the track's own frames are not
+        needed then. Hook exceptions are logged, never raised."""
+        self._count(asyncio.get_running_loop().time())
+        if concealed:
+            self.frames_concealed += 1
+        try:
+            self._take(samples, sample_rate)
+        except Exception:
+            log.exception("audio consumer: frame handling failed")
+
     def _handle(self, frame: av.AudioFrame) -> None:
-        samples = _audio_to_int16(frame)
-        self.sample_rate = frame.sample_rate
+        self._take(_audio_to_int16(frame), frame.sample_rate)
+
+    def _take(self, samples: np.ndarray, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
         self.channels = samples.shape[1]
         self._meter.add(samples)
         if self.on_frame is not None:
-            self.on_frame(samples, frame.sample_rate)
+            self.on_frame(samples, sample_rate)
 
 
 class RemoteVideo(_RemoteConsumer):

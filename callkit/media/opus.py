@@ -1,0 +1,178 @@
+"""Opus decoding with packet-loss concealment and in-band FEC, through libopus itself.
+
+aiortc decodes Opus with PyAV's ``libopus`` decoder (FFmpeg's ``libopusdec``). FFmpeg gives
+that decoder no way to conceal a lost packet: an empty packet means "end of stream" to
+``avcodec_send_packet``, and ``libopusdec`` never calls ``opus_decode`` with ``decode_fec=1``
+(its only option is ``apply_phase_inv``). libopus does both: ``opus_decode(NULL, 0)`` is its
+packet-loss concealment and ``opus_decode(next_packet, decode_fec=1)`` recovers a lost packet
+from the LBRR data in the packet after it. So :class:`OpusDecoder` binds libopus with ctypes:
+the copy PyAV's wheel bundles (``av.libs/libopus-*.so*``, the library its encoder already
+uses), else the system's ``libopus.so.0`` (Debian ``libopus0``). It decodes straight into
+int16 numpy arrays, so no frame object, copy or conversion is made on the way to the meters.
+
+:func:`offer_inband_fec` adds ``useinbandfec=1`` to the Opus ``fmtp`` of an SDP (RFC 7587
+section 7): the remote encoder may then send that LBRR data (browsers do).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAX_FRAME_SAMPLES",
+    "OpusDecoder",
+    "OpusError",
+    "libopus",
+    "offer_inband_fec",
+]
+
+SAMPLE_RATE = 48000
+CHANNELS = 2
+#: the longest Opus packet (120 ms at 48 kHz), per channel
+MAX_FRAME_SAMPLES = 5760
+#: a 20 ms frame, the duration assumed for a loss before anything was decoded
+DEFAULT_FRAME_SAMPLES = 960
+
+
+class OpusError(RuntimeError):
+    """libopus could not be loaded or refused to create a decoder."""
+
+
+_lib: Any = None
+
+
+def _candidates() -> list[str]:
+    import av  # the wheel's own libopus sits next to its FFmpeg libraries
+
+    base = os.path.dirname(os.path.dirname(av.__file__))
+    found: list[str] = []
+    for pattern in ("av.libs/libopus*.so*", "av/.dylibs/libopus*.dylib"):
+        found += sorted(glob.glob(os.path.join(base, pattern)))
+    system = ctypes.util.find_library("opus")
+    return found + ["libopus.so.0"] + ([system] if system else [])
+
+
+def libopus() -> Any:
+    """The loaded libopus (``ctypes.CDLL``), with the prototypes callkit uses declared."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    errors = []
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        lib.opus_decoder_create.restype = ctypes.c_void_p
+        lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_void_p]
+        lib.opus_decoder_destroy.restype = None
+        lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+        lib.opus_decode.restype = ctypes.c_int
+        lib.opus_decode.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int32,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        lib.opus_packet_has_lbrr.restype = ctypes.c_int
+        lib.opus_packet_has_lbrr.argtypes = [ctypes.c_char_p, ctypes.c_int32]
+        lib.opus_get_version_string.restype = ctypes.c_char_p
+        _lib = lib
+        return lib
+    raise OpusError("libopus not found (PyAV's bundled copy or libopus0): " + "; ".join(errors))
+
+
+class OpusDecoder:
+    """One libopus decoder (48 kHz stereo out, whatever the stream's channel count).
+
+    :meth:`decode` a packet, or :meth:`conceal` a lost one; both return int16 arrays of
+    shape ``(samples, 2)`` (a new array each time: callers may keep it). Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        lib = libopus()
+        err = ctypes.c_int(0)
+        handle = lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(err))
+        if not handle or err.value != 0:
+            raise OpusError(f"opus_decoder_create failed ({err.value})")
+        self._lib = lib
+        self._handle: int | None = handle
+        #: samples per channel of the last frame out (what a loss is assumed to last)
+        self.frame_samples = DEFAULT_FRAME_SAMPLES
+        #: packets libopus rejected (corrupt or hostile payloads)
+        self.errors = 0
+
+    def _run(self, data: bytes | None, frame_samples: int, fec: int) -> np.ndarray | None:
+        if self._handle is None:
+            raise OpusError("decoder closed")
+        out = np.empty((frame_samples, CHANNELS), dtype=np.int16)
+        n = self._lib.opus_decode(
+            self._handle, data, len(data) if data else 0, out.ctypes.data, frame_samples, fec
+        )
+        if n < 0:
+            self.errors += 1
+            return None
+        return out[:n]
+
+    def decode(self, data: bytes) -> np.ndarray | None:
+        """The samples of one Opus packet; None (and ``errors`` + 1) if libopus rejects it.
+        An empty packet is concealed like a lost one."""
+        if not data:
+            return self.conceal(None)[0]
+        out = self._run(data, MAX_FRAME_SAMPLES, 0)
+        if out is not None and len(out):
+            self.frame_samples = len(out)
+        return out
+
+    def conceal(self, next_data: bytes | None) -> tuple[np.ndarray | None, bool]:
+        """One lost frame: recovered from the in-band FEC of ``next_data`` (the packet after
+        the loss) when it carries some, else packet-loss concealment. Returns ``(samples,
+        used_fec)``."""
+        if next_data and self._lib.opus_packet_has_lbrr(next_data, len(next_data)) == 1:
+            out = self._run(next_data, self.frame_samples, 1)
+            if out is not None:
+                return out, True
+        return self._run(None, self.frame_samples, 0), False
+
+    def close(self) -> None:
+        """Free the libopus state (idempotent)."""
+        if self._handle is not None:
+            self._lib.opus_decoder_destroy(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000", re.IGNORECASE | re.MULTILINE)
+
+
+def offer_inband_fec(sdp: str) -> str:
+    """``sdp`` with ``useinbandfec=1`` in the ``fmtp`` of every Opus payload type (a new
+    ``a=fmtp`` line after its ``rtpmap`` when it has none)."""
+    lines = sdp.split("\r\n")
+    for pt in dict.fromkeys(_RTPMAP.findall(sdp)):
+        prefix = f"a=fmtp:{pt} "
+        fmtp = next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
+        if fmtp is not None:
+            params = lines[fmtp][len(prefix) :].split(";")
+            params = [
+                p for p in params if p.strip() and p.split("=")[0].strip().lower() != "useinbandfec"
+            ]
+            lines[fmtp] = prefix + ";".join([*params, "useinbandfec=1"])
+            continue
+        for i, line in enumerate(lines):
+            if line.lower().startswith(f"a=rtpmap:{pt} opus/48000"):
+                lines.insert(i + 1, f"{prefix}useinbandfec=1")
+                break
+    return "\r\n".join(lines)
