@@ -38,8 +38,13 @@ test: deb $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not loopback and not slow and not nat"
 
+# every benchmark, each bounded by BENCH_TIMEOUT s; latency and calls per core run N = 1, 4, 8,
+# 16, 24 by default
+BENCH_TIMEOUT ?= 900
 bench: $(STAMP)
-	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in bench/bench_*.py; do \
+	  case $$f in bench/bench_connections.py) args="--logins 1000 --idle 4000";; *) args="";; esac; \
+	  echo "== $$f $$args"; timeout $(BENCH_TIMEOUT) $(BIN)/python $$f $$args || exit 1; done
 
 LINT_PATHS := callkit tests bench docs/gen_api.py
 

@@ -523,11 +523,17 @@ class CallEngine(StreamsMixin):
         dropped ...): tests compare what they measure with what really happened."""
         return self._shaper.counts()
 
-    def set_network_conditions(self, conditions: NetworkConditions) -> None:
-        """Simulate a network on every datagram this engine sends (mid-call too)."""
-        if not isinstance(conditions, NetworkConditions):
-            raise CallError(ErrorCode.PARAM_INVALID, "expected NetworkConditions")
+    def set_network_conditions(
+        self, conditions: NetworkConditions, inbound: NetworkConditions | None = None
+    ) -> None:
+        """Simulate a network on every datagram this engine sends (mid-call too), and with
+        ``inbound`` on every datagram it receives (None: leave that direction as it is)."""
+        for c in (conditions, inbound):
+            if c is not None and not isinstance(c, NetworkConditions):
+                raise CallError(ErrorCode.PARAM_INVALID, "expected NetworkConditions")
         self._shaper.set_conditions(conditions)
+        if inbound is not None:
+            self._shaper.set_inbound_conditions(inbound)
 
     # ------------------------------------------------------------------ push handling
 

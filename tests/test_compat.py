@@ -34,6 +34,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
 from callkit.media.jitter import AudioJitterBuffer
+from callkit.media.netsim import NetworkConditions, NetworkShaper
 from callkit.media.receiver import AudioReceiver
 from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
 from callkit.media.volume import FrameLevel, compute_audio_level_dbov, install_audio_level_hook
@@ -204,6 +205,29 @@ async def test_datagram_transport_replacement_takes_effect() -> None:
         assert icehooks.selected_pairs(pc1) == [(pairs[0].local_addr, pairs[0].remote_addr)]
 
 
+async def test_datagram_received_replacement_takes_effect() -> None:
+    """What an ICE socket receives goes through its shaper's ``inbound`` one: 30 % loss there
+    shows as packets the receiver's jitter buffer never got; a total cut stops them."""
+    buffer = AudioJitterBuffer()
+    async with _loopback_pair(buffer=buffer) as (_, pc2):
+        shaper = NetworkShaper()
+        icehooks.attach(pc2, host_addresses=["127.0.0.1"], shaper=shaper)
+        shaper.set_inbound_conditions(NetworkConditions(loss=0.3, seed=2))
+        inbound = shaper.inbound
+        assert inbound is not None
+        received = buffer.received
+        await asyncio.sleep(1.0)
+        got, dropped = buffer.received - received, inbound.dropped
+        assert dropped > 5 and 0.15 < dropped / (got + dropped) < 0.45, (got, dropped)
+        assert buffer.lost >= dropped - 2  # given up by the jitter buffer, as on a real network
+        shaper.set_inbound_conditions(NetworkConditions(loss=1.0))
+        await asyncio.sleep(0.1)
+        received = buffer.received
+        await asyncio.sleep(0.5)
+        assert buffer.received == received
+    assert shaper.sent > 0  # the outbound side went through the same shaper, untouched
+
+
 async def test_relayed_candidate_replacement_takes_effect(coturn: int) -> None:
     """aiortc hands aioice its first TURN URL only; here that one has a wrong password, so a
     relay candidate can only come from the hook's second server (TCP, right password)."""
@@ -273,6 +297,7 @@ def test_every_patch_is_installed_once() -> None:
             aioice.ice.get_host_addresses,
             aioice.ice.Connection.gather_candidates,
             aioice.ice.StunProtocol.connection_made,
+            aioice.ice.StunProtocol.datagram_received,
             aioice.ice.relayed_candidate,
             aioice.ice.Connection._prune_components,
             aioice.ice.Connection._remote_candidates_expected,

@@ -8,7 +8,8 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
 1. ``aioice.ice.get_host_addresses`` + ``Connection.gather_candidates``: per-connection host
    addresses (:func:`patch_host_addresses`, :func:`gathering_connection`);
 2. ``aioice.ice.StunProtocol.connection_made``: a proxy transport per ICE socket, for the
-   network shaper (:func:`patch_datagram_transport`);
+   network shaper (:func:`patch_datagram_transport`); ``StunProtocol.datagram_received``: the
+   shaper of what an ICE socket receives (:func:`patch_datagram_received`);
 3. ``aioice.ice.relayed_candidate``: several TURN servers at once
    (:func:`patch_relayed_candidate`);
 4. ``aiortc.RTCRtpSender._send_rtcp`` / ``_handle_rtcp_packet``: the RTCP log
@@ -70,6 +71,7 @@ __all__ = [
     "nominated_pairs",
     "parse_stun_turn_uri",
     "patch_audio_level",
+    "patch_datagram_received",
     "patch_datagram_transport",
     "patch_host_addresses",
     "patch_mdns_end_of_candidates",
@@ -175,6 +177,23 @@ def patch_datagram_transport(wrap: Callable[[Any, StunProtocol], Any]) -> None:
 
         setattr(connection_made, _MARK, True)
         StunProtocol.connection_made = connection_made  # type: ignore[method-assign]
+
+
+def patch_datagram_received(
+    hook: Callable[[Callable[[bytes, Any], None], StunProtocol, bytes, Any], None],
+) -> None:
+    """Each datagram an ICE socket receives goes to ``hook(deliver, protocol, data, addr)``
+    instead; ``deliver(data, addr)`` hands it to aioice (now or later, or never: lost)."""
+    _hooks["datagram_received"] = hook
+    orig = StunProtocol.datagram_received
+    if not _marked(orig):
+
+        @functools.wraps(orig)
+        def datagram_received(self: StunProtocol, data: Any, addr: Any) -> None:
+            _hooks["datagram_received"](functools.partial(orig, self), self, data, addr)
+
+        setattr(datagram_received, _MARK, True)
+        StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------- 3. relayed candidate

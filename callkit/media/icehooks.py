@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,34 @@ def _host_addresses(conn: Connection) -> list[str] | None:
     return reg.host_addresses if reg is not None else None
 
 
+class _Deliver:
+    """What an inbound shaper "sends" to: aioice's own ``datagram_received``."""
+
+    __slots__ = ("_deliver", "_protocol")
+
+    def __init__(self, deliver: Callable[[bytes, Any], None], protocol: StunProtocol) -> None:
+        self._deliver = deliver
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self._deliver(data, addr)
+
+    def is_closing(self) -> bool:
+        transport = self._protocol.transport
+        return transport is None or transport.is_closing()
+
+
+def _received(
+    deliver: Callable[[bytes, Any], None], protocol: StunProtocol, data: bytes, addr: Any
+) -> None:
+    reg = _registry.get(protocol.receiver)
+    inbound = getattr(reg.shaper, "inbound", None) if reg is not None else None
+    if inbound is None:
+        deliver(data, addr)
+    else:
+        inbound.send(_Deliver(deliver, protocol), data, addr)
+
+
 def _shaped(transport: Any, protocol: StunProtocol) -> Any:
     return (
         transport
@@ -189,6 +218,7 @@ def install() -> None:
     itself lives in :mod:`callkit.media._compat`."""
     _compat.patch_host_addresses(_host_addresses)
     _compat.patch_datagram_transport(_shaped)
+    _compat.patch_datagram_received(_received)
     _compat.patch_relayed_candidate(_relayed_candidate)
     _compat.patch_mdns_end_of_candidates()
 

@@ -157,6 +157,9 @@ class NetworkShaper:
         self._ideal = True
         self._p_enter = 0.0
         self._p_stay = 0.0
+        self.inbound: NetworkShaper | None = None
+        """The shaper of the datagrams received on the same sockets (None: untouched); see
+        :meth:`set_inbound_conditions`."""
         self.set_conditions(conditions if conditions is not None else NetworkConditions())
 
     @property
@@ -183,6 +186,14 @@ class NetworkShaper:
         self._p_enter = 1.0 if loss >= 1.0 else loss * (1.0 - q) / (1.0 - loss)
         self._conditions = conditions
         self._ideal = conditions.is_ideal
+
+    def set_inbound_conditions(self, conditions: NetworkConditions) -> None:
+        """Apply ``conditions`` to the datagrams received from now on (through
+        :attr:`inbound`, its own shaper and counters)."""
+        if self.inbound is None:
+            self.inbound = NetworkShaper(conditions)
+        else:
+            self.inbound.set_conditions(conditions)
 
     def counts(self) -> NetworkCounts:
         """A snapshot of the counters."""

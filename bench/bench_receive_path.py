@@ -1,0 +1,115 @@
+"""CPU of the audio receive path: aiortc's decoder thread vs callkit's in-loop AudioReceiver.
+
+N one-way Opus streams between aiortc peer connections in one process pinned to one core
+(the senders are the same in both runs, so the difference is the receivers'). Each receiver's
+audio is metered by callkit's ``RemoteAudio`` (what volume needs), with no sink attached:
+
+* ``aiortc path``: callkit's jitter buffer, then aiortc's decoder thread (PyAV), the per-frame
+  hand-off back to the loop, the track queue, and ``RemoteAudio`` reading ``recv()`` and
+  converting each ``AudioFrame`` to int16 (callkit before issue 14's receive path);
+* ``callkit path``: :class:`callkit.media.receiver.AudioReceiver` (jitter buffer, libopus
+  through ctypes into int16, ``RemoteAudio.feed``), all in the event loop.
+
+The two runs alternate (A B A B) and the table gives CPU per stream (% of a core), frames
+delivered per stream per second (50 = all), and the ratio.
+
+Run from the repo root:  python bench/bench_receive_path.py [--streams 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aiortc import RTCConfiguration, RTCPeerConnection
+from bench_calls_per_core import LOOPBACK, RawTone, pin
+
+from callkit.media import _compat, icehooks
+from callkit.media.jitter import AudioJitterBuffer
+from callkit.media.receiver import AudioReceiver
+from callkit.media.tracks import RemoteAudio
+
+
+async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tuple[float, float]:
+    """(CPU per stream in % of a core, frames delivered per stream per second)."""
+    pcs: list[RTCPeerConnection] = []
+    remotes: list[RemoteAudio] = []
+    paths: list[AudioReceiver] = []
+
+    def on_track(track: Any) -> None:
+        remote = RemoteAudio(track)
+        remotes.append(remote)
+        remote.start()
+
+    try:
+        for _ in range(streams):
+            a, b = (RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2))
+            pcs += [a, b]
+            a.addTrack(RawTone())
+            b.on("track", on_track)
+            icehooks.attach(a, host_addresses=LOOPBACK)
+            await a.setLocalDescription(await a.createOffer())
+            await b.setRemoteDescription(a.localDescription)
+            receiver = b.getReceivers()[0]
+            if in_loop:
+                path = AudioReceiver(receiver)
+                paths.append(path)
+                path.sink = remotes[-1].feed  # the track event came with the offer
+                _compat.use_jitter_buffer(receiver, path)
+            else:
+                _compat.use_jitter_buffer(receiver, AudioJitterBuffer())
+            icehooks.attach(b, host_addresses=LOOPBACK)
+            await b.setLocalDescription(await b.createAnswer())
+            await a.setRemoteDescription(b.localDescription)
+        deadline = time.monotonic() + 60
+        while not (len(remotes) == streams and all(r.frames_received for r in remotes)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("audio not flowing within 60 s")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(warmup)
+        f0, c0, t0 = sum(r.frames_received for r in remotes), time.process_time(), time.monotonic()
+        await asyncio.sleep(seconds)
+        f1, c1, t1 = sum(r.frames_received for r in remotes), time.process_time(), time.monotonic()
+        wall = t1 - t0
+        return (c1 - c0) / wall / streams * 100, (f1 - f0) / wall / streams
+    finally:
+        for r in remotes:
+            await r.stop()
+        await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
+
+
+async def main(streams: int, rounds: int, warmup: float, seconds: float) -> None:
+    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for _ in range(rounds):
+        for in_loop in (False, True):
+            results[in_loop].append(await run(streams, in_loop, warmup, seconds))
+            await asyncio.sleep(0.5)
+    old = statistics.median(c for c, _ in results[False])
+    new = statistics.median(c for c, _ in results[True])
+    print(f"{streams} one-way streams, median of {rounds} alternating rounds")
+    print(f"{'':14} {'cpu/stream':>10} {'frames/s/stream':>16}")
+    for name, key in (("aiortc path", False), ("callkit path", True)):
+        cpu = statistics.median(c for c, _ in results[key])
+        fps = statistics.median(f for _, f in results[key])
+        print(f"{name:14} {cpu:>9.2f}% {fps:>16.1f}")
+    print(f"ratio callkit/aiortc cpu {new / old:.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--cpu", type=int, default=None, help="the CPU to pin to (default: last)")
+    args = parser.parse_args()
+    core = pin(args.cpu)
+    print(f"pinned to CPU {core}; load average {os.getloadavg()[0]:.2f}")
+    asyncio.run(main(args.streams, args.rounds, 1.0, args.seconds))
