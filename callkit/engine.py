@@ -582,6 +582,9 @@ class CallEngine(StreamsMixin):
             else:
                 log.debug("%s: dropping %s for call %s", self.user_id, name, ev.call_id)
                 return
+        # members joined before this event: on joining we get onUserJoin for each of them,
+        # and they do not owe us an offer (we offer to them)
+        joined_before = set(ctx.joined())
         ctx.update(ev.call)
         if name == "onCallBegin":
             ctx.began_at = time.monotonic()
@@ -595,8 +598,9 @@ class CallEngine(StreamsMixin):
             name == "onUserJoin"
             and ctx.state is CallState.CONNECTED
             and payload["userId"] != self.user_id
+            and payload["userId"] not in joined_before
         ):  # a later joiner offers to us
-            self._spawn(self._offer_watchdog(ctx, payload["userId"]), call=True)
+            self._watch_offer(ctx, payload["userId"])
         elif name == "onCallMediaTypeChanged":
             ctx.media_type = CallMediaType(payload["newCallMediaType"])
             self._apply_media_type(ctx)
@@ -637,12 +641,16 @@ class CallEngine(StreamsMixin):
         else:  # the others joined later: they offer, within the peer watchdog's bound
             for user in ctx.joined():
                 if user != self.user_id:
-                    self._spawn(self._offer_watchdog(ctx, user), call=True)
+                    self._watch_offer(ctx, user)
 
     def _report_quality(self, local: int, remote: dict[str, int]) -> None:
         entries = [{"userId": str(self.user_id), "quality": local}]
         entries += [{"userId": u, "quality": q} for u, q in remote.items()]
         self._events.emit("onUserNetworkQualityChanged", {"networkQualityList": entries})
+
+    def _watch_offer(self, ctx: CallContext, user: str) -> None:
+        task = self._spawn(self._offer_watchdog(ctx, user), call=True)
+        task.set_name(f"callkit-offer-watchdog {self.user_id}<-{user}")
 
     async def _offer_watchdog(self, ctx: CallContext, user: str) -> None:
         """onError -1301 (and hang up a 1v1 call) when ``user``, who joined after us and so

@@ -157,7 +157,8 @@ class PeerSession:
         return "sendrecv" if self._send_video else "recvonly"
 
     def _attach_tracks(self) -> None:
-        """Put our tracks and directions on the transceivers (creating them as offerer).
+        """Put our tracks and directions on the transceivers (creating them as offerer; an
+        answerer uses those the offer made).
 
         The video track, once made, stays attached for the session's life: aiortc's sender
         loop ends for good when its track ends, so "not sending video" pauses the track.
@@ -175,20 +176,24 @@ class PeerSession:
                 audio_t = t
             elif t.kind == "video" and video_t is None:
                 video_t = t
-        if audio_t is None:
+        # the answerer has exactly the offer's m-lines: it may not add one (aiortc fails on
+        # it), so a kind the offer lacks (an audio-only offer) is neither sent nor received
+        if audio_t is None and self.offerer:
             audio_t = self.pc.addTransceiver("audio", direction="sendrecv")
-        if video_t is None:
+        if video_t is None and self.offerer:
             video_t = self.pc.addTransceiver("video", direction=self._video_direction())
-        audio_t.direction = "sendrecv"
-        if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioReceiver):
-            self._audio_receiver = AudioReceiver(audio_t.receiver)
-            self._audio_receiver.sink = self._feed_audio
-            _compat.use_jitter_buffer(audio_t.receiver, self._audio_receiver)
-        if audio_t.sender.track is not self._audio_track:
-            audio_t.sender.replaceTrack(self._audio_track)
-        video_t.direction = self._video_direction()
-        if self._video_track is not None and video_t.sender.track is not self._video_track:
-            video_t.sender.replaceTrack(self._video_track)
+        if audio_t is not None:
+            audio_t.direction = "sendrecv"
+            if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioReceiver):
+                self._audio_receiver = AudioReceiver(audio_t.receiver)
+                self._audio_receiver.sink = self._feed_audio
+                _compat.use_jitter_buffer(audio_t.receiver, self._audio_receiver)
+            if audio_t.sender.track is not self._audio_track:
+                audio_t.sender.replaceTrack(self._audio_track)
+        if video_t is not None:
+            video_t.direction = self._video_direction()
+            if self._video_track is not None and video_t.sender.track is not self._video_track:
+                video_t.sender.replaceTrack(self._video_track)
 
     def _release_video(self) -> None:
         if self._video_track is not None and self._local_video is not None:
