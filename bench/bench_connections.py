@@ -2,6 +2,13 @@
 (pre-login, under the handshake deadline), then a probe's ping latency and the server's RSS.
 
     .venv/bin/python bench/bench_connections.py --logins 2000 --idle 2000
+
+Every held WebSocket is read by its own task, as a real client's would be: aiohttp answers the
+server's pings only inside ``receive()``, and the server drops a client that leaves its pings
+unanswered for 5 s (``ServerConfig.liveness_timeout``). Without the readers, the sockets logged
+in more than 5 s before the end of the set-up were dropped, so at 2,000 logins and more (over
+5 s of set-up) the probe, the first socket, was dead: the run never printed its figures. It
+now also reports how many held sockets the server closed during the run (0 expected).
 """
 
 from __future__ import annotations
@@ -35,6 +42,22 @@ asyncio.run(main())
 """
 
 
+async def drain(ws: aiohttp.ClientWebSocketResponse, replies: asyncio.Queue[dict] | None) -> None:
+    """Read ``ws`` until it closes (aiohttp pongs the server's pings in ``receive``); text
+    frames go to ``replies`` when given."""
+    while True:
+        msg = await ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            if replies is not None:
+                replies.put_nowait(json.loads(msg.data))
+        elif msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            return
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -60,9 +83,11 @@ async def main() -> None:
     rss0 = rss_mb(proc.pid)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sockets = []
+    readers: list[asyncio.Task[None]] = []
+    replies: asyncio.Queue[dict] = asyncio.Queue()
     t0 = time.perf_counter()
     for i in range(args.logins):
-        ws = await http.ws_connect(url)
+        ws = await http.ws_connect(url, autoping=True)
         user = f"u{i}"
         sig = gen_user_sig(1400000001, "bench-secret", user, 3600)
         await ws.send_str(
@@ -72,6 +97,7 @@ async def main() -> None:
         reply = json.loads((await ws.receive(timeout=10)).data)
         assert reply["type"] == "ok", reply
         sockets.append(ws)
+        readers.append(asyncio.create_task(drain(ws, replies if i == 0 else None)))
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(args.idle)]
     setup = time.perf_counter() - t0
     probe = sockets[0]
@@ -80,19 +106,24 @@ async def main() -> None:
         t = time.perf_counter()
         await probe.send_str(json.dumps({"v": 1, "type": "ping", "id": 100 + n}))
         while True:
-            frame = json.loads((await probe.receive(timeout=10)).data)
+            frame = await asyncio.wait_for(replies.get(), 10)
             if frame.get("id") == 100 + n:
                 break
         lat.append((time.perf_counter() - t) * 1000)
+    dropped = sum(1 for r in readers if r.done())
     lat.sort()
     print(
         f"held {args.logins} logged-in WebSockets + {args.idle} idle TCP connections "
         f"(set up in {setup:.1f} s); probe ping p50 {statistics.median(lat):.1f} ms, "
-        f"p99 {lat[98]:.1f} ms; server RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB"
+        f"p99 {lat[98]:.1f} ms; server RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB; "
+        f"{dropped} held WebSocket(s) closed by the server during the run"
     )
     for _, w in idle:
         w.close()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
     await http.close()
     proc.kill()
     await proc.wait()
