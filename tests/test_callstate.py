@@ -948,3 +948,25 @@ def test_member_joining_with_microphone_off_is_not_announced(
         "A": [ev("onUserJoin", "B"), begin(1, media=1), mic("B")],
         "B": [begin(2, media=1), ev("onUserJoin", "A")],  # A's microphone is off
     }
+
+
+def test_calls_round_trip_through_json_and_load_with_their_timers() -> None:
+    import json
+
+    reg = CallRegistry(new_call_id=lambda: "c1", new_room_id=lambda: 42)
+    call, _ = reg.start_call(0, "alice", ["bob", "carol"], VIDEO, group_id="g", user_data="u")
+    reg.accept(1, "bob", "c1")
+    reg.set_device(2, "bob", "c1", audio=False, video=True)
+    text = json.dumps(call.to_json())
+    back = Call.from_json(json.loads(text))
+    assert back == call and json.dumps(back.to_json()) == text
+    assert Member.from_json(call.members["carol"].to_json()) == call.members["carol"]
+    other = CallRegistry()
+    other.load([back])
+    assert other.call_of("carol") is back and other.call_by_room(42) is back
+    assert other.get_timer() == reg.get_timer() == 30.0
+    assert [n.event for n in other.handle_timer(30.0) if n.user_id == "carol"] == [
+        "onCallCancelled"
+    ]
+    other.load([Call.from_json(json.loads(text))])  # a newer copy replaces the old one
+    assert len(other.calls) == 1 and other.call_of("carol") is not None

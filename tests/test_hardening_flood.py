@@ -137,7 +137,7 @@ async def test_held_sessions_are_bounded_in_bytes() -> None:
                     data={"sdp": sdp, "type": "offer"},
                 )
                 assert reply["type"] in ("ok", "error")
-            held = [s for s in server._sessions.values() if s.held]
+            held = [d for d in server.sessions.devices.values() if d.held]
             peak = max(peak, sum(s.outbox_bytes for s in held))
             assert all(s.outbox_bytes <= cfg.max_held_bytes for s in held)
         print(f"\nheld: 20 sessions awaiting resume peaked at {peak / 1e6:.2f} MB of messages")

@@ -1,32 +1,29 @@
-"""The aiohttp signaling service: a thin adapter around the pure CallRegistry.
+"""The aiohttp signaling service: a thin adapter around two pure rule books.
 
-Only the WebSocket handler reads from a socket; any task may send. Every operation is a
-synchronous call into :class:`~callkit.signaling.callstate.CallRegistry` with ``now`` from the
-loop's monotonic clock; the notifications it returns are delivered in order to the users' sessions.
+Only the WebSocket handler reads from a socket; any task may send. Every operation parses and
+authorizes a frame, then makes a synchronous call with ``now`` into
+:class:`~callkit.signaling.callstate.CallRegistry` (the calls) and
+:class:`~callkit.signaling.sessions.SessionTable` (devices, kick, resume, held sessions and
+their expiry, which device owns a user's call; see that module for the rules), and carries out
+what they return: notifications delivered in order to the users' devices, sockets closed,
+users taken out of their calls. Timers of both are data, fired by one timer task.
 
-Sessions and devices. A :class:`Session` is one logged-in socket (one device). A user has
-one session, or up to ``max_sessions_per_user`` with multi-device on. The session that
-places, accepts, rejects or joins a call *owns* the user's part in it: from then on that
-call's events and relays go to it alone, and only it may act on the call. While a user is
-ringing and no device has answered, every device rings.
-
-Dropped sockets. A socket that closes cleanly (a WebSocket close frame from the client) is a
-logout: the user leaves its call at once. A socket that drops without one (TCP reset, EOF,
-missed pongs) is *held* for ``resume_grace`` seconds after the last sign of life: the user
-stays in its call, messages for it are buffered, and a login with ``resume: <sessionId>``
-re-attaches to it. When the grace runs out the user leaves (ringing: no response).
+A :class:`Session` here is one socket; once logged in it is attached to a
+:class:`~callkit.signaling.sessions.Device` by its ``conn`` id. A socket that closes cleanly is
+a logout; one that drops without a close frame (TCP reset, EOF, missed pongs) leaves its device
+held for ``resume_grace`` seconds after the last sign of life.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -34,7 +31,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from . import protocol as p
 from .adminauth import admin_refusal
 from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
-from .codes import CallEndReason, ErrorCode
+from .codes import ErrorCode
 from .grants import granted_groups
 from .ice import IceServersConfig
 from .limits import ConnectionGuard, FrameRate, GuardedSite, RepeatFilter
@@ -46,6 +43,7 @@ from .records.tracker import Cause
 from .relaydata import check_relay_data
 from .rest import AdminApi
 from .sessionio import SessionWriter, text_bytes
+from .sessions import Device, Outcome, SessionTable
 from .usersig import UserSigError, verify_user_sig
 from .webapp import add_web_routes
 
@@ -150,28 +148,19 @@ class ServerConfig:
 
 @dataclass(eq=False)
 class Session:
-    """One device of a user: a logged-in WebSocket, or a held one waiting to be resumed."""
+    """One WebSocket; after login attached to its user's :class:`Device` (``session_id``)."""
 
     ws: web.WebSocketResponse
-    #: opaque token a client sends back as ``resume`` to re-attach after a dropped socket
-    session_id: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    #: this socket's id in the session table (unique in this server)
+    conn: str = ""
+    #: the device's ``sessionId`` (the resume token), once logged in
+    session_id: str = ""
     user_id: str | None = None
-    multi_device: bool = False
-    sig_expires_at: float = 0.0
-    #: group ids the UserSig's userbuf grants (join by room id without an invitation)
-    groups: frozenset[str] = frozenset()
     #: the sender's frame budget (limits.FrameRate)
     rate: FrameRate | None = None
     #: loop time of the last frame (or pong) received, or of a TCP close
     last_seen: float = 0.0
-    expiry_handle: asyncio.TimerHandle | None = None
-    #: the socket is gone but the session waits ``resume_grace`` for a resume
-    held: bool = False
-    hold_handle: asyncio.TimerHandle | None = None
-    #: encoded messages for a held session, sent on resume, and their size in bytes
-    outbox: list[str] = field(default_factory=list)
-    outbox_bytes: int = 0
-    #: forgotten by the service (logged out, kicked, expired, resumed elsewhere, grace over)
+    #: no longer attached (logged out, kicked, expired, resumed elsewhere, socket gone)
     released: bool = False
     #: the socket's own bounded writer (see sessionio.py) and its TCP transport
     writer: SessionWriter | None = None
@@ -190,7 +179,7 @@ class Session:
 
     def post(self, text: str) -> None:
         """Queue an encoded frame on this socket's writer; never waits on the socket."""
-        if self.released or self.held or self.ws.closed or self.writer is None:
+        if self.released or self.ws.closed or self.writer is None:
             return
         self.writer.post(text)
 
@@ -250,14 +239,23 @@ class SignalingServer:
         self.ice_servers = ice_servers or IceServersConfig()
         #: with a context the service listens with TLS: ``wss://`` and ``https://``
         self.ssl_context = ssl_context
-        #: monotonic seconds for the call state machine (ring timeouts, call durations);
-        #: None: the event loop's clock. Tests inject a fake one and call :meth:`run_timers`
+        #: monotonic seconds for the call and session rules (ring timeouts, call durations,
+        #: UserSig expiry, resume grace); None: the event loop's clock. Tests inject a fake
+        #: one and call :meth:`run_timers`
         self.clock = clock
         #: serve POST /dev/usersig, which mints a UserSig for any user id (development only)
         self.dev_login = dev_login
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         self.registry = registry or CallRegistry()
+        cfg = self.config
+        #: every device of every user (pure rules, see sessions.py)
+        self.sessions = SessionTable(
+            max_devices=cfg.max_sessions_per_user,
+            resume_grace=cfg.resume_grace,
+            max_held_messages=cfg.max_held_messages,
+            max_held_bytes=cfg.max_held_bytes,
+        )
         self.stats = Stats()
         self.metrics = ServerMetrics()
         self.records = RecordService(
@@ -270,16 +268,12 @@ class SignalingServer:
             webhook_timeout=webhook_timeout,
             wall_clock=self.config.wall_clock,
         )
-        self.metrics.bind("connected_users", lambda: len(self._online))
+        self.metrics.bind("connected_users", lambda: len(self.sessions.online_users()))
         self.metrics.bind("live_calls", lambda: len(self.registry.calls))
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag)
         self.api = AdminApi(self)
-        self._online: dict[str, list[Session]] = {}  # user -> sessions with an open socket
-        self._held: dict[str, list[Session]] = {}  # user -> sessions waiting for a resume
-        self._sessions: dict[str, Session] = {}  # session id -> open or held session
-        self._owner: dict[str, tuple[str, Session]] = {}  # user -> (call id, owning session)
-        self._profiles: dict[str, dict[str, str]] = {}  # user -> {nickname, avatarUrl}
-        self._sockets: dict[web.WebSocketResponse, Session] = {}  # open socket -> its session
+        self._sockets: dict[str, Session] = {}  # conn id -> open socket
+        self._conn_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._guard: ConnectionGuard | None = None
@@ -368,8 +362,8 @@ class SignalingServer:
         yield
         liveness.cancel()
         self._timer_task.cancel()
-        for session in [s for held in self._held.values() for s in held]:
-            await self._release(session)
+        for dev in [d for d in self.sessions.devices.values() if d.held]:
+            await self._release(dev.session_id)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._timer_task, *self._tasks, return_exceptions=True)
@@ -423,23 +417,40 @@ class SignalingServer:
         """The call state machine's clock: the injected ``clock``, else the loop's."""
         return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
+    def _call_of(self, user_id: str) -> str | None:
+        """The id of the call ``user_id`` rings in or joined (for the session rules)."""
+        call = self.registry.call_of(user_id)
+        return None if call is None else call.call_id
+
     async def run_timers(self) -> None:
-        """Fire every call timer due at :meth:`_now` (after moving an injected clock)."""
-        await self._deliver(self.registry.handle_timer(self._now()))
+        """Fire every call and session timer due at :meth:`_now` (after moving an injected
+        clock)."""
+        await self._fire_timers()
         self._wake.set()
+
+    async def _fire_timers(self) -> None:
+        now = self._now()
+        await self._deliver(self.registry.handle_timer(now))
+        await self._carry_out(self.sessions.handle_timer(now, self._call_of))
 
     async def _timer_loop(self) -> None:
         while True:
-            deadline = self.registry.get_timer()
+            deadlines = [
+                t for t in (self.registry.get_timer(), self.sessions.get_timer()) if t is not None
+            ]
             self._wake.clear()
-            timeout = None if deadline is None else max(0.0, deadline - self._now())
+            timeout = None if not deadlines else max(0.0, min(deadlines) - self._now())
+            # not asyncio.wait_for: on 3.10/3.11 it swallows a cancel that races the wake-up
+            # (a stop right after the last logout), and a UserSig deadline is months away
+            woken = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait([woken], timeout=timeout)
+            finally:
+                woken.cancel()
+            if self._wake.is_set():
                 continue
-            except asyncio.TimeoutError:
-                pass
             try:
-                await self._deliver(self.registry.handle_timer(self._now()))
+                await self._fire_timers()
             except Exception:  # never let the timer die
                 self.stats.internal_errors += 1
                 log.exception("timer handling failed")
@@ -460,7 +471,11 @@ class SignalingServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"ok": True, "online": len(self._online), "calls": len(self.registry.calls)}
+            {
+                "ok": True,
+                "online": len(self.sessions.online_users()),
+                "calls": len(self.registry.calls),
+            }
         )
 
     async def _calls(self, request: web.Request) -> web.Response:
@@ -510,6 +525,7 @@ class SignalingServer:
         loop = asyncio.get_running_loop()
         session = Session(
             ws=ws,
+            conn=f"c{next(self._conn_ids)}",
             rate=FrameRate(
                 self.config.rate_per_s,
                 self.config.rate_burst,
@@ -525,7 +541,7 @@ class SignalingServer:
             send_timeout=self.config.send_timeout,
             on_stalled=lambda why: self._on_stalled(session, why),
         )
-        self._sockets[ws] = session
+        self._sockets[session.conn] = session
         self.stats.connections += 1
         login_timer = loop.call_later(self.config.login_timeout, self._login_timeout, session)
         abrupt = False
@@ -557,7 +573,7 @@ class SignalingServer:
                     break
         finally:
             login_timer.cancel()
-            self._sockets.pop(ws, None)
+            self._sockets.pop(session.conn, None)
             await session.writer.close()
             await self._socket_gone(session, abrupt or session.lost)
         return ws
@@ -664,7 +680,7 @@ class SignalingServer:
             await session.send(p.Reply(id=msg.id, data=data))
             await self._deliver(notifies, also=[session.user_id])
             for target, message in direct[0] if direct else ():
-                await self._send(target, message)
+                self._send_to(target, message)
             self._wake.set()
         except CallStateError as exc:
             await self._send_error(session, msg.id, exc.code, exc.message)
@@ -681,38 +697,24 @@ class SignalingServer:
 
     # ------------------------------------------------------------------ routing
 
-    def _devices(self, user: str) -> list[Session]:
-        """Every session of ``user``: open ones, then held ones."""
-        return [*self._online.get(user, ()), *self._held.get(user, ())]
-
-    def _targets(self, user: str, call_id: str) -> list[Session]:
-        """Where ``user``'s messages about ``call_id`` go: its owning device, else every one."""
-        owner = self._owner.get(user)
-        if owner is not None and owner[0] == call_id:
-            return [] if owner[1].released else [owner[1]]
-        return self._devices(user)
-
-    async def _send(self, session: Session, message: p.Message) -> None:
-        """Queue on the session's writer, or buffer for a held session (bounded in count and
-        bytes; overflowing the buffer releases the session)."""
-        if session.released:
-            return
+    def _send(self, dev: Device, message: p.Message) -> None:
+        """Queue on the device's socket, or buffer for a held device (bounded in count and
+        bytes; overflowing the buffer releases the device)."""
         text = message.encode()
-        if session.held:
-            size = text_bytes(text)
-            cfg = self.config
-            if (
-                len(session.outbox) >= cfg.max_held_messages
-                or session.outbox_bytes + size > cfg.max_held_bytes
-            ):
-                log.info("held session of %s overflowed; releasing it", session.user_id)
-                session.outbox, session.outbox_bytes = [], 0
-                self._spawn(self._release(session))
-                return
-            session.outbox.append(text)
-            session.outbox_bytes += size
+        if dev.conn is not None:
+            session = self._sockets.get(dev.conn)
+            if session is not None:
+                session.post(text)
             return
-        session.post(text)
+        out = self.sessions.buffer(self._now(), dev.session_id, text, text_bytes(text))
+        for sid in out.overflowed:
+            log.info("held session of %s overflowed; releasing it", dev.user_id)
+            self._spawn(self._release(sid))
+
+    def _send_to(self, session_id: str, message: p.Message) -> None:
+        dev = self.sessions.devices.get(session_id)
+        if dev is not None:
+            self._send(dev, message)
 
     async def _deliver(
         self, notifies: list[Notify], also: Sequence[str | None] = (), cause: Cause = Cause.NORMAL
@@ -730,31 +732,60 @@ class SignalingServer:
                 payload=n.payload,
                 call=self._snapshot(call) if call is not None else None,
             )
-            for session in self._targets(n.user_id, n.call_id):
-                await self._send(session, event)
+            for dev in self.sessions.targets(n.user_id, n.call_id):
+                self._send(dev, event)
             touched.add(n.user_id)
-        for user in touched:
-            owner = self._owner.get(user)
-            call = self.registry.call_of(user)
-            if owner is not None and (
-                call is None or call.call_id != owner[0] or owner[1].released
-            ):
-                del self._owner[user]
+        self.sessions.settle(touched, self._call_of)
+
+    async def _carry_out(self, out: Outcome) -> None:
+        """Do what a session rule asked: frames, notices, calls left, sockets closed."""
+        for sid, message in out.send:
+            self._send_to(sid, message)
+        self.stats.kicked += len(out.kicked)
+        self.stats.sig_expired += len(out.expired)
+        self.stats.held += len(out.held)
+        self.stats.resumed += out.resumed
+        for dev in out.held:
+            log.info("holding %s's session after a dropped socket", dev.user_id)
+        closing: list[tuple[Session, int, bytes, bool]] = []
+        for close in out.close:
+            session = self._sockets.get(close.conn)
+            if session is None:
+                continue
+            if close.why == "kicked":
+                session.post(p.Kicked().encode())
+                closing.append((session, WSCloseCode.POLICY_VIOLATION, b"kicked", True))
+            elif close.why == "expired":
+                session.post(p.SigExpired().encode())
+                closing.append((session, WSCloseCode.POLICY_VIOLATION, b"usersig expired", True))
+            else:
+                closing.append((session, CLOSE_RESUMED, b"session resumed elsewhere", False))
+            session.released = True
+        for dev in out.released:
+            log.info("logout %s (session %s…)", dev.user_id, dev.session_id[:6])
+        now = self._now()
+        for user in out.leave:
+            try:  # the released owner stays until delivered: its events go nowhere
+                notifies = self.registry.disconnect(now, user)
+                await self._deliver(notifies, also=[user], cause=Cause.OFFLINE)
+            except Exception:
+                self.stats.internal_errors += 1
+                log.exception("disconnect of %s failed", user)
+            self._wake.set()
+        self.sessions.settle({d.user_id for d in out.released}, self._call_of)
+        for session, code, reason, flush in closing:
+            self._spawn(self._close(session, code, reason, flush=flush))
 
     def _own(self, session: Session, call_id: str) -> str:
         """Refuse an action on a call that another device of the same user owns."""
-        owner = self._owner.get(session.user_id or "")
-        if owner is not None and owner[0] == call_id and owner[1] is not session:
-            raise CallStateError(
-                ErrorCode.REQUEST_REFUSED, "this call is handled on another device"
-            )
+        self.sessions.check_owner(session.session_id, call_id)
         return call_id
 
     def _snapshot(self, call: Call) -> dict[str, Any]:
         """The call snapshot, each member with its ``nickname`` and ``avatarUrl``."""
         snap = call.snapshot()
         for member in snap["members"]:
-            member.update(self._profiles.get(member["userId"]) or {"nickname": "", "avatarUrl": ""})
+            member.update(self.sessions.profile(member["userId"]))
         return snap
 
     # ------------------------------------------------------------------ sessions
@@ -766,13 +797,14 @@ class SignalingServer:
             raise CallStateError(
                 ErrorCode.INIT_FAIL, "invalid userId (letters, digits, '-' and '_', at most 32)"
             )
+        wall = self.config.wall_clock()
         try:
             info = verify_user_sig(
                 msg.sdk_app_id if msg.sdk_app_id == self.sdk_app_id else -1,
                 self.secret_key,
                 msg.user_id,
                 msg.user_sig,
-                now=self.config.wall_clock(),
+                now=wall,
             )
         except UserSigError as exc:
             raise CallStateError(
@@ -784,38 +816,32 @@ class SignalingServer:
                 "login refused: wrong sdkAppId; pass init the sdkAppId the server runs with",
             )
         user = msg.user_id
-        old = self._sessions.get(msg.resume) if msg.resume else None
-        if old is not None and (old.user_id != user or old.released):
-            old = None
-        others = [s for s in self._devices(user) if s is not old]
-        keep = msg.multi_device and all(s.multi_device for s in others)
-        if keep and len(others) >= self.config.max_sessions_per_user:
-            raise CallStateError(
-                ErrorCode.REQUEST_REFUSED,
-                f"too many sessions for this user (at most {self.config.max_sessions_per_user})",
-            )
-        if not keep:
-            for other in others:
-                await self._kick(other)
-        outbox: list[str] = []
-        if old is not None:
-            outbox = self._take_over(old, session)
-        session.user_id = user
-        session.multi_device = msg.multi_device
-        session.sig_expires_at = info.expires_at
-        session.groups = granted_groups(info.userbuf)
-        self._online.setdefault(user, []).append(session)
-        self._sessions[session.session_id] = session
-        delay = max(0.0, info.expires_at - self.config.wall_clock())
-        session.expiry_handle = asyncio.get_running_loop().call_later(
-            delay, lambda: self._spawn(self._expire(session))
+        now = self._now()
+        out = self.sessions.login(
+            now,
+            user,
+            session.conn,
+            self._call_of,
+            multi_device=msg.multi_device,
+            groups=granted_groups(info.userbuf),
+            sig_deadline=now + max(0.0, info.expires_at - wall),
+            resume=msg.resume,
         )
+        assert out.device is not None
+        session.user_id = user
+        session.session_id = out.device.session_id
+        await self._carry_out(out)  # kicked devices, a half-dead socket of the resumed one
+        self._wake.set()
         self.metrics.logins.inc()
         log.info(
-            "login %s (session %s…%s)", user, session.session_id[:6], ", resumed" if old else ""
+            "login %s (session %s…%s)",
+            user,
+            session.session_id[:6],
+            ", resumed" if out.resumed else "",
         )
-        call = self._call_for(session)
-        for text in outbox:  # what happened while the socket was gone, then the reply
+        call_id = self.sessions.call_for(session.session_id, self._call_of)
+        call = self.registry.calls.get(call_id) if call_id is not None else None
+        for text in out.replay:  # what happened while the socket was gone, then the reply
             session.post(text)
         await session.send(
             p.Reply(
@@ -824,144 +850,39 @@ class SignalingServer:
                     "userId": user,
                     "sigExpiresAt": info.expires_at,
                     "sessionId": session.session_id,
-                    "resumed": old is not None,
+                    "resumed": out.resumed,
                     "resumeGrace": self.config.resume_grace,
                     "call": self._snapshot(call) if call is not None else None,
                     "iceServers": self.ice_servers.for_user(user, self.config.wall_clock()),
                 },
             )
         )
-        invitation = self.registry.pending_invitation(user) if call is not None else None
-        if old is None and invitation is not None:  # it rings on the device that just came
-            call_snap = self._snapshot(call) if call is not None else None
+        invitation = self.registry.pending_invitation(user) if out.ring else None
+        if call is not None and invitation is not None:  # it rings on the device that came
             session.post(
                 p.Event(
                     event=invitation.event,
                     call_id=invitation.call_id,
                     payload=invitation.payload,
-                    call=call_snap,
+                    call=self._snapshot(call),
                 ).encode()
             )
 
-    def _take_over(self, old: Session, new: Session) -> list[str]:
-        """``new`` continues ``old`` (same session id, call ownership, buffered messages)."""
-        self.stats.resumed += 1
-        outbox, old.outbox, old.outbox_bytes = old.outbox, [], 0
-        self._forget(old)
-        new.session_id = old.session_id
-        owner = self._owner.get(old.user_id or "")
-        if owner is not None and owner[1] is old:
-            self._owner[old.user_id or ""] = (owner[0], new)
-        if not old.ws.closed:  # the old socket is still open here: a half-dead connection
-            self._spawn(self._close(old, CLOSE_RESUMED, b"session resumed elsewhere", flush=False))
-        return outbox
-
-    def _call_for(self, session: Session) -> Call | None:
-        """The call this session owns, or rings in while no device of its user answered."""
-        user = session.user_id or ""
-        owner = self._owner.get(user)
-        if owner is not None:
-            return self.registry.calls.get(owner[0]) if owner[1] is session else None
-        return self.registry.call_of(user)
-
-    def _forget(self, session: Session) -> None:
-        """Remove ``session`` from every index and cancel its timers (no call changes)."""
-        session.released = True
-        for handle in (session.expiry_handle, session.hold_handle):
-            if handle is not None:
-                handle.cancel()
-        user = session.user_id or ""
-        for index in (self._online, self._held):
-            sessions = index.get(user)
-            if sessions is not None and session in sessions:
-                sessions.remove(session)
-                if not sessions:
-                    del index[user]
-        if self._sessions.get(session.session_id) is session:
-            del self._sessions[session.session_id]
-
     async def _socket_gone(self, session: Session, abrupt: bool) -> None:
-        """The session's socket ended: hold it for a resume, or release it."""
+        """The session's socket ended: its device is held for a resume, or released."""
         if session.released or session.user_id is None:
             session.released = True
             return
-        user = session.user_id
-        grace = self.config.resume_grace
-        if abrupt and grace > 0 and self._has_stake(session):
-            online = self._online.get(user, [])
-            if session in online:
-                online.remove(session)
-                if not online:
-                    del self._online[user]
-            session.held = True
-            self._held.setdefault(user, []).append(session)
-            self.stats.held += 1
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, session.last_seen + grace - loop.time())
-            session.hold_handle = loop.call_later(
-                delay, lambda: self._spawn(self._release(session))
-            )
-            log.info("holding %s's session for %.1f s after a dropped socket", user, delay)
-            return
-        await self._release(session)
+        session.released = True
+        now = self._now()
+        silent = asyncio.get_running_loop().time() - session.last_seen
+        out = self.sessions.socket_gone(now, session.conn, abrupt, now - silent, self._call_of)
+        await self._carry_out(out)
+        self._wake.set()
 
-    def _has_stake(self, session: Session) -> bool:
-        """Would releasing this session take its user out of a call?"""
-        user = session.user_id or ""
-        owner = self._owner.get(user)
-        call = self.registry.call_of(user)
-        if owner is not None and call is not None and owner[0] == call.call_id:
-            return owner[1] is session
-        return call is not None and not any(s is not session for s in self._devices(user))
-
-    async def _release(self, session: Session) -> None:
-        """Forget a session; if its user is no longer reachable for its call, it leaves."""
-        if session.released:
-            return
-        self._forget(session)
-        user = session.user_id
-        if user is None:
-            return
-        log.info("logout %s (session %s…)", user, session.session_id[:6])
-        call = self.registry.call_of(user)
-        owner = self._owner.get(user)
-        if call is not None and owner is not None and owner[0] == call.call_id:
-            present = not owner[1].released  # only the owning device counts
-        else:
-            present = bool(self._devices(user))  # ringing: any device of the user
-        if call is not None and not present:
-            try:  # the released owner stays in _owner until delivered: its events go nowhere
-                notifies = self.registry.disconnect(self._now(), user)
-                await self._deliver(notifies, also=[user], cause=Cause.OFFLINE)
-            except Exception:
-                self.stats.internal_errors += 1
-                log.exception("disconnect of %s failed", user)
-            self._wake.set()
-        owner = self._owner.get(user)
-        if owner is not None and owner[1].released:
-            del self._owner[user]
-        if not self._devices(user):
-            self._profiles.pop(user, None)
-            self._owner.pop(user, None)
-
-    async def _kick(self, session: Session) -> None:
-        """A newer login of the same user replaces ``session`` (its call is hung up)."""
-        self.stats.kicked += 1
-        if not session.held:
-            await session.send(p.Kicked())
-        await self._release(session)
-        if not session.ws.closed:
-            self._spawn(self._close(session, WSCloseCode.POLICY_VIOLATION, b"kicked"))
-
-    async def _expire(self, session: Session) -> None:
-        if session.released:
-            return
-        self.stats.sig_expired += 1
-        if not session.held:
-            await session.send(p.SigExpired())
-        await self._release(session)
-        if not session.ws.closed:
-            await self._close(session, WSCloseCode.POLICY_VIOLATION, b"usersig expired")
+    async def _release(self, session_id: str) -> None:
+        """Forget a device; if its user is no longer reachable for its call, it leaves."""
+        await self._carry_out(self.sessions.release(self._now(), session_id, self._call_of))
 
     # ------------------------------------------------------------------ handlers
 
@@ -981,7 +902,7 @@ class SignalingServer:
             timeout=msg.timeout,
             user_data=msg.user_data,
         )
-        self._owner[session.user_id or ""] = (call.call_id, session)
+        self.sessions.took_call(session.session_id, call.call_id)
         self.records.started(call)
         return {"call": self._snapshot(call)}, notifies
 
@@ -996,21 +917,10 @@ class SignalingServer:
         member = call.members.get(user) if call is not None else None
         ringing = member is not None and member.state is MemberState.RINGING
         notifies = op(now, user, msg.call_id)
-        direct: list[tuple[Session, p.Message]] = []
+        direct: list[tuple[str, p.Message]] = []
         if ringing:
-            self._owner[user] = (msg.call_id, session)
-            reason = (
-                CallEndReason.OTHER_DEVICE_ACCEPTED
-                if op == self.registry.accept
-                else CallEndReason.OTHER_DEVICE_REJECT
-            )
-            cancelled = p.Event(
-                event="onCallCancelled",
-                call_id=msg.call_id,
-                payload={"userId": user, "reason": int(reason)},
-                call=None,
-            )
-            direct = [(s, cancelled) for s in self._devices(user) if s is not session]
+            accepted = op == self.registry.accept
+            direct = self.sessions.answered(session.session_id, msg.call_id, accepted).send
         return {}, notifies, direct
 
     def _on_invite(self, session: Session, msg: p.Invite, now: float) -> list[Notify]:
@@ -1026,21 +936,18 @@ class SignalingServer:
             msg.room_id,
             msg.media_type,
             group_id=msg.group_id,
-            granted_groups=session.groups,
+            granted_groups=self.sessions.devices[session.session_id].groups,
         )
-        self._owner[session.user_id or ""] = (call.call_id, session)
+        self.sessions.took_call(session.session_id, call.call_id)
         return {"call": self._snapshot(call)}, notifies
 
     def _on_multi_device(self, session: Session, msg: p.MultiDevice, now: float) -> list[Notify]:
         """From now on this session lets later multi-device logins of its user coexist."""
-        session.multi_device = msg.enable
+        self.sessions.set_multi_device(session.session_id, msg.enable)
         return []
 
     def _on_self_info(self, session: Session, msg: p.SelfInfo, now: float) -> list[Notify]:
-        self._profiles[session.user_id or ""] = {
-            "nickname": msg.nickname,
-            "avatarUrl": msg.avatar_url,
-        }
+        self.sessions.set_profile(session.uid, msg.nickname, msg.avatar_url)
         return []
 
     async def _on_relay(self, session: Session, msg: p.Relay) -> None:
@@ -1063,42 +970,35 @@ class SignalingServer:
             call_id=msg.call_id, from_user=session.user_id, kind=msg.kind, data=msg.data
         )
         await session.send(p.Reply(id=msg.id))
-        for target in self._targets(msg.to, msg.call_id):
-            await self._send(target, forwarded)
+        for dev in self.sessions.targets(msg.to, msg.call_id):
+            self._send(dev, forwarded)
 
     # ------------------------------------------------------------------ introspection
 
     def online_users(self) -> list[str]:
         """User ids with at least one open session."""
-        return list(self._online)
+        return self.sessions.online_users()
 
     def held_users(self) -> list[str]:
         """User ids with a session waiting for a resume."""
-        return list(self._held)
+        return self.sessions.held_users()
 
     def user_info(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{id}`` shows: presence, devices, profile, current call."""
-        devices = self._devices(user_id)
+        devices = self.sessions.of_user(user_id)
         if not devices:
             return None
         call = self.registry.call_of(user_id)
-        profile = self._profiles.get(user_id) or {"nickname": "", "avatarUrl": ""}
+        attached = sum(not d.held for d in devices)
         return {
             "userId": user_id,
-            "online": user_id in self._online,
-            "devices": len(self._online.get(user_id, ())),
-            "heldDevices": len(self._held.get(user_id, ())),
-            **profile,
+            "online": attached > 0,
+            "devices": attached,
+            "heldDevices": len(devices) - attached,
+            **self.sessions.profile(user_id),
             "callId": call.call_id if call is not None else None,
         }
 
     def idle(self) -> bool:
         """True when no call, session, owner or profile is left (after every socket closed)."""
-        return self.registry.is_idle() and not (
-            self._online
-            or self._held
-            or self._sessions
-            or self._owner
-            or self._profiles
-            or self._sockets
-        )
+        return self.registry.is_idle() and self.sessions.is_idle() and not self._sockets
