@@ -1,0 +1,133 @@
+"""The state store interface, with the in-memory store: operations through a Tx, frames in
+order to the sink, due timers first, a refusal that still sends what was due, held devices
+buffered, and the timers of both rule books fired through the store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from callkit.signaling import protocol as p
+from callkit.signaling.callstate import CallRegistry, CallStateError
+from callkit.signaling.codes import ErrorCode
+from callkit.signaling.records.tracker import Cause
+from callkit.signaling.sessions import SessionTable
+from callkit.signaling.store import Batch, Frame, MemoryStore, Tx
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_store(**table: object) -> tuple[MemoryStore, Clock, list[Frame], list[list[Batch]]]:
+    clock = Clock()
+    store = MemoryStore(
+        CallRegistry(new_call_id=lambda: "call1", new_room_id=lambda: 5),
+        SessionTable(resume_grace=9.0, **table),  # type: ignore[arg-type]
+        clock,
+    )
+    frames: list[Frame] = []
+    batches: list[list[Batch]] = []
+    store.set_sink(frames.extend)
+    store.set_observer(lambda b, calls: batches.append(list(b)))
+    return store, clock, frames, batches
+
+
+def events(frames: list[Frame], conn: str) -> list[str]:
+    out = []
+    for f in frames:
+        if f.conn == conn and f.text is not None:
+            msg = json.loads(f.text)
+            out.append(msg.get("event") or msg["type"])
+    return out
+
+
+async def login(store: MemoryStore, user: str, conn: str, **kw: object) -> str:
+    def op(tx: Tx) -> str:
+        out = tx.sessions.login(tx.now, user, conn, tx.call_of, **kw)  # type: ignore[arg-type]
+        tx.carry(out)
+        assert out.device is not None
+        return out.device.session_id
+
+    return (await store.apply(op, users=[user])).result
+
+
+async def test_a_call_through_the_store_sends_the_reply_then_the_events_in_order() -> None:
+    store, _, frames, batches = make_store()
+    alice = await login(store, "alice", "c1")
+    await login(store, "bob", "c2")
+
+    def call(tx: Tx) -> str:
+        made, notifies = tx.registry.start_call(tx.now, "alice", ["bob"], 1)
+        tx.sessions.took_call(alice, made.call_id)
+        tx.post("", "c1", p.Reply(id=1, data={"callId": made.call_id}))
+        tx.notify(notifies, "alice")
+        return made.call_id
+
+    applied = await store.apply(call, users=["alice", "bob"])
+    assert applied.result == "call1" and "call1" in applied.calls
+    assert events(frames, "c1") == ["ok"]
+    assert events(frames, "c2") == ["onCallReceived"]
+    received = json.loads(frames[-1].text or "")
+    assert received["call"]["members"][0]["nickname"] == ""  # the snapshot carries profiles
+    assert batches[-1] == [Batch(applied.batches[0].notifies, "alice", Cause.NORMAL)]
+
+
+async def test_due_timeouts_fire_first_and_still_go_out_when_the_operation_is_refused() -> None:
+    store, clock, frames, _ = make_store()
+    await login(store, "alice", "c1")
+    await login(store, "bob", "c2")
+    await store.apply(lambda tx: tx.notify(tx.registry.start_call(0, "alice", ["bob"], 1)[1]))
+    assert await store.get_timer() == 30.0
+    clock.t = 31.0
+    frames.clear()
+
+    def late_accept(tx: Tx) -> None:
+        tx.notify(tx.registry.accept(tx.now, "bob", "call1"), "bob")
+
+    with pytest.raises(CallStateError) as err:
+        await store.apply(late_accept, calls=["call1"])
+    assert err.value.code == ErrorCode.REQUEST_REFUSED
+    assert events(frames, "c1") == ["onUserNoResponse", "onCallCancelled"]
+    assert events(frames, "c2") == ["onCallCancelled"]
+
+
+async def test_kick_closes_the_old_socket_after_its_notice() -> None:
+    store, _, frames, _ = make_store()
+    await login(store, "bob", "c1")
+    frames.clear()
+    applied = await store.apply(lambda tx: tx.carry(tx.sessions.login(0, "bob", "c2", tx.call_of)))
+    assert frames == [Frame("", "c1", p.Kicked().encode(), "kicked")]
+    assert [len(o.kicked) for o in applied.outcomes] == [1]
+
+
+async def test_held_devices_are_buffered_and_the_grace_fires_through_the_store() -> None:
+    store, clock, frames, _ = make_store(max_held_messages=2)
+    alice = await login(store, "alice", "c1")
+    await login(store, "bob", "c2")
+
+    def call(tx: Tx) -> None:
+        made, notifies = tx.registry.start_call(tx.now, "alice", ["bob"], 1)
+        tx.sessions.took_call(alice, made.call_id)
+        tx.notify(notifies, "alice")
+
+    await store.apply(call)
+    await store.apply(lambda tx: tx.carry(tx.sessions.socket_gone(0, "c1", True, 0, tx.call_of)))
+    assert store.sessions.devices[alice].held
+    frames.clear()
+    relay = p.Relayed(call_id="call1", from_user="bob", kind="offer", data={})
+    await store.apply(lambda tx: [tx.send(alice, relay) for _ in range(2)])
+    assert frames == [] and len(store.sessions.devices[alice].outbox) == 2
+    applied = await store.apply(lambda tx: tx.send(alice, relay))
+    assert applied.overflowed == [alice]
+    assert await store.get_timer() == 9.0
+    clock.t = 9.0
+    fired = await store.fire_timers(clock.t)
+    assert [d.session_id for o in fired.outcomes for d in o.released] == [alice]
+    assert events(frames, "c2") == ["onCallCancelled"]  # alice never came back: cancelled
+    assert store.registry.is_idle()
