@@ -316,3 +316,19 @@ def test_the_table_round_trips_through_json() -> None:
     assert Device.from_json(json.loads(json.dumps(alice.to_json()))) == alice
     free = Device("s", "u", "c")
     assert Device.from_json(free.to_json()).sig_deadline == math.inf
+
+
+def test_a_released_device_is_refused_not_a_crash() -> None:
+    w = World()
+    old = w.login(0, "bob")
+    w.table.login(1, "bob", "c9", w.call_of)  # kicks the first
+    for act in (
+        lambda: w.table.check_owner(old.session_id, "call1"),
+        lambda: w.table.took_call(old.session_id, "call1"),
+        lambda: w.table.answered(old.session_id, "call1", accepted=True),
+        lambda: w.table.set_multi_device(old.session_id, True),
+        lambda: w.table.call_for(old.session_id, w.call_of),
+    ):
+        with pytest.raises(CallStateError) as err:
+            act()
+        assert err.value.code == ErrorCode.INIT_FAIL and "log in again" in err.value.message

@@ -34,7 +34,7 @@ def make_store(**table: object) -> tuple[MemoryStore, Clock, list[Frame], list[l
     frames: list[Frame] = []
     batches: list[list[Batch]] = []
     store.set_sink(frames.extend)
-    store.set_observer(lambda b, calls: batches.append(list(b)))
+    store.set_observer(lambda b: batches.append(list(b)))
     return store, clock, frames, batches
 
 
@@ -75,7 +75,9 @@ async def test_a_call_through_the_store_sends_the_reply_then_the_events_in_order
     assert events(frames, "c2") == ["onCallReceived"]
     received = json.loads(frames[-1].text or "")
     assert received["call"]["members"][0]["nickname"] == ""  # the snapshot carries profiles
-    assert batches[-1] == [Batch(applied.batches[0].notifies, "alice", Cause.NORMAL)]
+    (batch,) = batches[-1]
+    assert batch.notifies == applied.batches[0].notifies
+    assert (batch.actor, batch.cause, list(batch.calls)) == ("alice", Cause.NORMAL, ["call1"])
 
 
 async def test_due_timeouts_fire_first_and_still_go_out_when_the_operation_is_refused() -> None:

@@ -663,6 +663,7 @@ class SignalingServer:
                 return
             if session.user_id is None:
                 raise CallStateError(ErrorCode.INIT_FAIL, "log in first")
+            self.sessions.device(session.session_id)  # not kicked, expired or released
             if isinstance(msg, p.Relay):
                 await self._on_relay(session, msg)
                 return

@@ -212,9 +212,17 @@ class SessionTable:
             return [] if dev is None else [dev]
         return self.of_user(user_id)
 
+    def device(self, session_id: str) -> Device:
+        """The device ``session_id`` names; refused when it is gone (logged out, kicked,
+        expired, released): its socket must log in again."""
+        dev = self.devices.get(session_id)
+        if dev is None:
+            raise CallStateError(ErrorCode.INIT_FAIL, "this session has ended; log in again")
+        return dev
+
     def call_for(self, session_id: str, call_of: CallOf) -> str | None:
         """The call this device owns, or rings in while no device of its user answered."""
-        dev = self.devices[session_id]
+        dev = self.device(session_id)
         owner = self.owners.get(dev.user_id)
         if owner is not None:
             return owner[0] if owner[1] == session_id else None
@@ -222,7 +230,7 @@ class SessionTable:
 
     def check_owner(self, session_id: str, call_id: object) -> None:
         """Refuse an action on a call that another device of the same user owns."""
-        dev = self.devices[session_id]
+        dev = self.device(session_id)
         owner = self.owners.get(dev.user_id)
         if owner is not None and owner[0] == call_id and owner[1] != session_id:
             raise CallStateError(
@@ -353,13 +361,13 @@ class SessionTable:
 
     def took_call(self, session_id: str, call_id: str) -> None:
         """The device placed or joined ``call_id``: it owns its user's part in it."""
-        dev = self.devices[session_id]
+        dev = self.device(session_id)
         self.owners[dev.user_id] = (call_id, session_id)
 
     def answered(self, session_id: str, call_id: str, accepted: bool) -> Outcome:
         """The device answered (accept, or reject / ignore / hangup) the call its user rang
         in: it owns the user's part in it; the user's other devices stop ringing."""
-        dev = self.devices[session_id]
+        dev = self.device(session_id)
         self.owners[dev.user_id] = (call_id, session_id)
         reason = (
             CallEndReason.OTHER_DEVICE_ACCEPTED if accepted else CallEndReason.OTHER_DEVICE_REJECT
@@ -375,7 +383,7 @@ class SessionTable:
 
     def set_multi_device(self, session_id: str, enable: bool) -> None:
         """From now on this device lets later multi-device logins of its user coexist."""
-        self.devices[session_id].multi_device = enable
+        self.device(session_id).multi_device = enable
 
     def set_profile(self, user_id: str, nickname: str, avatar_url: str) -> None:
         """The user's nickname and avatar, shown in call snapshots."""

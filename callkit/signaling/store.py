@@ -42,6 +42,7 @@ Two implementations:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,11 +79,16 @@ class Frame:
 
 @dataclass(frozen=True)
 class Batch:
-    """Notifications of one step of an operation, with who caused them (call records)."""
+    """Notifications of one step of an operation, with who caused them, and the calls they
+    are about as they were right after that step (for the call records)."""
 
     notifies: list[Notify]
     actor: str | None
     cause: Cause
+    #: call id -> a copy of the call after this step (absent: the call ended)
+    calls: dict[str, Call] = field(default_factory=dict)
+    #: a call this step placed (recorded before its notifications)
+    started: Call | None = None
 
 
 def render_event(n: Notify, call: Call | None, profile: Callable[[str], dict[str, str]]) -> str:
@@ -150,7 +156,12 @@ class Tx:
         then drop ownerships that went stale (see :meth:`SessionTable.settle`)."""
         touched = {actor} if actor is not None else set()
         if notifies:
-            self.batches.append(Batch(list(notifies), actor, cause))
+            after = {}
+            for call_id in {n.call_id for n in notifies}:
+                call = self.registry.calls.get(call_id)
+                if call is not None:  # members as they are now; the call may change later
+                    after[call_id] = dataclasses.replace(call, members=dict(call.members))
+            self.batches.append(Batch(list(notifies), actor, cause, after))
         for n in notifies:
             call = self.registry.calls.get(n.call_id)
             text = render_event(n, call, self.sessions.profile)
@@ -158,6 +169,10 @@ class Tx:
                 self.send(dev.session_id, text)
             touched.add(n.user_id)
         self.sessions.settle(touched, self.call_of)
+
+    def started(self, call: Call) -> None:
+        """A call was placed: its record starts before its first notifications."""
+        self.batches.append(Batch([], None, Cause.NORMAL, started=call))
 
     def carry(self, out: Outcome) -> None:
         """Fold in a session rule's outcome: frames, notices and closes, calls left."""
@@ -200,7 +215,7 @@ class Applied(Generic[T]):
 #: hands frames for this node's sockets to the server, in order
 Sink = Callable[[list[Frame]], None]
 #: told of every committed change, on the node that applied it, before its frames go out
-Observer = Callable[[list[Batch], dict[str, Call]], None]
+Observer = Callable[[list[Batch]], None]
 
 
 class StateStore(abc.ABC):
@@ -212,7 +227,7 @@ class StateStore(abc.ABC):
 
     def __init__(self) -> None:
         self._sink: Sink = lambda frames: None
-        self._observer: Observer = lambda batches, calls: None
+        self._observer: Observer = lambda batches: None
 
     def set_sink(self, sink: Sink) -> None:
         """Where frames for this node's sockets go (the server's writer), in order."""
@@ -297,7 +312,7 @@ class MemoryStore(StateStore):
             result = op(tx)
         finally:
             if tx.batches:
-                self._observer(tx.batches, self.registry.calls)
+                self._observer(tx.batches)
             self._sink(tx.frames)
         return Applied(result, tx.batches, self.registry.calls, tx.outcomes, tx.overflowed)
 
