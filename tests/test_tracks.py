@@ -116,6 +116,32 @@ async def test_pump_runs_only_with_subscribers_or_explicit_start() -> None:
     assert not local.running
 
 
+async def test_local_audio_sources_share_one_timer_and_a_bad_one_stops_no_other() -> None:
+    """Every LocalAudio of a loop is paced by one task (not one per engine); a source whose
+    frame production raises is logged and the others keep their 50 frames per second."""
+    from callkit.media.tracks import _AudioClock
+
+    def tasks() -> int:
+        return sum(
+            1 for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_AudioClock._run"
+        )
+
+    before = tasks()
+    sources = [LocalAudio(ToneSource(level_dbfs=-30.0)) for _ in range(6)]
+    tracks = [s.subscribe() for s in sources]
+    assert all(s.running for s in sources) and tasks() == before + 1
+    clock = _AudioClock.of(0.02)
+    assert all(s in clock for s in sources)
+    sources[0]._tick = lambda deadline: 1 / 0  # type: ignore[method-assign]
+    counts = await asyncio.gather(*(_count_frames(t, 0.5) for t in tracks[1:]))
+    assert all(20 <= len(c) <= 30 for c in counts), [len(c) for c in counts]
+    for s in sources:
+        await s.stop()
+    assert not any(s.running for s in sources) and not any(s in clock for s in sources)
+    await asyncio.sleep(0)
+    assert tasks() == before  # the clock stops with its last source
+
+
 async def test_mute_source_switch_and_conversion() -> None:
     local = LocalAudio(ToneSource(level_dbfs=-20.0))
     track = local.subscribe()

@@ -19,6 +19,7 @@ import fractions
 import functools
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -222,6 +223,69 @@ class _Fanout:
         """Account for ``frames`` periods skipped after a stall."""
 
 
+class _AudioClock:
+    """One timer per event loop (and frame duration) for every running :class:`LocalAudio`.
+
+    Each engine's audio pump used to be a task of its own waking every 20 ms; with many
+    engines in one process those wake-ups were a visible share of the event loop. The clock
+    wakes once per period and produces every member's frame in turn (a member joins at the
+    next tick); after a stall it lets each member skip what it cannot catch up, as the pump did.
+    """
+
+    _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _AudioClock]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self._loop = loop
+        self._period = period
+        self._members: dict[LocalAudio, None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, period: float) -> _AudioClock:
+        """The running loop's clock for ``period``."""
+        loop = asyncio.get_running_loop()
+        clocks = cls._clocks.setdefault(loop, {})
+        clock = clocks.get(period)
+        if clock is None:
+            clock = clocks[period] = cls(loop, period)
+        return clock
+
+    def add(self, member: LocalAudio) -> None:
+        self._members[member] = None
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._run())
+
+    def discard(self, member: LocalAudio) -> None:
+        self._members.pop(member, None)
+        if not self._members and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def __contains__(self, member: object) -> bool:
+        return member in self._members
+
+    async def _run(self) -> None:
+        loop, period = self._loop, self._period
+        next_t = loop.time()
+        while self._members:  # also ends by cancellation when the last member leaves
+            delay = next_t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > MAX_CATCH_UP * period:
+                skipped = int(-delay // period)
+                next_t += skipped * period
+                for member in list(self._members):
+                    member._skip(skipped)
+            for member in list(self._members):
+                try:
+                    member._tick(next_t)
+                except Exception:  # a bad source must not stop the others
+                    log.exception("audio pump: frame production failed")
+            next_t += period
+
+
 class _AudioConverter:
     """Reads a source and returns mono int16 at the output rate, exactly ``n`` per call.
 
@@ -327,6 +391,7 @@ class LocalAudio(_Fanout):
         self.samples_per_frame = self.sample_rate * frame_ms // 1000
         self._time_base = fractions.Fraction(1, self.sample_rate)
         self._meter = LevelMeter()
+        self._clock: _AudioClock | None = None
         self._muted = False
         self._pts = 0
         self._source: AudioSource | None = None
@@ -367,6 +432,22 @@ class LocalAudio(_Fanout):
 
     def _period(self) -> float:
         return self.frame_ms / 1000.0
+
+    # the pump is the loop's shared audio clock, not a task of its own
+    def _ensure_pump(self) -> None:
+        if self._clock is None:
+            self._clock = _AudioClock.of(self._period())
+        self._clock.add(self)
+
+    def _stop_pump(self) -> None:
+        if self._clock is not None:
+            self._clock.discard(self)
+            self._clock = None
+
+    @property
+    def running(self) -> bool:
+        """Whether frames are being produced (this source is on the loop's audio clock)."""
+        return self._clock is not None and self in self._clock
 
     def _skip(self, frames: int) -> None:
         self.frames_skipped += frames
