@@ -29,6 +29,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ async def run_phase(
     """Cycles for ``seconds``: paced at ``rate`` setups/s over these pairs, or flat out."""
     lat: list[float] = []
     setups = errors = 0
+    why: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
 
@@ -141,8 +143,9 @@ async def run_phase(
             await cycle(*pair, lat)
             if loop.time() <= end:
                 setups += 1
-        except (RuntimeError, asyncio.TimeoutError, aiohttp.ClientError):
+        except (RuntimeError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             errors += 1
+            why[(str(exc) or type(exc).__name__)[:120]] += 1
             await asyncio.sleep(0.5)  # let a call the error left behind end (ring timeout)
 
     if rate is None:
@@ -174,7 +177,7 @@ async def run_phase(
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks)
-    return {"setups": setups, "errors": errors, "latencies": lat}
+    return {"setups": setups, "errors": errors, "latencies": lat, "why": dict(why)}
 
 
 async def worker(spec: dict[str, Any]) -> None:
@@ -255,6 +258,7 @@ async def measure(urls: list[str], args: argparse.Namespace) -> dict[str, float]
                 "setups_per_s": sum(o["setups"] for o in outs) / args.seconds,
                 "p99_ms": p99_ms(lat),
                 "errors": sum(o["errors"] for o in outs),
+                "why": sum((Counter(o["why"]) for o in outs), Counter()).most_common(3),
             }
         for proc in procs:
             assert proc.stdin is not None
@@ -273,6 +277,7 @@ async def measure(urls: list[str], args: argparse.Namespace) -> dict[str, float]
         "setups_per_s": results["flat"]["setups_per_s"],
         "flat_p99_ms": results["flat"]["p99_ms"],
         "flat_errors": results["flat"]["errors"],
+        "why": results["paced"]["why"] + results["flat"]["why"],
     }
 
 
@@ -320,6 +325,8 @@ async def main() -> None:
             f"{f['paced_setups_per_s']:.0f} setups/s ({f['paced_errors']} errors)",
             flush=True,
         )
+        for text, count in f["why"]:
+            print(f"    {count} x {text}", flush=True)
     if "redis3" in figures:
         three = figures["redis3"]["setups_per_s"]
         for key, name in (("redis1", "one Redis node"), ("memory", "one in-memory node")):
