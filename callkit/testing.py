@@ -86,7 +86,8 @@ class FakeClock:
         self._servers.append(server)
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward and fire every timer now due (ring timeouts ...) at once."""
+        """Move time forward and fire every timer now due (ring timeouts, the resume grace
+        of dropped sockets, UserSig expiry) at once."""
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         self.now += seconds

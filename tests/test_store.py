@@ -4,6 +4,7 @@ buffered, and the timers of both rule books fired through the store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -133,3 +134,50 @@ async def test_held_devices_are_buffered_and_the_grace_fires_through_the_store()
     assert [d.session_id for o in fired.outcomes for d in o.released] == [alice]
     assert events(frames, "c2") == ["onCallCancelled"]  # alice never came back: cancelled
     assert store.registry.is_idle()
+
+
+class CountingStore(MemoryStore):
+    """The in-memory store, counting operations and the keys each one named."""
+
+    def __init__(self) -> None:
+        super().__init__(sessions=SessionTable(resume_grace=9.0))
+        self.keys: list[dict[str, list[object]]] = []
+
+    async def apply(self, op, **keys):  # type: ignore[no-untyped-def,override]
+        self.keys.append({k: list(v) for k, v in keys.items() if k != "fire_due"})
+        return await super().apply(op, **keys)
+
+
+async def test_the_server_changes_state_only_through_its_store() -> None:
+    from callkit.signaling import SignalingServer
+
+    from .conftest import SDK_APP_ID, SECRET
+    from .test_server import login
+
+    store = CountingStore()
+    server = SignalingServer(SDK_APP_ID, SECRET, store=store)
+    url = await server.start()
+    try:
+        alice, bob = await login(url, "alice"), await login(url, "bob")
+        assert server.sessions is store.sessions and server.registry is store.registry
+        assert [k["users"] for k in store.keys] == [["alice"], ["bob"]]
+        reply = await alice.request("call", callees=["bob"], mediaType=1)
+        call_id = reply["data"]["call"]["callId"]
+        assert store.keys[-1]["users"] == ["alice", "bob"]
+        await bob.event("onCallReceived")
+        await bob.request("accept", callId=call_id)
+        assert store.keys[-1] == {"users": ["bob"], "calls": [call_id], "rooms": []}
+        offer = {"type": "offer", "sdp": "v=0\r\n"}
+        await alice.request("relay", callId=call_id, to="bob", kind="offer", data=offer)
+        assert store.keys[-1] == {"users": ["bob"], "calls": [call_id]}
+        await bob.close()
+        for _ in range(50):
+            if store.registry.call_of("bob") is None:
+                break
+            await asyncio.sleep(0.05)
+        assert store.registry.call_of("bob") is None  # the clean close went through the store
+        assert len(store.keys) == 6
+        await alice.close()
+    finally:
+        await server.stop()
+    assert server.idle()

@@ -1,12 +1,13 @@
-"""The aiohttp signaling service: a thin adapter around two pure rule books.
+"""The aiohttp signaling service: a thin adapter around two pure rule books and a store.
 
 Only the WebSocket handler reads from a socket; any task may send. Every operation parses and
-authorizes a frame, then makes a synchronous call with ``now`` into
-:class:`~callkit.signaling.callstate.CallRegistry` (the calls) and
-:class:`~callkit.signaling.sessions.SessionTable` (devices, kick, resume, held sessions and
-their expiry, which device owns a user's call; see that module for the rules), and carries out
-what they return: notifications delivered in order to the users' devices, sockets closed,
-users taken out of their calls. Timers of both are data, fired by one timer task.
+authorizes a frame, then runs synchronously, through :meth:`StateStore.apply
+<callkit.signaling.store.StateStore.apply>`, on :class:`~callkit.signaling.callstate.CallRegistry`
+(the calls) and :class:`~callkit.signaling.sessions.SessionTable` (devices, kick, resume, held
+sessions and their expiry, which device owns a user's call; see that module for the rules).
+The store hands back the frames for this node's sockets (:meth:`_on_frames`: post, or close
+after a notice) and the notifications for the call records (:meth:`_observe`). Timers of both
+rule books are data; one task fires them through the store.
 
 A :class:`Session` here is one socket; once logged in it is attached to a
 :class:`~callkit.signaling.sessions.Device` by its ``conn`` id. A socket that closes cleanly is
@@ -22,7 +23,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +31,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import protocol as p
 from .adminauth import admin_refusal
-from .callstate import Call, CallRegistry, CallStateError, MemberState, Notify
+from .callstate import CallRegistry, CallStateError, MemberState, Notify
 from .codes import ErrorCode
 from .grants import granted_groups
 from .ice import IceServersConfig
@@ -42,8 +43,9 @@ from .records.store import RecordStore
 from .records.tracker import Cause
 from .relaydata import check_relay_data
 from .rest import AdminApi
-from .sessionio import SessionWriter, text_bytes
-from .sessions import Device, Outcome, SessionTable
+from .sessionio import SessionWriter
+from .sessions import Outcome, SessionTable
+from .store import CLOSE_CODES, Applied, Batch, Frame, MemoryStore, StateStore, Tx, snapshot
 from .usersig import UserSigError, verify_user_sig
 from .webapp import add_web_routes
 
@@ -229,11 +231,14 @@ class SignalingServer:
         webhook_secret: str | None = None,
         records_heartbeat: float = 5.0,
         webhook_timeout: float = 5.0,
+        store: StateStore | None = None,
     ) -> None:
-        """``db``: call records (``sqlite:///path``, ``postgresql://...`` or a store; None:
-        live calls only); ``webhooks``: URLs that get signed call events (needs ``db`` and
-        ``webhook_secret``); ``records_heartbeat``: seconds between live-record touches;
-        ``webhook_timeout``: seconds one delivery attempt may take."""
+        """``store``: where calls and sessions live (None: a :class:`MemoryStore` over
+        ``registry`` in this process); ``db``: call records (``sqlite:///path``,
+        ``postgresql://...`` or a store; None: live calls only); ``webhooks``: URLs that get
+        signed call events (needs ``db`` and ``webhook_secret``); ``records_heartbeat``:
+        seconds between live-record touches; ``webhook_timeout``: seconds one delivery
+        attempt may take."""
         self.sdk_app_id = sdk_app_id
         #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
         self.ice_servers = ice_servers or IceServersConfig()
@@ -247,15 +252,25 @@ class SignalingServer:
         self.dev_login = dev_login
         self.secret_key = secret_key
         self.config = config or ServerConfig()
-        self.registry = registry or CallRegistry()
         cfg = self.config
-        #: every device of every user (pure rules, see sessions.py)
-        self.sessions = SessionTable(
-            max_devices=cfg.max_sessions_per_user,
-            resume_grace=cfg.resume_grace,
-            max_held_messages=cfg.max_held_messages,
-            max_held_bytes=cfg.max_held_bytes,
-        )
+        if store is None:
+            store = MemoryStore(
+                registry or CallRegistry(),
+                SessionTable(
+                    max_devices=cfg.max_sessions_per_user,
+                    resume_grace=cfg.resume_grace,
+                    max_held_messages=cfg.max_held_messages,
+                    max_held_bytes=cfg.max_held_bytes,
+                ),
+                self._now,
+            )
+        #: where calls and sessions live; frames for this node's sockets come back here
+        self.store = store
+        store.set_sink(self._on_frames)
+        store.set_observer(self._observe)
+        #: this process's view: every live call, every device of every user (the memory store)
+        self.registry: CallRegistry = getattr(store, "registry", None) or CallRegistry()
+        self.sessions: SessionTable = getattr(store, "sessions", None) or SessionTable()
         self.stats = Stats()
         self.metrics = ServerMetrics()
         self.records = RecordService(
@@ -281,23 +296,25 @@ class SignalingServer:
         self._wake = asyncio.Event()
         self.url: str | None = None
         self.port: int | None = None
-        self._handlers: dict[type[p.Request], Callable[[Session, Any, float], Any]] = {
+        #: the operation of each request type: ``(tx, session, msg) -> (reply data,
+        #: notifications[, direct frames])`` or notifications; pure, run inside the store
+        self._handlers: dict[type[p.Request], Callable[[Tx, Session, Any], Any]] = {
             p.Call: self._on_call,
-            p.Accept: lambda s, m, now: self._on_answer(s, m, now, self.registry.accept),
-            p.Reject: lambda s, m, now: self._on_answer(s, m, now, self.registry.reject),
-            p.Ignore: lambda s, m, now: self._on_answer(s, m, now, self.registry.ignore),
-            p.Hangup: lambda s, m, now: self._on_answer(s, m, now, self.registry.hangup),
+            p.Accept: lambda tx, s, m: self._on_answer(tx, s, m, tx.registry.accept),
+            p.Reject: lambda tx, s, m: self._on_answer(tx, s, m, tx.registry.reject),
+            p.Ignore: lambda tx, s, m: self._on_answer(tx, s, m, tx.registry.ignore),
+            p.Hangup: lambda tx, s, m: self._on_answer(tx, s, m, tx.registry.hangup),
             p.Invite: self._on_invite,
             p.Join: self._on_join,
-            p.SwitchMedia: lambda s, m, now: self.registry.switch_media_type(
-                now, s.uid, self._own(s, m.call_id), m.media_type
+            p.SwitchMedia: lambda tx, s, m: tx.registry.switch_media_type(
+                tx.now, s.uid, self._own(tx, s, m.call_id), m.media_type
             ),
-            p.Device: lambda s, m, now: self.registry.set_device(
-                now, s.uid, self._own(s, m.call_id), audio=m.audio, video=m.video
+            p.Device: lambda tx, s, m: tx.registry.set_device(
+                tx.now, s.uid, self._own(tx, s, m.call_id), audio=m.audio, video=m.video
             ),
             p.SelfInfo: self._on_self_info,
             p.MultiDevice: self._on_multi_device,
-            p.Ping: lambda s, m, now: [],
+            p.Ping: lambda tx, s, m: [],
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -364,6 +381,7 @@ class SignalingServer:
         self._timer_task.cancel()
         for dev in [d for d in self.sessions.devices.values() if d.held]:
             await self._release(dev.session_id)
+        await self.store.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(self._timer_task, *self._tasks, return_exceptions=True)
@@ -398,13 +416,15 @@ class SignalingServer:
 
     async def end_call(self, call_id: str) -> bool:
         """End a live call as an operator (every member is told); False if not live."""
+
+        def end(tx: Tx) -> None:
+            tx.notify(tx.registry.end_call(tx.now, call_id), None, Cause.SERVER)
+
         try:
-            notifies = self.registry.end_call(self._now(), call_id)
+            await self._apply(end, calls=[call_id], fire_due=False)
         except CallStateError:
             return False
         log.info("call %s ended by the server", call_id)
-        await self._deliver(notifies, cause=Cause.SERVER)
-        self._wake.set()
         return True
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -417,11 +437,6 @@ class SignalingServer:
         """The call state machine's clock: the injected ``clock``, else the loop's."""
         return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
-    def _call_of(self, user_id: str) -> str | None:
-        """The id of the call ``user_id`` rings in or joined (for the session rules)."""
-        call = self.registry.call_of(user_id)
-        return None if call is None else call.call_id
-
     async def run_timers(self) -> None:
         """Fire every call and session timer due at :meth:`_now` (after moving an injected
         clock)."""
@@ -429,17 +444,13 @@ class SignalingServer:
         self._wake.set()
 
     async def _fire_timers(self) -> None:
-        now = self._now()
-        await self._deliver(self.registry.handle_timer(now))
-        await self._carry_out(self.sessions.handle_timer(now, self._call_of))
+        self._after(await self.store.fire_timers(self.store.now()))
 
     async def _timer_loop(self) -> None:
         while True:
-            deadlines = [
-                t for t in (self.registry.get_timer(), self.sessions.get_timer()) if t is not None
-            ]
             self._wake.clear()
-            timeout = None if not deadlines else max(0.0, min(deadlines) - self._now())
+            deadline = await self.store.get_timer()
+            timeout = None if deadline is None else max(0.0, deadline - self.store.now())
             # not asyncio.wait_for: on 3.10/3.11 it swallows a cancel that races the wake-up
             # (a stop right after the last logout), and a UserSig deadline is months away
             woken = asyncio.ensure_future(self._wake.wait())
@@ -482,7 +493,9 @@ class SignalingServer:
         refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
         if refusal is not None:
             return refusal
-        return web.json_response([self._snapshot(c) for c in self.registry.calls.values()])
+        return web.json_response(
+            [snapshot(c, self.sessions.profile) for c in self.registry.calls.values()]
+        )
 
     async def _user(self, request: web.Request) -> web.Response:
         refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
@@ -663,7 +676,6 @@ class SignalingServer:
                 return
             if session.user_id is None:
                 raise CallStateError(ErrorCode.INIT_FAIL, "log in first")
-            self.sessions.device(session.session_id)  # not kicked, expired or released
             if isinstance(msg, p.Relay):
                 await self._on_relay(session, msg)
                 return
@@ -671,18 +683,7 @@ class SignalingServer:
                 data = await self.api.user_request(session.user_id, msg)
                 await session.send(p.Reply(id=msg.id, data=data))
                 return
-            now = self._now()
-            # expire due ring timers first, so accept-vs-timeout is decided by the clock
-            await self._deliver(self.registry.handle_timer(now))
-            result = self._handlers[type(msg)](session, msg, now)
-            if not isinstance(result, tuple):
-                result = ({}, result)
-            data, notifies, *direct = result
-            await session.send(p.Reply(id=msg.id, data=data))
-            await self._deliver(notifies, also=[session.user_id])
-            for target, message in direct[0] if direct else ():
-                self._send_to(target, message)
-            self._wake.set()
+            await self._on_request(session, msg)
         except CallStateError as exc:
             await self._send_error(session, msg.id, exc.code, exc.message)
         except Exception:
@@ -696,98 +697,82 @@ class SignalingServer:
         self.stats.errors_sent += 1
         await session.send(p.ErrorReply(id=request_id, code=int(code), message=message))
 
-    # ------------------------------------------------------------------ routing
+    # ------------------------------------------------------------------ store
 
-    def _send(self, dev: Device, message: p.Message) -> None:
-        """Queue on the device's socket, or buffer for a held device (bounded in count and
-        bytes; overflowing the buffer releases the device)."""
-        text = message.encode()
-        if dev.conn is not None:
-            session = self._sockets.get(dev.conn)
-            if session is not None:
-                session.post(text)
-            return
-        out = self.sessions.buffer(self._now(), dev.session_id, text, text_bytes(text))
-        for sid in out.overflowed:
-            log.info("held session of %s overflowed; releasing it", dev.user_id)
+    async def _apply(self, op: Callable[[Tx], Any], **keys: Any) -> Applied[Any]:
+        """Run ``op`` through the store (see store.py), then count and log what it did."""
+        try:
+            applied = await self.store.apply(op, **keys)
+        finally:
+            self._wake.set()  # deadlines may have moved
+        self._after(applied)
+        return applied
+
+    def _after(self, applied: Applied[Any]) -> None:
+        for out in applied.outcomes:
+            self.stats.kicked += len(out.kicked)
+            self.stats.sig_expired += len(out.expired)
+            self.stats.held += len(out.held)
+            self.stats.resumed += out.resumed
+            for dev in out.held:
+                log.info("holding %s's session after a dropped socket", dev.user_id)
+            for dev in out.released:
+                log.info("logout %s (session %s…)", dev.user_id, dev.session_id[:6])
+        for sid in applied.overflowed:
+            log.info("a held session overflowed its buffer; releasing it")
             self._spawn(self._release(sid))
 
-    def _send_to(self, session_id: str, message: p.Message) -> None:
-        dev = self.sessions.devices.get(session_id)
-        if dev is not None:
-            self._send(dev, message)
-
-    async def _deliver(
-        self, notifies: list[Notify], also: Sequence[str | None] = (), cause: Cause = Cause.NORMAL
-    ) -> None:
-        """Send each notification to its user's device(s), in order; then drop stale owners.
-        ``also``: the acting user (if any); the change is recorded first (never awaited)."""
-        if notifies:
-            self.records.observe(notifies, self.registry.calls, also[0] if also else None, cause)
-        touched = {u for u in also if u is not None}
-        for n in notifies:
-            call = self.registry.calls.get(n.call_id)
-            event = p.Event(
-                event=n.event,
-                call_id=n.call_id,
-                payload=n.payload,
-                call=self._snapshot(call) if call is not None else None,
-            )
-            for dev in self.sessions.targets(n.user_id, n.call_id):
-                self._send(dev, event)
-            touched.add(n.user_id)
-        self.sessions.settle(touched, self._call_of)
-
-    async def _carry_out(self, out: Outcome) -> None:
-        """Do what a session rule asked: frames, notices, calls left, sockets closed."""
-        for sid, message in out.send:
-            self._send_to(sid, message)
-        self.stats.kicked += len(out.kicked)
-        self.stats.sig_expired += len(out.expired)
-        self.stats.held += len(out.held)
-        self.stats.resumed += out.resumed
-        for dev in out.held:
-            log.info("holding %s's session after a dropped socket", dev.user_id)
-        closing: list[tuple[Session, int, bytes, bool]] = []
-        for close in out.close:
-            session = self._sockets.get(close.conn)
+    def _on_frames(self, frames: list[Frame]) -> None:
+        """The store's sink: post each frame on its socket; close a socket when told."""
+        for frame in frames:
+            session = self._sockets.get(frame.conn)
             if session is None:
                 continue
-            if close.why == "kicked":
-                session.post(p.Kicked().encode())
-                closing.append((session, WSCloseCode.POLICY_VIOLATION, b"kicked", True))
-            elif close.why == "expired":
-                session.post(p.SigExpired().encode())
-                closing.append((session, WSCloseCode.POLICY_VIOLATION, b"usersig expired", True))
-            else:
-                closing.append((session, CLOSE_RESUMED, b"session resumed elsewhere", False))
-            session.released = True
-        for dev in out.released:
-            log.info("logout %s (session %s…)", dev.user_id, dev.session_id[:6])
-        now = self._now()
-        for user in out.leave:
-            try:  # the released owner stays until delivered: its events go nowhere
-                notifies = self.registry.disconnect(now, user)
-                await self._deliver(notifies, also=[user], cause=Cause.OFFLINE)
-            except Exception:
-                self.stats.internal_errors += 1
-                log.exception("disconnect of %s failed", user)
-            self._wake.set()
-        self.sessions.settle({d.user_id for d in out.released}, self._call_of)
-        for session, code, reason, flush in closing:
-            self._spawn(self._close(session, code, reason, flush=flush))
+            if frame.text is not None:
+                session.post(frame.text)
+            if frame.close is not None:
+                session.released = True
+                code, reason = CLOSE_CODES[frame.close]
+                flush = frame.close != "resumed"
+                self._spawn(self._close(session, code, reason, flush=flush))
 
-    def _own(self, session: Session, call_id: str) -> str:
+    def _observe(self, batches: list[Batch]) -> None:
+        """The store's observer: the call records see every change before its frames."""
+        for batch in batches:
+            if batch.started is not None:
+                self.records.started(batch.started)
+            if batch.notifies:
+                self.records.observe(batch.notifies, batch.calls, batch.actor, batch.cause)
+
+    async def _on_request(self, session: Session, msg: p.Request) -> None:
+        """A call request: the handler's rules, the reply, then the events, atomically."""
+        handler = self._handlers[type(msg)]
+
+        def op(tx: Tx) -> None:
+            tx.sessions.device(session.session_id)  # not kicked, expired or released
+            result = handler(tx, session, msg)
+            if not isinstance(result, tuple):
+                result = ({}, result)
+            data, notifies, *direct = result
+            tx.post(self.store.node, session.conn, p.Reply(id=msg.id, data=data))
+            tx.notify(notifies, session.user_id)
+            for target, message in direct[0] if direct else ():
+                tx.send(target, message)
+
+        users = [session.uid, *getattr(msg, "callees", ())]
+        call_id = getattr(msg, "call_id", None)
+        room_id = getattr(msg, "room_id", None)
+        await self._apply(
+            op,
+            users=[u for u in users if isinstance(u, str)],
+            calls=[call_id] if isinstance(call_id, str) else [],
+            rooms=[room_id] if isinstance(room_id, int) else [],
+        )
+
+    def _own(self, tx: Tx, session: Session, call_id: str) -> str:
         """Refuse an action on a call that another device of the same user owns."""
-        self.sessions.check_owner(session.session_id, call_id)
+        tx.sessions.check_owner(session.session_id, call_id)
         return call_id
-
-    def _snapshot(self, call: Call) -> dict[str, Any]:
-        """The call snapshot, each member with its ``nickname`` and ``avatarUrl``."""
-        snap = call.snapshot()
-        for member in snap["members"]:
-            member.update(self.sessions.profile(member["userId"]))
-        return snap
 
     # ------------------------------------------------------------------ sessions
 
@@ -817,22 +802,54 @@ class SignalingServer:
                 "login refused: wrong sdkAppId; pass init the sdkAppId the server runs with",
             )
         user = msg.user_id
-        now = self._now()
-        out = self.sessions.login(
-            now,
-            user,
-            session.conn,
-            self._call_of,
-            multi_device=msg.multi_device,
-            groups=granted_groups(info.userbuf),
-            sig_deadline=now + max(0.0, info.expires_at - wall),
-            resume=msg.resume,
-        )
+        node, conn = self.store.node, session.conn
+        ice = self.ice_servers.for_user(user, wall)
+
+        def login(tx: Tx) -> Outcome:
+            out = tx.sessions.login(
+                tx.now,
+                user,
+                conn,
+                tx.call_of,
+                node=node,
+                multi_device=msg.multi_device,
+                groups=granted_groups(info.userbuf),
+                sig_deadline=tx.now + max(0.0, info.expires_at - wall),
+                resume=msg.resume,
+            )
+            tx.carry(out)  # kicked devices, a half-dead socket of the resumed one
+            assert out.device is not None
+            call_id = tx.sessions.call_for(out.device.session_id, tx.call_of)
+            call = tx.registry.calls.get(call_id) if call_id is not None else None
+            snap = snapshot(call, tx.sessions.profile) if call is not None else None
+            for text in out.replay:  # what happened while the socket was gone, then the reply
+                tx.post(node, conn, text)
+            data = {
+                "userId": user,
+                "sigExpiresAt": info.expires_at,
+                "sessionId": out.device.session_id,
+                "resumed": out.resumed,
+                "resumeGrace": self.config.resume_grace,
+                "call": snap,
+                "iceServers": ice,
+            }
+            tx.post(node, conn, p.Reply(id=msg.id, data=data))
+            invitation = tx.registry.pending_invitation(user) if out.ring else None
+            if invitation is not None:  # it rings on the device that just came
+                event = p.Event(
+                    event=invitation.event,
+                    call_id=invitation.call_id,
+                    payload=invitation.payload,
+                    call=snap,
+                )
+                tx.post(node, conn, event)
+            return out
+
+        resumed = [msg.resume] if msg.resume else []
+        out = (await self._apply(login, users=[user], sessions=resumed)).result
         assert out.device is not None
         session.user_id = user
         session.session_id = out.device.session_id
-        await self._carry_out(out)  # kicked devices, a half-dead socket of the resumed one
-        self._wake.set()
         self.metrics.logins.inc()
         log.info(
             "login %s (session %s…%s)",
@@ -840,34 +857,6 @@ class SignalingServer:
             session.session_id[:6],
             ", resumed" if out.resumed else "",
         )
-        call_id = self.sessions.call_for(session.session_id, self._call_of)
-        call = self.registry.calls.get(call_id) if call_id is not None else None
-        for text in out.replay:  # what happened while the socket was gone, then the reply
-            session.post(text)
-        await session.send(
-            p.Reply(
-                id=msg.id,
-                data={
-                    "userId": user,
-                    "sigExpiresAt": info.expires_at,
-                    "sessionId": session.session_id,
-                    "resumed": out.resumed,
-                    "resumeGrace": self.config.resume_grace,
-                    "call": self._snapshot(call) if call is not None else None,
-                    "iceServers": self.ice_servers.for_user(user, self.config.wall_clock()),
-                },
-            )
-        )
-        invitation = self.registry.pending_invitation(user) if out.ring else None
-        if call is not None and invitation is not None:  # it rings on the device that came
-            session.post(
-                p.Event(
-                    event=invitation.event,
-                    call_id=invitation.call_id,
-                    payload=invitation.payload,
-                    call=self._snapshot(call),
-                ).encode()
-            )
 
     async def _socket_gone(self, session: Session, abrupt: bool) -> None:
         """The session's socket ended: its device is held for a resume, or released."""
@@ -875,15 +864,26 @@ class SignalingServer:
             session.released = True
             return
         session.released = True
-        now = self._now()
         silent = asyncio.get_running_loop().time() - session.last_seen
-        out = self.sessions.socket_gone(now, session.conn, abrupt, now - silent, self._call_of)
-        await self._carry_out(out)
-        self._wake.set()
+        user, conn, node = session.user_id, session.conn, self.store.node
+
+        def gone(tx: Tx) -> None:
+            last_seen = tx.now - silent
+            tx.carry(tx.sessions.socket_gone(tx.now, conn, abrupt, last_seen, tx.call_of, node))
+
+        await self._apply(gone, users=[user], sessions=[session.session_id], fire_due=False)
 
     async def _release(self, session_id: str) -> None:
         """Forget a device; if its user is no longer reachable for its call, it leaves."""
-        await self._carry_out(self.sessions.release(self._now(), session_id, self._call_of))
+
+        def release(tx: Tx) -> None:
+            tx.carry(tx.sessions.release(tx.now, session_id, tx.call_of))
+
+        try:
+            await self._apply(release, sessions=[session_id], fire_due=False)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("release of a session failed")
 
     # ------------------------------------------------------------------ handlers
 
@@ -892,10 +892,10 @@ class SignalingServer:
             if not valid_user_id(uid):
                 raise CallStateError(ErrorCode.PARAM_INVALID, f"invalid userId {uid!r:.40}")
 
-    def _on_call(self, session: Session, msg: p.Call, now: float):  # type: ignore[no-untyped-def]
+    def _on_call(self, tx: Tx, session: Session, msg: p.Call):  # type: ignore[no-untyped-def]
         self._check_ids(msg.callees)
-        call, notifies = self.registry.start_call(
-            now,
+        call, notifies = tx.registry.start_call(
+            tx.now,
             session.uid,
             msg.callees,
             msg.media_type,
@@ -903,62 +903,79 @@ class SignalingServer:
             timeout=msg.timeout,
             user_data=msg.user_data,
         )
-        self.sessions.took_call(session.session_id, call.call_id)
-        self.records.started(call)
-        return {"call": self._snapshot(call)}, notifies
+        tx.sessions.took_call(session.session_id, call.call_id)
+        tx.started(call)
+        return {"call": snapshot(call, tx.sessions.profile)}, notifies
 
     def _on_answer(
-        self, session: Session, msg: Any, now: float, op: Callable[[float, str, str], list[Notify]]
+        self, tx: Tx, session: Session, msg: Any, op: Callable[[float, str, str], list[Notify]]
     ):  # type: ignore[no-untyped-def]
         """accept / reject / ignore / hangup; the first device to answer a ringing call owns
         it, and the user's other devices stop ringing (``reason`` 7 or 8)."""
         user = session.user_id or ""
-        self._own(session, msg.call_id)
-        call = self.registry.calls.get(msg.call_id) if isinstance(msg.call_id, str) else None
+        self._own(tx, session, msg.call_id)
+        call = tx.registry.calls.get(msg.call_id) if isinstance(msg.call_id, str) else None
         member = call.members.get(user) if call is not None else None
         ringing = member is not None and member.state is MemberState.RINGING
-        notifies = op(now, user, msg.call_id)
+        notifies = op(tx.now, user, msg.call_id)
         direct: list[tuple[str, p.Message]] = []
         if ringing:
-            accepted = op == self.registry.accept
-            direct = self.sessions.answered(session.session_id, msg.call_id, accepted).send
+            accepted = op == tx.registry.accept
+            direct = tx.sessions.answered(session.session_id, msg.call_id, accepted).send
         return {}, notifies, direct
 
-    def _on_invite(self, session: Session, msg: p.Invite, now: float) -> list[Notify]:
+    def _on_invite(self, tx: Tx, session: Session, msg: p.Invite) -> list[Notify]:
         self._check_ids(msg.callees)
-        return self.registry.invite(
-            now, session.uid, self._own(session, msg.call_id), msg.callees, timeout=msg.timeout
-        )
+        call_id = self._own(tx, session, msg.call_id)
+        return tx.registry.invite(tx.now, session.uid, call_id, msg.callees, timeout=msg.timeout)
 
-    def _on_join(self, session: Session, msg: p.Join, now: float):  # type: ignore[no-untyped-def]
-        call, notifies = self.registry.join(
-            now,
+    def _on_join(self, tx: Tx, session: Session, msg: p.Join):  # type: ignore[no-untyped-def]
+        call, notifies = tx.registry.join(
+            tx.now,
             session.uid,
             msg.room_id,
             msg.media_type,
             group_id=msg.group_id,
-            granted_groups=self.sessions.devices[session.session_id].groups,
+            granted_groups=tx.sessions.devices[session.session_id].groups,
         )
-        self.sessions.took_call(session.session_id, call.call_id)
-        return {"call": self._snapshot(call)}, notifies
+        tx.sessions.took_call(session.session_id, call.call_id)
+        return {"call": snapshot(call, tx.sessions.profile)}, notifies
 
-    def _on_multi_device(self, session: Session, msg: p.MultiDevice, now: float) -> list[Notify]:
+    def _on_multi_device(self, tx: Tx, session: Session, msg: p.MultiDevice) -> list[Notify]:
         """From now on this session lets later multi-device logins of its user coexist."""
-        self.sessions.set_multi_device(session.session_id, msg.enable)
+        tx.sessions.set_multi_device(session.session_id, msg.enable)
         return []
 
-    def _on_self_info(self, session: Session, msg: p.SelfInfo, now: float) -> list[Notify]:
-        self.sessions.set_profile(session.uid, msg.nickname, msg.avatar_url)
+    def _on_self_info(self, tx: Tx, session: Session, msg: p.SelfInfo) -> list[Notify]:
+        tx.sessions.set_profile(session.uid, msg.nickname, msg.avatar_url)
         return []
 
     async def _on_relay(self, session: Session, msg: p.Relay) -> None:
-        call = self.registry.calls.get(msg.call_id)
-        members = call.joined() if call is not None else []
-        if session.user_id not in members or msg.to not in members or msg.to == session.user_id:
-            raise CallStateError(
-                ErrorCode.REQUEST_REFUSED, "relay only between members of the same call"
-            )
-        self._own(session, msg.call_id)
+        """SDP and ICE between two members of one call, to the target's owning device."""
+
+        def relay(tx: Tx) -> None:
+            tx.sessions.device(session.session_id)  # not kicked, expired or released
+            call = tx.registry.calls.get(msg.call_id)
+            members = call.joined() if call is not None else []
+            if session.uid not in members or msg.to not in members or msg.to == session.uid:
+                raise CallStateError(
+                    ErrorCode.REQUEST_REFUSED, "relay only between members of the same call"
+                )
+            self._own(tx, session, msg.call_id)
+            self._check_relay(msg)
+            forwarded = p.Relayed(
+                call_id=msg.call_id, from_user=session.uid, kind=msg.kind, data=msg.data
+            ).encode()
+            tx.post(self.store.node, session.conn, p.Reply(id=msg.id))
+            for dev in tx.sessions.targets(msg.to, msg.call_id):
+                tx.send(dev.session_id, forwarded)
+
+        users = [msg.to] if isinstance(msg.to, str) else []
+        calls = [msg.call_id] if isinstance(msg.call_id, str) else []
+        await self._apply(relay, users=users, calls=calls, fire_due=False)
+
+    @staticmethod
+    def _check_relay(msg: p.Relay) -> None:
         if msg.kind not in p.Relay.KINDS:
             raise CallStateError(ErrorCode.PARAM_INVALID, f"unknown relay kind {msg.kind!r:.20}")
         try:
@@ -967,12 +984,6 @@ class SignalingServer:
             raise CallStateError(ErrorCode.PARAM_INVALID, f"relay: {exc}") from None
         if len(p.json.dumps(msg.data)) > p.MAX_RELAY_BYTES:
             raise CallStateError(ErrorCode.PARAM_INVALID, "relay payload too large")
-        forwarded = p.Relayed(
-            call_id=msg.call_id, from_user=session.user_id, kind=msg.kind, data=msg.data
-        )
-        await session.send(p.Reply(id=msg.id))
-        for dev in self.sessions.targets(msg.to, msg.call_id):
-            self._send(dev, forwarded)
 
     # ------------------------------------------------------------------ introspection
 

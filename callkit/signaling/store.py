@@ -34,6 +34,12 @@ Two implementations:
   5. return :class:`Applied`; each node's subscriber hands the frames addressed to it to the
      sink (:meth:`StateStore.set_sink`).
 
+  What server.py names per operation: a login ``users=[user], sessions=[resume]``; a
+  request ``users=[actor, *callees], calls=[callId], rooms=[roomId]`` (those it has); a relay
+  ``users=[to], calls=[callId]`` (``fire_due=False``); a socket's end ``users=[user],
+  sessions=[id]``; a release ``sessions=[id]``; an operator's end of a call ``calls=[id]``.
+  The acting socket's own device is always among them (its user is named).
+
   Timers: :meth:`StateStore.get_timer` is the earliest deadline the node should wake for,
   and :meth:`StateStore.fire_timers` handles what is due through ``apply`` as well, so the
   rules' own re-check makes a deadline fire once even when several nodes poll it.
