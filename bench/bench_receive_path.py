@@ -11,7 +11,10 @@ audio is metered by callkit's ``RemoteAudio`` (what volume needs), with no sink 
   through ctypes into int16, ``RemoteAudio.feed``), all in the event loop.
 
 The two runs alternate (A B A B) and the table gives CPU per stream (% of a core), frames
-delivered per stream per second (50 = all), and the ratio.
+delivered per stream per second (50 = all), and the ratio. First, the per-frame cost of the
+two decode paths alone, in one thread with no network (10 s of real Opus packets of a tone):
+PyAV decode + ``AudioFrame`` → int16 + meter vs ``AudioReceiver`` (libopus → int16 + meter);
+the thread hand-off and queue of aiortc's path come on top of it and show only in the table.
 
 Run from the repo root:  python bench/bench_receive_path.py [--streams 8] [--rounds 2]
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import os
 import statistics
 import sys
@@ -29,13 +33,17 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aiortc import RTCConfiguration, RTCPeerConnection
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters
+from aiortc.codecs.opus import OpusDecoder
 from bench_calls_per_core import LOOPBACK, RawTone, pin
 
 from callkit.media import _compat, icehooks
 from callkit.media.jitter import AudioJitterBuffer
 from callkit.media.receiver import AudioReceiver
-from callkit.media.tracks import RemoteAudio
+from callkit.media.tracks import RemoteAudio, _audio_to_int16
+from callkit.media.volume import LevelMeter
 
 
 async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tuple[float, float]:
@@ -86,7 +94,62 @@ async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tup
         await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
 
 
+class _Packet:
+    def __init__(self, seq: int, data: bytes) -> None:
+        self.sequence_number, self.timestamp, self.payload_type = seq, seq * 960, 111
+        self._data = data
+
+
+class _Codecs:  # what AudioReceiver asks an aiortc receiver: the codec of payload type 111
+    def __init__(self) -> None:
+        self._RTCRtpReceiver__codecs = {
+            111: RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+        }
+
+
+def per_frame_us(rounds: int) -> tuple[float, float]:
+    """Median µs per frame: (PyAV path, callkit path)."""
+    codec = av.CodecContext.create("libopus", "w")  # aiortc's encoder settings
+    codec.bit_rate, codec.format, codec.layout = 96000, "s16", "stereo"
+    codec.sample_rate, codec.time_base = 48000, fractions.Fraction(1, 48000)
+    codec.options = {"application": "voip"}
+    tone = np.tile(RawTone._period, 3)  # 440 Hz stereo, interleaved: 2400 values a period
+    packets: list[bytes] = []
+    for i in range(500):
+        start = i * 1920 % 2400
+        frame = av.AudioFrame.from_ndarray(
+            tone[start : start + 1920].reshape(1, -1).copy(), format="s16", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48000, i * 960
+        packets += [bytes(p) for p in codec.encode(frame)]
+
+    def old() -> float:
+        jitter, decoder, meter = AudioJitterBuffer(), OpusDecoder(), LevelMeter()
+        t0 = time.perf_counter()
+        for i, data in enumerate(packets):
+            _, frame = jitter.add(_Packet(i, data))
+            for decoded in decoder.decode(frame):
+                meter.add(_audio_to_int16(decoded))
+        return (time.perf_counter() - t0) / len(packets) * 1e6
+
+    def new() -> float:
+        path, meter = AudioReceiver(_Codecs()), LevelMeter()
+        path.sink = lambda samples, rate, concealed: meter.add(samples)
+        t0 = time.perf_counter()
+        for i, data in enumerate(packets):
+            path.add(_Packet(i, data))
+        return (time.perf_counter() - t0) / len(packets) * 1e6
+
+    runs = [(old(), new()) for _ in range(rounds)]
+    return statistics.median(a for a, _ in runs), statistics.median(b for _, b in runs)
+
+
 async def main(streams: int, rounds: int, warmup: float, seconds: float) -> None:
+    old_us, new_us = per_frame_us(5)
+    print(
+        f"per frame, one thread: PyAV decode + AudioFrame -> int16 + meter {old_us:.1f} us, "
+        f"AudioReceiver {new_us:.1f} us, ratio {new_us / old_us:.2f}"
+    )
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for _ in range(rounds):
         for in_loop in (False, True):
