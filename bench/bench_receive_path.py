@@ -83,9 +83,17 @@ async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tup
                 raise TimeoutError("audio not flowing within 60 s")
             await asyncio.sleep(0.1)
         await asyncio.sleep(warmup)
-        f0, c0, t0 = sum(r.frames_received for r in remotes), time.process_time(), time.monotonic()
+        f0, c0, t0 = (
+            sum(r.frames_received - r.frames_concealed for r in remotes),
+            time.process_time(),
+            time.monotonic(),
+        )
         await asyncio.sleep(seconds)
-        f1, c1, t1 = sum(r.frames_received for r in remotes), time.process_time(), time.monotonic()
+        f1, c1, t1 = (
+            sum(r.frames_received - r.frames_concealed for r in remotes),
+            time.process_time(),
+            time.monotonic(),
+        )
         wall = t1 - t0
         return (c1 - c0) / wall / streams * 100, (f1 - f0) / wall / streams
     finally:
