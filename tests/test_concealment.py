@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection, RTCRtpCodecParameters
 
 from callkit.media import NetworkConditions, ToneSource
 from callkit.media.opus import OpusDecoder, libopus, offer_inband_fec
-from callkit.media.receiver import MAX_CONCEAL, AudioReceiver
+from callkit.media.receiver import CONCEAL_BURST, MAX_CONCEAL, AudioReceiver
 
 from .helpers import connect
 
@@ -148,6 +148,7 @@ def test_hostile_packets_neither_raise_nor_stop_decoding() -> None:
     path.add(Packet(91, packets[5]))
     assert path._decoder is not None and path._decoder.errors == 1
     assert path.decoded == 4 and path.concealed == 2 + MAX_CONCEAL
+    assert path.unconcealed == 86 - MAX_CONCEAL
     assert len(out) == 4 + 2 + MAX_CONCEAL and all(len(s) == FRAME for s, _ in out)
     path.add(Packet(92, b"\x00" * 1500))  # oversized garbage
     path.add(Packet(93, packets[6]))
@@ -155,6 +156,21 @@ def test_hostile_packets_neither_raise_nor_stop_decoding() -> None:
     # a sink that raises is logged, not raised into aiortc's RTP handling
     path.sink = lambda *a: 1 / 0
     assert path.add(Packet(94, packets[7])) == (False, None)
+
+
+def test_a_sender_skipping_sequence_numbers_cannot_buy_concealment_work() -> None:
+    """Every packet 6 sequence numbers after the last would cost 5 concealed frames each:
+    the budget (50 per second) caps it, the rest is counted as unconcealed."""
+    packets = encode(speech_like(40), fec=False)
+    path = AudioReceiver(Receiver())
+    frames: list[bool] = []
+    path.sink = lambda samples, rate, concealed: frames.append(concealed)
+    for i in range(200):
+        path.add(Packet(i * 6, packets[i % 40]))
+    assert path.decoded == 200
+    assert path.concealed <= CONCEAL_BURST + 5  # a few tokens refill while the loop runs
+    assert path.concealed + path.unconcealed == path.jitter.lost == 199 * 5
+    assert frames.count(True) == path.concealed
 
 
 def test_other_codecs_go_to_aiortcs_decoder() -> None:

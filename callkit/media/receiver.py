@@ -11,16 +11,18 @@ missing: the far end hears a gap.
 synchronously, as each packet arrives: :class:`~callkit.media.jitter.AudioJitterBuffer` →
 :class:`~callkit.media.opus.OpusDecoder` (int16 numpy, one array per frame) → ``sink(samples,
 sample_rate, concealed)``. Missing packets the buffer gives up are concealed (up to
-``MAX_CONCEAL`` frames per gap): the last one from the in-band FEC of the packet after it
-when that packet carries some, the others by libopus's packet-loss concealment (as is a
-packet that is empty or that libopus rejects). It then hands aiortc no frame, so aiortc's
-decoder thread, queue and frame objects stay idle. Packets of any other codec go through the
-buffer's aiortc-compatible :meth:`AudioJitterBuffer.add` to aiortc's own decoder, as before.
+``MAX_CONCEAL`` frames per gap and ``CONCEAL_RATE`` per second): the last one from the in-band
+FEC of the packet after it when that packet carries some, the others by libopus's packet-loss
+concealment (as is a packet that is empty or that libopus rejects). It then hands aiortc no
+frame, so aiortc's decoder thread, queue and frame objects stay idle. Packets of any other
+codec go through the buffer's aiortc-compatible :meth:`AudioJitterBuffer.add` to aiortc's
+own decoder, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: most frames concealed for one gap (100 ms: libopus's concealment has faded out by then)
 MAX_CONCEAL = 5
+#: concealed frames allowed per second of wall time, and at once (a token bucket): real audio
+#: never needs more than its own frame rate, while a hostile sender skipping sequence numbers
+#: would otherwise buy MAX_CONCEAL decodes with every packet
+CONCEAL_RATE = 50.0
+CONCEAL_BURST = 50.0
 
 #: ``sink(samples, sample_rate, concealed)``: int16 ``(n, 2)``; ``concealed`` for a lost frame
 AudioSink = Callable[[np.ndarray, int, bool], None]
@@ -61,6 +68,10 @@ class AudioReceiver:
         self.concealed = 0
         self.recovered = 0
         self.passed_on = 0
+        #: lost frames left unconcealed because the concealment budget was spent
+        self.unconcealed = 0
+        self._tokens = CONCEAL_BURST
+        self._tokens_at = time.monotonic()
 
     @property
     def capacity(self) -> int:
@@ -88,6 +99,8 @@ class AudioReceiver:
         if self._decoder is None:
             self._decoder = OpusDecoder()
         decoder, data = self._decoder, out._data
+        if given_up:
+            given_up = self._budget(given_up)
         for i in range(min(given_up, MAX_CONCEAL), 0, -1):
             samples, fec = decoder.conceal(data if i == 1 else None)
             if samples is not None:
@@ -101,11 +114,24 @@ class AudioReceiver:
             self.decoded += 1
             self._deliver(sink, samples, False)
             return False, None
-        samples, _ = decoder.conceal(None)  # empty, or rejected by libopus: a lost frame
+        samples = None  # empty, or rejected by libopus: a lost frame
+        if self._budget(1):
+            samples, _ = decoder.conceal(None)
         if samples is not None:
             self.concealed += 1
             self._deliver(sink, samples, True)
         return False, None
+
+    def _budget(self, frames: int) -> int:
+        """How many of ``frames`` lost frames may be concealed now (the rest are counted in
+        ``unconcealed``)."""
+        now = time.monotonic()
+        self._tokens = min(CONCEAL_BURST, self._tokens + (now - self._tokens_at) * CONCEAL_RATE)
+        self._tokens_at = now
+        allowed = min(frames, MAX_CONCEAL, int(self._tokens))
+        self._tokens -= allowed
+        self.unconcealed += frames - allowed
+        return allowed
 
     def _deliver(self, sink: AudioSink, samples: np.ndarray, concealed: bool) -> None:
         try:
