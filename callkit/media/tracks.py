@@ -46,6 +46,21 @@ MAX_CATCH_UP = 3
 _IDLE_VIDEO_PERIOD = 0.1  # pump tick while there is no video source
 
 
+async def _next_tick(
+    loop: asyncio.AbstractEventLoop, next_t: float, period: float
+) -> tuple[float, int]:
+    """Sleep until ``next_t``; return ``(tick time, periods skipped)``. After a stall of more
+    than ``MAX_CATCH_UP`` periods the tick moves ahead (at most that many frames are produced
+    back-to-back to catch up; the rest is skipped)."""
+    delay = next_t - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    elif -delay > MAX_CATCH_UP * period:
+        skipped = int(-delay // period)
+        return next_t + skipped * period, skipped
+    return next_t, 0
+
+
 class _SubscriberTrack(MediaStreamTrack):
     """One peer connection's view of a local source: a bounded queue fed by the pump.
 
@@ -195,13 +210,8 @@ class _Fanout:
         next_t = loop.time()
         while True:  # ends by cancellation
             period = self._period()
-            delay = next_t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > MAX_CATCH_UP * period:
-                # stalled: produce at most MAX_CATCH_UP frames back-to-back, skip the rest
-                skipped = int(-delay // period)
-                next_t += skipped * period
+            next_t, skipped = await _next_tick(loop, next_t, period)
+            if skipped:
                 self._skip(skipped)
             try:
                 pending = self._tick(next_t)
@@ -270,12 +280,8 @@ class _AudioClock:
         loop, period = self._loop, self._period
         next_t = loop.time()
         while self._members:  # also ends by cancellation when the last member leaves
-            delay = next_t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > MAX_CATCH_UP * period:
-                skipped = int(-delay // period)
-                next_t += skipped * period
+            next_t, skipped = await _next_tick(loop, next_t, period)
+            if skipped:
                 for member in list(self._members):
                     member._skip(skipped)
             for member in list(self._members):
