@@ -100,9 +100,7 @@ class Client:
             self.replies.pop(rid, None)
         lat.append(time.perf_counter() - t)
         if frame["type"] != "ok":
-            raise RuntimeError(
-                f"{type_} by {self.user}: {frame.get('code')} {frame.get('message')}"
-            )
+            raise RuntimeError(f"{type_}: {frame.get('code')} {frame.get('message')}")
         return dict(frame["data"])
 
 
@@ -145,7 +143,7 @@ async def run_phase(
                 setups += 1
         except (RuntimeError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             errors += 1
-            why[(str(exc) or type(exc).__name__)[:120]] += 1
+            why[(str(exc) or type(exc).__name__)[:160]] += 1
             await asyncio.sleep(0.5)  # let a call the error left behind end (ring timeout)
 
     if rate is None:
