@@ -30,14 +30,23 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
+from callkit.media.encoding import EncoderPool
 from callkit.media.jitter import AudioJitterBuffer
 from callkit.media.netsim import NetworkConditions, NetworkShaper
 from callkit.media.receiver import AudioReceiver
 from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
-from callkit.media.volume import FrameLevel, compute_audio_level_dbov, install_audio_level_hook
+from callkit.media.sources import TestPatternSource, ToneSource
+from callkit.media.tracks import LocalAudio
+from callkit.media.volume import (
+    FrameLevel,
+    compute_audio_level_dbov,
+    install_audio_level_hook,
+    rms_dbfs,
+)
 from callkit.signaling.ice import turn_credentials
 
 from .helpers import connect
@@ -418,3 +427,156 @@ async def test_mdns_only_candidates_and_end_marker_still_connect(
     finally:
         await browser.close()
         await python.close()
+
+
+# ------------------------------------------------------------------------ 8. shared encoder
+
+
+class _Counting:
+    """Counts the calls of an aiortc encoder class's ``encode`` (the real one runs)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: Any) -> None:
+        self.calls = 0
+        orig = cls.encode
+
+        def encode(encoder: Any, frame: Any, force_keyframe: bool = False) -> Any:
+            self.calls += 1
+            return orig(encoder, frame, force_keyframe)
+
+        monkeypatch.setattr(cls, "encode", encode)
+
+
+async def test_shared_encoder_replacement_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three real senders of one LocalAudio, each to its own peer over loopback: aiortc's
+    Opus encoder runs once per frame (not three times), every receiver decodes the tone, and
+    each sender keeps its own SSRC, sequence numbers and timestamps."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    counting = _Counting(monkeypatch, OpusEncoder)
+    local = LocalAudio(ToneSource(440, -20))
+    pool = EncoderPool()
+    pairs: list[tuple[Any, Any]] = []
+    received = [0, 0, 0]
+    levels: list[list[float]] = [[], [], []]
+    consumers: list[asyncio.Task[None]] = []
+
+    async def consume(i: int, track: MediaStreamTrack) -> None:
+        while True:
+            frame = await track.recv()
+            received[i] += 1
+            levels[i].append(rms_dbfs(frame.to_ndarray()))
+
+    try:
+        for i in range(3):
+            pc1 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pairs.append((pc1, pc2))
+            sender = pc1.addTrack(local.subscribe())
+            pool.attach(sender)
+            pc2.on(
+                "track",
+                lambda track, i=i: consumers.append(asyncio.ensure_future(consume(i, track))),
+            )
+            icehooks.attach(pc1, host_addresses=["127.0.0.1"])
+            await pc1.setLocalDescription(await pc1.createOffer())
+            await pc2.setRemoteDescription(pc1.localDescription)
+            icehooks.attach(pc2, host_addresses=["127.0.0.1"])
+            await pc2.setLocalDescription(await pc2.createAnswer())
+            await pc1.setRemoteDescription(pc2.localDescription)
+        deadline = time.monotonic() + 10
+        while min(received) < 50:
+            assert time.monotonic() < deadline, f"receivers got {received} frames in 10 s"
+            await asyncio.sleep(0.05)
+        (shared,) = pool.encoders
+        sent = local.frames_sent
+        assert counting.calls == shared.frames_encoded
+        # at most once per frame produced, and far fewer encodes than frames received (an
+        # encoder per sender would encode about once per frame received)
+        assert counting.calls <= sent + 1, (counting.calls, sent)
+        assert sum(received) >= 2 * counting.calls, (received, counting.calls)
+        for got in levels:  # ToneSource -20 dBFS, after Opus's start-up frames
+            assert abs(float(np.median(got[-20:])) + 20) < 1.5, got[-20:]
+        senders = [pc1.getSenders()[0] for pc1, _ in pairs]
+        assert len({_compat.sender_ssrc(s) for s in senders}) == 3
+        assert all(_compat.shared_encoder(s).shared is shared for s in senders)
+    finally:
+        for task in consumers:
+            task.cancel()
+        for pc1, pc2 in pairs:
+            await pc1.close()
+            await pc2.close()
+        await local.stop()
+
+
+def _vp8_keyframe(payloads: list[bytes]) -> bool:
+    """Whether VP8 RTP payloads (RFC 7741) start a keyframe: P bit 0 after the descriptor."""
+    first = payloads[0]
+    n = 1
+    if first[0] & 0x80:  # X: extension byte
+        ext = first[1]
+        n = 2 + bool(ext & 0x80) * (2 if first[2] & 0x80 else 1) + bool(ext & 0x40)
+        n += bool(ext & 0x30)
+    return not first[n] & 0x01
+
+
+async def test_shared_encoder_keyframes_and_bitrate_from_rtcp() -> None:
+    """RTCP reaches the shared encoder through real senders: a PLI from one peer makes the
+    next frame a keyframe for every sender, a new sender gets one too, and REMB from two peers
+    leaves the encoder at the lower bitrate."""
+    from aiortc.codecs.vpx import MAX_BITRATE, MIN_BITRATE
+
+    pattern = TestPatternSource(320, 240, 30)
+    frames = []
+    for i in range(4):
+        frame = pattern.read()
+        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
+        frames.append(frame)
+
+    class Frames(MediaStreamTrack):  # the same frames, in order, for each sender
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames = iter(frames)
+
+        async def recv(self) -> av.VideoFrame:
+            return next(self.frames)
+
+    pool = EncoderPool()
+    pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)
+    try:
+        senders = [pc.addTrack(Frames()) for pc in pcs]
+        handles = [pool.attach(s) for s in senders]
+        assert pool.attach(senders[0]) is handles[0]  # idempotent
+        first = [await senders[i]._next_encoded_frame(vp8) for i in (0, 1)]
+        assert first[0] is not None and first[1] is not None
+        assert _vp8_keyframe(first[0].payloads), "the first frame of a new sender is a keyframe"
+        assert first[1].payloads is first[0].payloads, "both senders got the same encoding"
+        (shared,) = pool.encoders
+        assert shared.frames_encoded == 1
+        plain = await senders[1]._next_encoded_frame(vp8)
+        await senders[0]._next_encoded_frame(vp8)
+        assert plain is not None and not _vp8_keyframe(plain.payloads)
+        ssrc = _compat.sender_ssrc(senders[1])
+        await senders[1]._handle_rtcp_packet(
+            RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=ssrc)
+        )
+        after = [await s._next_encoded_frame(vp8) for s in senders]
+        assert after[0] is not None and after[1] is not None
+        assert _vp8_keyframe(after[0].payloads) and after[1].payloads is after[0].payloads
+        assert shared.frames_encoded == 3 and shared.keyframes_forced == 2
+        low, high = MIN_BITRATE + 50_000, MAX_BITRATE - 50_000
+        for sender, bitrate in zip(senders, (high, low), strict=True):
+            fci = pack_remb_fci(bitrate, [_compat.sender_ssrc(sender)])
+            await sender._handle_rtcp_packet(
+                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=fci)
+            )
+        assert shared.target_bitrate == low
+        handles[1].release()  # its peer left: the other one's request rules
+        assert shared.target_bitrate == high
+    finally:
+        for pc in pcs:
+            await pc.close()
+    with pytest.raises(RuntimeError, match="_next_encoded_frame"):
+        _compat.use_shared_encoder(object(), handles[0])  # type: ignore[arg-type]

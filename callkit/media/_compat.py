@@ -24,7 +24,10 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
 7. ``aioice.ice.Connection._prune_components`` / ``_remote_candidates_expected``: remote
    candidates that are all mDNS names nobody resolves, then end-of-candidates, no longer fail
    ICE while a peer-reflexive pair works (:func:`patch_mdns_end_of_candidates`);
-8. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
+8. ``RTCRtpSender._next_encoded_frame`` / ``_send_keyframe`` / ``__encoder``: the senders of
+   one source share one encoder per codec (:func:`use_shared_encoder`, logic in
+   :mod:`callkit.media.encoding`);
+9. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
    ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
    ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
    (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported).
@@ -60,7 +63,9 @@ import aioice.ice
 import aiortc.rtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
-from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
+from av import AudioFrame
+from av.frame import Frame
 
 __all__ = [
     "AIORTC_COMPUTE_AUDIO_LEVEL_DBOV",
@@ -80,7 +85,9 @@ __all__ = [
     "pc_ice_transports",
     "receiver_codecs",
     "sender_ssrc",
+    "shared_encoder",
     "use_jitter_buffer",
+    "use_shared_encoder",
     "version_mismatches",
 ]
 
@@ -339,7 +346,53 @@ def patch_mdns_end_of_candidates() -> None:
         Connection._remote_candidates_expected = _remote_candidates_expected  # type: ignore[method-assign]
 
 
-# ----------------------------------------------------------------------------- 8. private reads
+# --------------------------------------------------------------------------- 8. shared encoder
+# Each ``RTCRtpSender`` makes its own encoder (``self.__encoder = get_encoder(codec)``) in
+# ``_next_encoded_frame``, so a source sent to N peers is encoded N times. ``_run_rtp`` only
+# calls ``self._next_encoded_frame(codec)`` and turns the ``RTCEncodedFrame`` into RTP packets
+# with the sender's own sequence numbers, timestamp origin and SSRC; ``_handle_rtcp_packet``
+# calls ``self._send_keyframe()`` on PLI / FIR and sets ``self.__encoder.target_bitrate`` on
+# REMB. All three are replaced per sender (raw aiortc senders in the process keep theirs).
+
+_ENCODER_ATTR = "_RTCRtpSender__encoder"
+
+
+def use_shared_encoder(sender: RTCRtpSender, encoder: Any) -> None:
+    """Make ``sender`` encode with ``encoder`` instead of its own: each frame read from its
+    track goes to ``await encoder.encode(frame, codec)`` (``(payloads, timestamp)``, or None
+    to skip the frame), PLI / FIR call ``encoder.request_keyframe()`` and REMB sets
+    ``encoder.target_bitrate``. Before the sender starts."""
+    for name in ("_next_encoded_frame", "_send_keyframe", _ENCODER_ATTR, "_enabled"):
+        if not hasattr(sender, name):
+            raise RuntimeError(f"aiortc's RTCRtpSender has no {name} any more")
+
+    async def _next_encoded_frame(codec: Any) -> RTCEncodedFrame | None:
+        track = sender.track
+        if track is None:  # replaced by None between aiortc's check and this call
+            return None
+        data = await track.recv()
+        if not sender._enabled:  # a disabled sender reads and drops, as aiortc's does
+            return None
+        if not isinstance(data, Frame):
+            raise TypeError(f"a shared encoder takes frames, not {type(data).__name__}")
+        level = aiortc.rtp.compute_audio_level_dbov(data) if isinstance(data, AudioFrame) else None
+        encoded = await encoder.encode(data, codec)
+        if encoded is None or not encoded[0]:
+            return None
+        return RTCEncodedFrame(encoded[0], encoded[1], level)  # type: ignore[arg-type]
+
+    sender._next_encoded_frame = _next_encoded_frame  # type: ignore[method-assign]
+    sender._send_keyframe = encoder.request_keyframe  # type: ignore[method-assign]
+    setattr(sender, _ENCODER_ATTR, encoder)  # REMB: encoder.target_bitrate = bitrate
+
+
+def shared_encoder(sender: RTCRtpSender) -> Any:
+    """What ``sender`` encodes with: the object given to :func:`use_shared_encoder`, else
+    aiortc's own encoder (None before its first frame and after it stopped)."""
+    return getattr(sender, _ENCODER_ATTR, None)
+
+
+# ----------------------------------------------------------------------------- 9. private reads
 
 
 def ice_connection(ice_transport: Any) -> Connection | None:

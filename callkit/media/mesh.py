@@ -24,6 +24,7 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
+from .encoding import EncoderPool
 from .netsim import NetworkShaper
 from .peer import PeerSession
 from .sources import AudioSource, VideoSource
@@ -64,6 +65,9 @@ class PeerMesh:
         self.local_audio = LocalAudio(audio_source)
         self._local_video = LocalVideo(video_source) if video_source is not None else None
         self._video_source = video_source
+        #: one encoder per source and codec for all peer connections (encode once)
+        self.audio_encoders = EncoderPool()
+        self.video_encoders = EncoderPool()
         self._host_addresses = host_addresses
         self._shaper = shaper
         self._on_error = on_error
@@ -213,6 +217,8 @@ class PeerMesh:
             on_failed=self._peer_failed,
             on_audio_frame=self._on_audio_frame,
             on_video_frame=self._on_video_frame,
+            audio_encoders=self.audio_encoders,
+            video_encoders=self.video_encoders,
         )
         self._peers[user] = session
         return session

@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from . import _compat, icehooks
+from .encoding import EncoderPool
 from .netsim import NetworkShaper
 from .opus import offer_inband_fec
 from .qualitymonitor import PeerSample
@@ -113,6 +114,8 @@ class PeerSession:
         on_failed: Callable[["PeerSession", str], None] | None = None,
         on_audio_frame: Callable[[str, Any, int], None] | None = None,
         on_video_frame: Callable[[str, Any], None] | None = None,
+        audio_encoders: EncoderPool | None = None,
+        video_encoders: EncoderPool | None = None,
     ) -> None:
         self.remote_user = remote_user
         self.offerer = offerer
@@ -129,6 +132,9 @@ class PeerSession:
         self._on_failed = on_failed
         self._on_audio_frame = on_audio_frame
         self._on_video_frame = on_video_frame
+        self._audio_encoders = audio_encoders
+        self._video_encoders = video_encoders
+        self._encoder_handles: list[Any] = []
         self._audio_track: MediaStreamTrack | None = None
         self._video_track: MediaStreamTrack | None = None
         self.remote_audio: RemoteAudio | None = None
@@ -184,6 +190,7 @@ class PeerSession:
             video_t = self.pc.addTransceiver("video", direction=self._video_direction())
         if audio_t is not None:
             audio_t.direction = "sendrecv"
+            self._share_encoder(audio_t.sender, self._audio_encoders)
             if not isinstance(_compat.jitter_buffer(audio_t.receiver), AudioReceiver):
                 self._audio_receiver = AudioReceiver(audio_t.receiver)
                 self._audio_receiver.sink = self._feed_audio
@@ -192,8 +199,16 @@ class PeerSession:
                 audio_t.sender.replaceTrack(self._audio_track)
         if video_t is not None:
             video_t.direction = self._video_direction()
+            self._share_encoder(video_t.sender, self._video_encoders)
             if self._video_track is not None and video_t.sender.track is not self._video_track:
                 video_t.sender.replaceTrack(self._video_track)
+
+    def _share_encoder(self, sender: Any, pool: EncoderPool | None) -> None:
+        """Encode through ``pool`` (shared with the other sessions of this source)."""
+        if pool is not None:
+            handle = pool.attach(sender)
+            if handle not in self._encoder_handles:
+                self._encoder_handles.append(handle)
 
     def _release_video(self) -> None:
         if self._video_track is not None and self._local_video is not None:
@@ -455,6 +470,8 @@ class PeerSession:
         if self._audio_track is not None:
             self._local_audio.unsubscribe(self._audio_track)
         self._release_video()
+        for handle in self._encoder_handles:
+            handle.release()
         await self.pc.close()
         if self._audio_receiver is not None:
             self._audio_receiver.close()

@@ -1,0 +1,213 @@
+"""Encode once per source: the peer connections of a group call share one encoder per codec.
+
+aiortc gives every ``RTCRtpSender`` its own encoder, so in a mesh of N members each member
+encodes its audio (and its video) N - 1 times per frame. An :class:`EncoderPool` belongs to
+one local source (:class:`~callkit.media.tracks.LocalAudio` or
+:class:`~callkit.media.tracks.LocalVideo`, which push the same frame, same ``pts``, to every
+subscriber track); :meth:`EncoderPool.attach` makes a sender encode through the pool
+(installed by :func:`callkit.media._compat.use_shared_encoder`). Senders that negotiated the
+same codec settings (MIME type, clock rate, channels, format parameters) share one
+:class:`SharedEncoder`: the first sender to ask for a frame encodes it (in a worker thread,
+one encode at a time), the others get the same payloads.
+
+What stays per sender: RTP sequence numbers, the random timestamp origin and the SSRC (aiortc's
+``_run_rtp`` adds them to the shared payloads), RTCP, NACK retransmission history.
+
+Shared decisions:
+
+- a keyframe request (PLI / FIR) from any peer makes the next frame a keyframe for all; a new
+  sender joining a video encoder also asks for one, so its peer can start decoding;
+- bitrate (REMB): the encoder runs at the lowest bitrate any of its senders' peers asked for
+  (a peer that never sent REMB does not count), so no peer gets more than it can take; peers
+  with better links get the same stream (a mesh cannot do better without simulcast);
+- a sender that falls behind by more than :data:`CACHE_FRAMES` frames skips the frames it
+  missed instead of making the encoder go back in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import weakref
+from typing import Any
+
+from aiortc.codecs import get_encoder
+from av.frame import Frame
+
+from . import _compat
+
+__all__ = ["CACHE_FRAMES", "EncoderPool", "SharedEncoder"]
+
+log = logging.getLogger(__name__)
+
+#: encoded frames kept for senders that read their track a little later than the first
+CACHE_FRAMES = 8
+
+Encoded = tuple[list[bytes], int]
+
+
+def codec_key(codec: Any) -> tuple[Any, ...]:
+    """What must match for two senders to share an encoder (payload type need not)."""
+    params = tuple(sorted((str(k), str(v)) for k, v in (codec.parameters or {}).items()))
+    return (codec.mimeType.lower(), codec.clockRate, codec.channels, params)
+
+
+class SharedEncoder:
+    """One aiortc encoder for every sender of one source with the same codec settings."""
+
+    def __init__(self, codec: Any) -> None:
+        self.codec_key = codec_key(codec)
+        self.video = codec.mimeType.lower().startswith("video/")
+        self._encoder = get_encoder(codec)
+        self._cache: collections.OrderedDict[Any, asyncio.Future[Encoded]] = (
+            collections.OrderedDict()
+        )
+        self._newest: Any = None
+        self._keyframe = False
+        self._keyframes: set[Any] = set()  # cached frames that are keyframes
+        self._lock = asyncio.Lock()
+        self._bitrates: weakref.WeakKeyDictionary[SenderEncoder, int] = weakref.WeakKeyDictionary()
+        self.frames_encoded = 0
+        """Frames actually encoded (one per source frame, whatever the number of senders)."""
+        self.keyframes_forced = 0
+        """Frames encoded as keyframes because a peer asked (PLI / FIR) or a sender joined."""
+
+    @property
+    def target_bitrate(self) -> int | None:
+        """The encoder's bitrate (bps) if it has one (VP8, H.264), else None (Opus)."""
+        value = getattr(self._encoder, "target_bitrate", None)
+        return int(value) if value is not None else None
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded frame a keyframe (for every sender)."""
+        self._keyframe = True
+
+    def set_bitrate(self, sender: SenderEncoder, bitrate: int) -> None:
+        """``sender``'s peer asked for at most ``bitrate`` bps (REMB): run at the lowest."""
+        self._bitrates[sender] = int(bitrate)
+        if hasattr(self._encoder, "target_bitrate"):
+            self._encoder.target_bitrate = min(self._bitrates.values())
+
+    def forget(self, sender: SenderEncoder) -> None:
+        """``sender`` stopped: its bitrate request no longer counts."""
+        self._bitrates.pop(sender, None)
+        if self._bitrates and hasattr(self._encoder, "target_bitrate"):
+            self._encoder.target_bitrate = min(self._bitrates.values())
+
+    async def encode(self, frame: Frame, *, keyframe: bool = False) -> Encoded | None:
+        """``frame`` encoded, once per ``pts`` for all senders; None when the encoder has
+        moved past it (the caller skips the frame). ``keyframe``: the caller needs this frame,
+        or failing that the next, to be a keyframe (a new peer)."""
+        key = frame.pts if frame.pts is not None else id(frame)
+        future = self._cache.get(key)
+        if future is None:
+            if frame.pts is not None and self._newest is not None and key <= self._newest:
+                if keyframe:
+                    self._keyframe = True
+                return None  # older than what was encoded last and no longer cached
+            force = self._keyframe or keyframe
+            self._keyframe = False
+            if force or not self._cache:  # an encoder's first frame is a keyframe too
+                self._keyframes.add(key)
+            future = asyncio.ensure_future(self._encode(frame, force))
+            self._cache[key] = future
+            self._newest = key if frame.pts is not None else self._newest
+            while len(self._cache) > CACHE_FRAMES:
+                old, _ = self._cache.popitem(last=False)
+                self._keyframes.discard(old)
+        elif keyframe and key not in self._keyframes:
+            self._keyframe = True  # already encoded as a delta frame: the next one then
+        return await asyncio.shield(future)
+
+    async def _encode(self, frame: Frame, force: bool) -> Encoded:
+        async with self._lock:  # aiortc's encoders are not thread-safe: one encode at a time
+            loop = asyncio.get_running_loop()
+            payloads, timestamp = await loop.run_in_executor(None, self._run, frame, force)
+            self.frames_encoded += 1
+            self.keyframes_forced += force
+            return payloads, timestamp
+
+    def _run(self, frame: Frame, force: bool) -> Encoded:
+        """Encode in a worker thread. PyAV rebases ``frame.pts`` to the codec's time base in
+        place; it is put back, as other senders may still look the frame up by it."""
+        pts, time_base = frame.pts, frame.time_base
+        try:
+            return self._encoder.encode(frame, force)  # type: ignore[no-any-return]
+        finally:
+            frame.pts, frame.time_base = pts, time_base
+
+
+class SenderEncoder:
+    """What one sender encodes with: its pool's shared encoder for the sender's codec."""
+
+    def __init__(self, pool: EncoderPool) -> None:
+        self._pool = pool
+        self._shared: SharedEncoder | None = None
+        self._keyframe_wanted = False
+
+    @property
+    def shared(self) -> SharedEncoder | None:
+        """The shared encoder, once the first frame told which codec was negotiated."""
+        return self._shared
+
+    async def encode(self, frame: Frame, codec: Any) -> Encoded | None:
+        shared = self._shared
+        if shared is None:
+            shared = self._shared = self._pool.encoder_for(codec)
+            if shared.video:  # a new peer decodes nothing until a keyframe
+                self._keyframe_wanted = True
+        keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+        return await shared.encode(frame, keyframe=keyframe)
+
+    def request_keyframe(self) -> None:
+        """A PLI / FIR from this sender's peer."""
+        if self._shared is not None:
+            self._shared.request_keyframe()
+        else:
+            self._keyframe_wanted = True
+
+    @property
+    def target_bitrate(self) -> int | None:
+        return self._shared.target_bitrate if self._shared is not None else None
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        """A REMB from this sender's peer."""
+        if self._shared is not None:
+            self._shared.set_bitrate(self, bitrate)
+
+    def release(self) -> None:
+        """The sender stopped (its peer connection closed)."""
+        if self._shared is not None:
+            self._shared.forget(self)
+
+
+class EncoderPool:
+    """The shared encoders of one local source, by codec settings."""
+
+    def __init__(self) -> None:
+        self._encoders: dict[tuple[Any, ...], SharedEncoder] = {}
+
+    def encoder_for(self, codec: Any) -> SharedEncoder:
+        """The shared encoder for ``codec``'s settings (made on first use)."""
+        key = codec_key(codec)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = self._encoders[key] = SharedEncoder(codec)
+        return encoder
+
+    @property
+    def encoders(self) -> list[SharedEncoder]:
+        """Every shared encoder made so far."""
+        return list(self._encoders.values())
+
+    def attach(self, sender: Any) -> SenderEncoder:
+        """Make ``sender`` (an aiortc ``RTCRtpSender`` not started yet) encode through this
+        pool; idempotent."""
+        current = _compat.shared_encoder(sender)
+        if isinstance(current, SenderEncoder) and current._pool is self:
+            return current
+        handle = SenderEncoder(self)
+        _compat.use_shared_encoder(sender, handle)
+        return handle
