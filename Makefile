@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not loopback and not slow and not nat"
 
 # every benchmark, each bounded by BENCH_TIMEOUT s; latency and calls per core run N = 1, 4, 8,
-# 16, 24 by default
+# 16, 24 by default, group calls (bench_group.py) sizes 3, 4, 6, 9
 BENCH_TIMEOUT ?= 900
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do \
