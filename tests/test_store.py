@@ -142,6 +142,13 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__(sessions=SessionTable(resume_grace=9.0))
         self.keys: list[dict[str, list[object]]] = []
+        self.life: list[str] = []
+
+    async def start(self) -> None:
+        self.life.append("start")
+
+    async def close(self) -> None:
+        self.life.append("close")
 
     async def apply(self, op, **keys):  # type: ignore[no-untyped-def,override]
         self.keys.append({k: list(v) for k, v in keys.items() if k != "fire_due"})
@@ -157,6 +164,7 @@ async def test_the_server_changes_state_only_through_its_store() -> None:
     store = CountingStore()
     server = SignalingServer(SDK_APP_ID, SECRET, store=store)
     url = await server.start()
+    assert store.life == ["start"]
     try:
         alice, bob = await login(url, "alice"), await login(url, "bob")
         assert server.sessions is store.sessions and server.registry is store.registry
@@ -180,4 +188,4 @@ async def test_the_server_changes_state_only_through_its_store() -> None:
         await alice.close()
     finally:
         await server.stop()
-    assert server.idle()
+    assert server.idle() and store.life == ["start", "close"]

@@ -374,11 +374,14 @@ class SignalingServer:
             await runner.cleanup()
 
     async def _background(self, app: web.Application):  # type: ignore[no-untyped-def]
+        await self.store.start()  # a shared store connects (raises when it cannot)
         self._timer_task = asyncio.create_task(self._timer_loop(), name="signaling-timers")
         liveness = asyncio.create_task(self._liveness_loop(), name="signaling-liveness")
         yield
         liveness.cancel()
-        self._timer_task.cancel()
+        while not self._timer_task.done():  # a store's client may swallow one cancel
+            self._timer_task.cancel()
+            await asyncio.wait([self._timer_task], timeout=0.5)
         for dev in [d for d in self.sessions.devices.values() if d.held]:
             await self._release(dev.session_id)
         await self.store.close()
