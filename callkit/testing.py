@@ -8,7 +8,8 @@ that depends on callkit gets these fixtures without a conftest (see docs/testing
     teardown. Tune it by overriding the ``callkit_server_options`` fixture (a dict of
     ``SignalingServer`` keyword arguments, e.g. ``{"config": ServerConfig(...)}``).
 ``callkit_clock``
-    request it and ``callkit_server`` runs its call timers on a :class:`FakeClock`:
+    request it and ``callkit_server`` runs its call and session timers (ring timeouts, resume
+    grace, UserSig expiry) on a :class:`FakeClock`:
     ``await callkit_clock.advance(30)`` fires a 30 s ring timeout at once.
 ``callkit_engine``
     a factory: ``alice = await callkit_engine("alice")`` returns a :class:`~callkit.CallEngine`

@@ -283,3 +283,38 @@ async def test_rest_endpoints(server: SignalingServer, path: str) -> None:
     async with aiohttp.ClientSession(headers=admin) as http, http.get(url) as r:
         assert r.status == 200
         await r.json()
+
+
+async def test_usersig_expiry_runs_on_the_rule_clock() -> None:
+    """The session rules' deadlines are timers on the server's clock: with a fake clock an
+    expiry is checked to the second without waiting for it."""
+    from callkit.testing import FakeClock
+
+    clock = FakeClock()
+    server = SignalingServer(SDK_APP_ID, SECRET, clock=clock)
+    clock.attach(server)
+    url = await server.start()
+    try:
+        alice = await RawClient.connect(url)
+        reply = await alice.request(
+            "login", sdkAppId=SDK_APP_ID, userId="alice", userSig=sig("alice", expire=60)
+        )
+        assert reply["type"] == "ok"
+        bob = await login(url, "bob")
+        call = await alice.request("call", callees=["bob"], mediaType=1)
+        await bob.event("onCallReceived")
+        await clock.advance(55)  # the ring timeout (30 s) fired; the UserSig is still good
+        await bob.event("onCallCancelled")
+        assert server.online_users() == ["alice", "bob"] and server.stats.sig_expired == 0
+        await clock.advance(6)
+        assert (await alice.recv())["type"] == "event"  # onUserNoResponse of the call
+        assert (await alice.recv())["type"] == "event"  # onCallCancelled
+        assert (await alice.recv())["type"] == "sigExpired"
+        msg = await alice.ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert alice.ws.close_code == 1008 and server.stats.sig_expired == 1
+        assert server.online_users() == ["bob"] and call["type"] == "ok"
+        await alice.close()
+        await bob.close()
+    finally:
+        await server.stop()
