@@ -18,6 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from callkit import serveconfig
     from callkit.logformat import use_json_logs
     from callkit.signaling import SignalingServer
+    from callkit.signaling.callstate import CallStateError
     from callkit.signaling.limits import ensure_open_files
     from callkit.signaling.records import SchemaTooNew, StoreError
 
@@ -45,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
             webhook_secret=cfg.webhook_secret,
             webhook_timeout=cfg.webhook_timeout,
             records_heartbeat=cfg.records_heartbeat,
+            redis=cfg.redis,
+            node_id=cfg.node_id,
         )
         problem = ensure_open_files(server.config.max_connections)
         if problem is not None:
@@ -58,11 +61,12 @@ def _serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        except (StoreError, SchemaTooNew) as exc:
+        except (StoreError, SchemaTooNew, CallStateError) as exc:  # -1406: Redis unreachable
             print(f"callkit serve: {exc}", file=sys.stderr)
             await server.stop()
             return 2
-        print(f"callkit signaling on {url} (sdkAppId {cfg.sdk_app_id})", flush=True)
+        node = f", node {server.store.node} over Redis" if cfg.redis is not None else ""
+        print(f"callkit signaling on {url} (sdkAppId {cfg.sdk_app_id}{node})", flush=True)
         print(f"web phone on http{url[2:-3]}/", flush=True)
         if cfg.dev_login:
             from callkit.signaling.webapp import DEV_LOGIN_WARNING

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import ssl
 import sys
 import typing
@@ -39,6 +40,8 @@ from callkit.signaling.ice import IceServersConfig
 __all__ = ["ConfigError", "ServeConfig", "add_arguments", "load", "opt"]
 
 ENV_PREFIX = "CALLKIT_"
+#: a cluster node id: it names the node's Redis channel
+NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DEFAULT_SDK_APP_ID = 1400000001
 
 
@@ -141,6 +144,20 @@ class ServeConfig:
     webhook_timeout: float = field(
         default=5.0, metadata=opt("seconds one webhook delivery attempt may take")
     )
+    #: the Redis that several nodes share (users, devices, calls, timers); None: one node
+    redis: str | None = field(
+        default=None,
+        metadata=opt(
+            "Redis URL shared by several `callkit serve` nodes, e.g. redis://127.0.0.1:6379/0 "
+            "(unset: one node, its state in memory)",
+            metavar="URL",
+        ),
+    )
+    #: this node's id among the nodes sharing ``redis``; None: a random one
+    node_id: str | None = field(
+        default=None,
+        metadata=opt("this node's id among the nodes sharing --redis (unset: a random one)"),
+    )
     #: log line format
     log_format: str = field(
         default="text", metadata=opt("log format: text or json", choices=("text", "json"))
@@ -165,6 +182,17 @@ class ServeConfig:
             raise ConfigError("webhook: needs --webhook-secret to sign deliveries")
         if self.webhook and self.records_db is None:
             raise ConfigError("webhook: needs a records database (--db), the outbox lives there")
+        if self.redis is not None and not self.redis.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(f"redis: {self.redis!r} is not a redis://, rediss:// or unix:// URL")
+        if self.node_id is not None:
+            if self.redis is None:
+                raise ConfigError("node_id: only means something with --redis")
+            if not NODE_ID_RE.fullmatch(self.node_id):
+                raise ConfigError(
+                    f"node_id: {self.node_id!r} is not 1-64 letters, digits, '.', '_' or '-'"
+                )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
         if not 0 < self.sdk_app_id < 2**32:

@@ -106,14 +106,18 @@ class EngineFactory:
 
     async def __call__(self, user_id: str, **kwargs: Any) -> CallEngine:
         """Create a :class:`CallEngine` (``kwargs`` pass through) and log ``user_id`` in."""
-        if self.server.url is None:
-            raise RuntimeError("callkit_server is not running")
         kwargs.setdefault("ice_addresses", LOOPBACK)
-        engine = CallEngine(self.server.url, **kwargs)
+        engine = CallEngine(self.url_for(user_id), **kwargs)
         self.engines.append(engine)
         self._recorders[id(engine)] = EventRecorder(engine, user_id)
         await engine.init(self.server.sdk_app_id, user_id, self.sig(user_id))
         return engine
+
+    def url_for(self, user_id: str) -> str:
+        """The server URL ``user_id`` logs in at (a cluster fixture spreads users over nodes)."""
+        if self.server.url is None:
+            raise RuntimeError("callkit_server is not running")
+        return self.server.url
 
     def sig(self, user_id: str, expire: int = 3600) -> str:
         """A UserSig the server accepts for ``user_id``."""

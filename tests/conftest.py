@@ -17,6 +17,7 @@ from callkit.recorder import EventRecorder
 from callkit.signaling import SignalingServer
 from callkit.testing import LOOPBACK, SDK_APP_ID, SECRET_KEY, EngineFactory, user_sig
 
+from .cluster_nodes import NodeSpread, node_spread, spread_engines  # noqa: F401
 from .postgres_server import db_url, pg_cluster, pg_url  # noqa: F401  (one PostgreSQL per session)
 from .redis_server import own_redis, redis_proc, redis_url  # noqa: F401  (one Redis per session)
 
@@ -26,7 +27,7 @@ pytest_plugins = ["callkit.testing", "pytester"]
 
 SECRET = SECRET_KEY
 
-__all__ = ["LOOPBACK", "SDK_APP_ID", "SECRET", "sig"]
+__all__ = ["LOOPBACK", "NODES_MODES", "SDK_APP_ID", "SECRET", "sig"]
 
 
 class ErrorLogWatcher(logging.Handler):
@@ -53,20 +54,43 @@ def sig(user_id: str, expire: int = 3600) -> str:
 
 
 @pytest.fixture
-def server(callkit_server: SignalingServer) -> SignalingServer:
-    """The plugin's ``callkit_server``."""
-    return callkit_server
+def nodes_mode(request: pytest.FixtureRequest) -> str:
+    """Where ``server`` / ``make_engine`` run: "memory" (one in-memory node, the default) or
+    "redis3" (three nodes over one Redis, users spread over them; tests/cluster_nodes.py).
+    A module runs both with ``pytest.mark.parametrize("nodes_mode", NODES_MODES,
+    indirect=True)``."""
+    return str(getattr(request, "param", "memory"))
+
+
+#: the two ways the call-flow tests run
+NODES_MODES = ["memory", "redis3"]
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, nodes_mode: str) -> SignalingServer:
+    """The plugin's ``callkit_server``; with ``nodes_mode`` "redis3", the cluster's first node."""
+    if nodes_mode == "redis3":
+        spread: NodeSpread = request.getfixturevalue("node_spread")
+        return spread.servers[0]
+    return request.getfixturevalue("callkit_server")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def engines(request: pytest.FixtureRequest, nodes_mode: str) -> EngineFactory:
+    """The plugin's ``callkit_engine``, or ``spread_engines`` with "redis3"."""
+    name = "spread_engines" if nodes_mode == "redis3" else "callkit_engine"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 EngineAndRecorder = Callable[..., Awaitable[tuple[CallEngine, EventRecorder]]]
 
 
 @pytest.fixture
-def make_engine(callkit_engine: EngineFactory) -> EngineAndRecorder:
+def make_engine(engines: EngineFactory) -> EngineAndRecorder:
     """``engine, rec = await make_engine("alice", audio_source=...)``: logged in, recorded."""
 
     async def factory(user_id: str, **kwargs: Any) -> tuple[CallEngine, EventRecorder]:
-        engine = await callkit_engine(user_id, **kwargs)
-        return engine, callkit_engine.recorder(engine)
+        engine = await engines(user_id, **kwargs)
+        return engine, engines.recorder(engine)
 
     return factory

@@ -9,9 +9,14 @@ import pytest
 from callkit import CallError, CallMediaType, CallParams
 from callkit.media import TestPatternSource, ToneSource
 
+from .conftest import NODES_MODES
 from .helpers import assert_payload_keys, connect, quiet, recent_volume, ring
 
-pytestmark = pytest.mark.loopback
+#: every test runs against one in-memory node and three Redis-backed nodes (users spread)
+pytestmark = [
+    pytest.mark.loopback,
+    pytest.mark.parametrize("nodes_mode", NODES_MODES, indirect=True),
+]
 
 
 async def test_video_call_carries_real_audio_and_video(make_engine) -> None:

@@ -9,9 +9,14 @@ import pytest
 from callkit import CallError, CallMediaType, CallParams, CallState
 from callkit.media import NetworkConditions
 
+from .conftest import NODES_MODES
 from .helpers import connect, quiet, ring
 
-pytestmark = pytest.mark.loopback
+#: every test runs against one in-memory node and three Redis-backed nodes (users spread)
+pytestmark = [
+    pytest.mark.loopback,
+    pytest.mark.parametrize("nodes_mode", NODES_MODES, indirect=True),
+]
 
 
 async def test_glare_one_call_survives(make_engine) -> None:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from callkit.signaling import ServerConfig, SignalingServer
 from callkit.signaling import protocol as p
 
+from .cluster_nodes import NodeSpread
 from .conftest import SDK_APP_ID, SECRET, sig
 from .test_server import RawClient, login
 
@@ -551,18 +552,15 @@ async def normal_call_works(url: str) -> None:
     await bob.close()
 
 
-@pytest.mark.slow
-async def test_fuzz_live_server(error_log: Any) -> None:
+async def fuzz_lanes(urls: list[str], examples: int) -> tuple[int, float, int, float]:
+    """Open the lanes (lane i at ``urls[i % len(urls)]``), play ``examples`` hypothesis
+    examples of actions, then close every lane (half cleanly, half dropped). Returns the
+    number of actions, seconds to generate and to play them, and sockets re-opened."""
     t0 = time.monotonic()
-    actions = generate_actions(examples=FUZZ_EXAMPLES)
+    actions = generate_actions(examples=examples)
     generated = time.monotonic() - t0
-    assert len(actions) >= 50 * FUZZ_EXAMPLES
-    config = ServerConfig(
-        rate_per_s=100_000, rate_burst=100_000, login_timeout=2.0, resume_grace=0.5
-    )
-    server = await started(config)
-    url = server.url or ""
-    lanes = [Lane(i, user, url) for i, user in enumerate(LANE_USERS)]
+    assert len(actions) >= 50 * examples
+    lanes = [Lane(i, user, urls[i % len(urls)]) for i, user in enumerate(LANE_USERS)]
     try:
         for lane in lanes:
             await lane.open()
@@ -605,7 +603,21 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         reopened = sum(lane.opened for lane in lanes) - len(lanes)
         for i, lane in enumerate(lanes):
             await lane.close(abrupt=i % 2 == 1)
+    finally:
+        for lane in lanes:
+            await lane.close(abrupt=False)
+    return len(actions), generated, reopened, elapsed
 
+
+FUZZ_CONFIG = dict(rate_per_s=100_000, rate_burst=100_000, login_timeout=2.0, resume_grace=0.5)
+
+
+@pytest.mark.slow
+async def test_fuzz_live_server(error_log: Any) -> None:
+    server = await started(ServerConfig(**FUZZ_CONFIG))  # type: ignore[arg-type]
+    url = server.url or ""
+    try:
+        actions, generated, reopened, elapsed = await fuzz_lanes([url], FUZZ_EXAMPLES)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while not server.idle() and loop.time() < deadline:
@@ -623,14 +635,47 @@ async def test_fuzz_live_server(error_log: Any) -> None:
         assert server.stats.internal_errors == 0
         ok = server.stats.messages - server.stats.errors_sent
         print(
-            f"\nfuzz: {len(actions)} actions ({generated:.1f} s to generate), "
+            f"\nfuzz: {actions} actions ({generated:.1f} s to generate), "
             f"{server.stats.messages} frames handled in {elapsed:.1f} s "
             f"({server.stats.messages / elapsed:.0f} msgs/s), {ok} ok / "
             f"{server.stats.errors_sent} error replies, {reopened} sockets re-opened, "
             f"{server.stats.kicked} kicks, {server.stats.held} holds"
         )
     finally:
-        for lane in lanes:
-            await lane.close(abrupt=False)
         await server.stop()
     logging.getLogger("callkit.signaling").debug("fuzz done")
+
+
+@pytest.mark.slow
+async def test_fuzz_live_cluster(redis_url: str, error_log: Any) -> None:
+    """The same fuzzing against three Redis-backed nodes, lanes spread over them (a quarter
+    of the examples: each frame is a Redis transaction). Afterwards Redis holds no call,
+    index or device, no node logged an error, and a normal call works across nodes."""
+    spread = NodeSpread(redis_url, config=ServerConfig(**FUZZ_CONFIG))  # type: ignore[arg-type]
+    await spread.start()
+    urls = [s.url or "" for s in spread.servers]
+    try:
+        actions, generated, reopened, elapsed = await fuzz_lanes(urls, FUZZ_EXAMPLES // 4)
+        link = spread.servers[0].store.link  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        left: list[str] = ["?"]
+        while left and loop.time() < deadline:  # held devices go after their 0.5 s grace
+            await asyncio.sleep(0.1)
+            keys = await link.run(lambda r: r.keys("ck:*"))
+            left = [k for k in keys if k.startswith(("ck:call:", "ck:uc:", "ck:room:", "ck:user:"))]
+        assert left == []
+        messages = sum(s.stats.messages for s in spread.servers)
+        assert all(s.stats.internal_errors == 0 for s in spread.servers)
+        signaling_errors = [r for r in error_log.records if r.name.startswith("callkit.signaling")]
+        assert not signaling_errors, [r.getMessage() for r in signaling_errors]
+        assert messages >= 2_000
+        await normal_call_works(urls[1])
+        print(
+            f"\nfuzz over 3 nodes: {actions} actions ({generated:.1f} s to generate), "
+            f"{messages} frames handled in {elapsed:.1f} s ({messages / elapsed:.0f} msgs/s), "
+            f"{reopened} sockets re-opened, conflicts retried: "
+            f"{sum(s.store.conflicts for s in spread.servers)}"
+        )
+    finally:
+        await spread.stop()

@@ -11,10 +11,14 @@ from callkit.media import ToneSource
 from callkit.signaling.grants import group_grant
 from callkit.signaling.usersig import gen_user_sig
 
-from .conftest import SDK_APP_ID, SECRET
+from .conftest import NODES_MODES, SDK_APP_ID, SECRET
 from .helpers import assert_payload_keys, quiet, recent_volume
 
-pytestmark = pytest.mark.loopback
+#: every test runs against one in-memory node and three Redis-backed nodes (users spread)
+pytestmark = [
+    pytest.mark.loopback,
+    pytest.mark.parametrize("nodes_mode", NODES_MODES, indirect=True),
+]
 
 LEVELS = {"alice": -20, "bob": -30, "carol": -40, "dave": -25}
 

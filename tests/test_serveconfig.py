@@ -66,6 +66,14 @@ def test_lists_from_env_and_repeated_options() -> None:
     assert cfg.stun == ["stun:a.example", "stun:b.example"]
 
 
+def test_redis_and_node_id_from_cli_and_env() -> None:
+    cfg = serveconfig.load(parse("--redis", "redis://127.0.0.1:6379/0", "--node-id", "n-1"), {})
+    assert (cfg.redis, cfg.node_id) == ("redis://127.0.0.1:6379/0", "n-1")
+    cfg = serveconfig.load(parse(), {"CALLKIT_REDIS": "redis://h:1/2"})
+    assert (cfg.redis, cfg.node_id) == ("redis://h:1/2", None)
+    assert serveconfig.load(parse(), {}).redis is None
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
@@ -79,6 +87,9 @@ def test_lists_from_env_and_repeated_options() -> None:
         (["--stun", "stun:x?transport=tcp"], {}, "stun URLs take no ?transport"),
         (["--turn", "turn:x?transport=sctp", "--turn-secret", "s"], {}, "bad ICE server URL"),
         (["--secret-key", ""], {}, "secret_key: empty"),
+        (["--redis", "127.0.0.1:6379"], {}, "redis: '127.0.0.1:6379' is not a redis://"),
+        (["--node-id", "n1"], {}, "node_id: only means something with --redis"),
+        (["--redis", "redis://r", "--node-id", "a b"], {}, "node_id: 'a b' is not 1-64 letters"),
     ],
 )
 def test_bad_values_are_one_line(argv: list[str], env: dict[str, str], message: str) -> None:

@@ -1,4 +1,5 @@
-"""Soak: 500 logged-in WebSocket clients (250 pairs) place and end calls for 30 s, no errors.
+"""Soak: 500 logged-in WebSocket clients (250 pairs) place and end calls for 30 s, no errors;
+and 120 clients spread over three Redis-backed nodes for 10 s.
 
 Signaling only (raw aiohttp WebSocket clients, no media), loopback only, bounded in time and
 count. Prints the throughput and latency percentiles it measured.
@@ -21,6 +22,7 @@ import pytest
 
 from callkit.signaling import ServerConfig, SignalingServer
 
+from .cluster_nodes import NodeSpread
 from .conftest import SDK_APP_ID, SECRET, sig
 
 CLIENTS = 500
@@ -207,3 +209,60 @@ async def test_soak_500_clients_place_and_end_calls(error_log: Any) -> None:
     assert idle
     assert not [r for r in error_log.records if r.name.startswith("callkit.signaling")]
     logging.getLogger("callkit.signaling").debug("soak done")
+
+
+#: the cluster variant: fewer clients for less time (every request is a Redis transaction
+#: and the three nodes share this process's one core with the clients)
+CLUSTER_CLIENTS = 120
+CLUSTER_DURATION = 10.0
+
+
+async def test_soak_clients_over_three_redis_nodes(redis_url: str, error_log: Any) -> None:
+    """The soak against three Redis-backed nodes: client i on node i % 3, so every pair's
+    calls cross nodes. No errors; afterwards Redis holds no call, index or device."""
+    spread = NodeSpread(redis_url)
+    await spread.start()
+    urls = [s.url or "" for s in spread.servers]
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    clients: list[SoakClient] = []
+    m = Measure()
+    try:
+        users = [f"soak{i:03d}" for i in range(CLUSTER_CLIENTS)]
+        for batch in range(0, CLUSTER_CLIENTS, 30):
+            clients += await asyncio.gather(
+                *(connect(http, urls[i % 3], users[i]) for i in range(batch, batch + 30))
+            )
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        until = loop.time() + CLUSTER_DURATION
+        pairs = [(clients[i], clients[i + 1]) for i in range(0, CLUSTER_CLIENTS, 2)]
+        await asyncio.wait_for(
+            asyncio.gather(*(pair_loop(a, b, until, m, i) for i, (a, b) in enumerate(pairs))),
+            CLUSTER_DURATION + 3 * TIMEOUT,
+        )
+        elapsed = time.perf_counter() - start
+        assert m.errors == [], m.errors[:5]
+        for server in spread.servers:
+            assert server.stats.internal_errors == 0 and server.stats.errors_sent == 0
+        assert m.calls >= CLUSTER_CLIENTS // 2 * 3, m.calls  # every pair kept calling
+        leftovers = [(c.user, c.leftover_events()) for c in clients if c.leftover_events()]
+        assert leftovers == []
+        print(
+            f"\nsoak over 3 Redis nodes: {CLUSTER_CLIENTS} clients, {m.calls} calls in "
+            f"{elapsed:.1f} s ({m.calls / elapsed:.0f} calls/s)"
+        )
+        print(f"soak (3 nodes): request -> reply {Measure.percentiles(m.request_ms)}")
+        print(f"soak (3 nodes): call -> callee's onCallReceived {Measure.percentiles(m.ring_ms)}")
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await http.close()
+        link = spread.servers[0].store.link  # type: ignore[attr-defined]
+        deadline = asyncio.get_running_loop().time() + 5
+        left: list[str] = ["?"]
+        while left and asyncio.get_running_loop().time() < deadline:
+            keys = await link.run(lambda r: r.keys("ck:*"))
+            left = [k for k in keys if k.startswith(("ck:call:", "ck:uc:", "ck:user:"))]
+            await asyncio.sleep(0.05)
+        await spread.stop()
+    assert left == []
+    assert not [r for r in error_log.records if r.name.startswith("callkit.signaling")]

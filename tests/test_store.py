@@ -177,7 +177,7 @@ async def test_the_server_changes_state_only_through_its_store() -> None:
         assert store.keys[-1] == {"users": ["bob"], "calls": [call_id], "rooms": []}
         offer = {"type": "offer", "sdp": "v=0\r\n"}
         await alice.request("relay", callId=call_id, to="bob", kind="offer", data=offer)
-        assert store.keys[-1] == {"users": ["bob"], "calls": [call_id]}
+        assert store.keys[-1] == {"users": ["alice", "bob"], "calls": [call_id]}
         await bob.close()
         for _ in range(50):
             if store.registry.call_of("bob") is None:

@@ -232,13 +232,17 @@ class SignalingServer:
         records_heartbeat: float = 5.0,
         webhook_timeout: float = 5.0,
         store: StateStore | None = None,
+        redis: str | None = None,
+        node_id: str | None = None,
     ) -> None:
         """``store``: where calls and sessions live (None: a :class:`MemoryStore` over
-        ``registry`` in this process); ``db``: call records (``sqlite:///path``,
-        ``postgresql://...`` or a store; None: live calls only); ``webhooks``: URLs that get
-        signed call events (needs ``db`` and ``webhook_secret``); ``records_heartbeat``:
-        seconds between live-record touches; ``webhook_timeout``: seconds one delivery
-        attempt may take."""
+        ``registry`` in this process, or with ``redis`` a Redis URL, the
+        :class:`~callkit.signaling.cluster.RedisStateStore` that several nodes share, this
+        one named ``node_id`` (None: a random id); docs/cluster.md); ``db``: call records
+        (``sqlite:///path``, ``postgresql://...`` or a store; None: live calls only);
+        ``webhooks``: URLs that get signed call events (needs ``db`` and ``webhook_secret``);
+        ``records_heartbeat``: seconds between live-record touches; ``webhook_timeout``:
+        seconds one delivery attempt may take."""
         self.sdk_app_id = sdk_app_id
         #: STUN/TURN servers put in every login reply (``iceServers``, fresh TURN credentials)
         self.ice_servers = ice_servers or IceServersConfig()
@@ -253,17 +257,22 @@ class SignalingServer:
         self.secret_key = secret_key
         self.config = config or ServerConfig()
         cfg = self.config
-        if store is None:
-            store = MemoryStore(
-                registry or CallRegistry(),
-                SessionTable(
-                    max_devices=cfg.max_sessions_per_user,
-                    resume_grace=cfg.resume_grace,
-                    max_held_messages=cfg.max_held_messages,
-                    max_held_bytes=cfg.max_held_bytes,
-                ),
-                self._now,
+
+        def table() -> SessionTable:
+            return SessionTable(
+                max_devices=cfg.max_sessions_per_user,
+                resume_grace=cfg.resume_grace,
+                max_held_messages=cfg.max_held_messages,
+                max_held_bytes=cfg.max_held_bytes,
             )
+
+        if store is None and redis is not None:
+            from .cluster.redisstore import RedisStateStore  # needs redis-py: callkit[redis]
+
+            store = RedisStateStore(redis, node=node_id, sessions_factory=table)
+            store.on_state_lost = self._state_lost
+        if store is None:
+            store = MemoryStore(registry or CallRegistry(), table(), self._now)
         #: where calls and sessions live; frames for this node's sockets come back here
         self.store = store
         store.set_sink(self._on_frames)
@@ -739,6 +748,13 @@ class SignalingServer:
                 flush = frame.close != "resumed"
                 self._spawn(self._close(session, code, reason, flush=flush))
 
+    def _state_lost(self) -> None:
+        """The shared store came back without its state (a Redis restarted empty): every
+        socket here logs in again (close code 1012)."""
+        for session in list(self._sockets.values()):
+            session.released = True
+            self._spawn(self._close(session, 1012, b"state store lost its state"))
+
     def _observe(self, batches: list[Batch]) -> None:
         """The store's observer: the call records see every change before its frames."""
         for batch in batches:
@@ -762,7 +778,8 @@ class SignalingServer:
             for target, message in direct[0] if direct else ():
                 tx.send(target, message)
 
-        users = [session.uid, *getattr(msg, "callees", ())]
+        # a longer list is refused by the rules; a shared store must not load 10,000 users
+        users = [session.uid, *list(getattr(msg, "callees", ()))[: CallRegistry.MAX_PARTICIPANTS]]
         call_id = getattr(msg, "call_id", None)
         room_id = getattr(msg, "room_id", None)
         await self._apply(
@@ -874,7 +891,10 @@ class SignalingServer:
             last_seen = tx.now - silent
             tx.carry(tx.sessions.socket_gone(tx.now, conn, abrupt, last_seen, tx.call_of, node))
 
-        await self._apply(gone, users=[user], sessions=[session.session_id], fire_due=False)
+        try:
+            await self._apply(gone, users=[user], sessions=[session.session_id], fire_due=False)
+        except CallStateError as exc:  # Redis lost: its devices go when their node is dead
+            log.warning("could not record that %s's socket closed: %s", user, exc.message)
 
     async def _release(self, session_id: str) -> None:
         """Forget a device; if its user is no longer reachable for its call, it leaves."""
@@ -973,7 +993,8 @@ class SignalingServer:
             for dev in tx.sessions.targets(msg.to, msg.call_id):
                 tx.send(dev.session_id, forwarded)
 
-        users = [msg.to] if isinstance(msg.to, str) else []
+        # the sender too: a shared store loads only what is named, and its device is checked
+        users = [session.uid, *([msg.to] if isinstance(msg.to, str) else [])]
         calls = [msg.call_id] if isinstance(msg.call_id, str) else []
         await self._apply(relay, users=users, calls=calls, fire_due=False)
 

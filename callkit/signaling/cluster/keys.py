@@ -7,13 +7,14 @@ one Redis. One call is one JSON document; index keys point at it:
 ``{p}:uc:{userId}``        the call a user rings in or is joined to
 ``{p}:room:{roomId}``      the call using a room id
 ``{p}:timers``             sorted set: call id -> its earliest ringing deadline (wall clock)
-``{p}:dev:{userId}``       hash: session id -> that device's record (JSON: node, held, ...)
-``{p}:own:{userId}``       JSON ``[callId, sessionId]``: the device that owns the user's call
-``{p}:outbox:{sessionId}`` list: messages buffered for a held session
-``{p}:holds``              sorted set: ``userId sessionId`` -> when the held session is released
+``{p}:epoch``              set once per Redis lifetime: a node that sees it change knows Redis
+                           lost the cluster's state
+``{p}:user:{userId}``      the user's session document: devices, call owner, profile (JSON)
+``{p}:utimers``            sorted set: user id -> its earliest UserSig expiry / end of grace
+``{p}:sess:{sessionId}``   the user a session id belongs to
+``{p}:nodeusers:{nodeId}`` set: users with a socket on that node (to take over a dead node)
 ``{p}:nodes``              sorted set: node id -> when its liveness lapses (wall clock)
-``{p}:node:{nodeId}``      pub/sub channel: messages for the sessions a node hosts
-``{p}:prof:{userId}``      hash: nickname, avatarUrl
+``{p}:node:{nodeId}``      pub/sub channel: frames for the sockets a node hosts
 """
 
 from __future__ import annotations
@@ -39,21 +40,25 @@ class Keys:
         return f"{self.prefix}:room:{room_id}"
 
     @property
-    def timers(self) -> str:
+    def call_timers(self) -> str:
         return f"{self.prefix}:timers"
 
-    def devices(self, user_id: str) -> str:
-        return f"{self.prefix}:dev:{user_id}"
-
-    def owner(self, user_id: str) -> str:
-        return f"{self.prefix}:own:{user_id}"
-
-    def outbox(self, session_id: str) -> str:
-        return f"{self.prefix}:outbox:{session_id}"
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}"
 
     @property
-    def holds(self) -> str:
-        return f"{self.prefix}:holds"
+    def user_timers(self) -> str:
+        return f"{self.prefix}:utimers"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}:sess:{session_id}"
+
+    def node_users(self, node_id: str) -> str:
+        return f"{self.prefix}:nodeusers:{node_id}"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
 
     @property
     def nodes(self) -> str:
@@ -61,6 +66,3 @@ class Keys:
 
     def node_channel(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
-
-    def profile(self, user_id: str) -> str:
-        return f"{self.prefix}:prof:{user_id}"

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..callstate import CallStateError
 from ..codes import ErrorCode
 
-__all__ = ["LINK_ERRORS", "RedisLink", "StoreUnavailable"]
+__all__ = ["LINK_ERRORS", "RedisLink", "StoreUnavailable", "stop_tasks"]
 
 log = logging.getLogger("callkit.signaling.cluster")
 
@@ -55,7 +55,7 @@ class RedisLink:
     """``link = RedisLink(url)``; ``await link.run(lambda r: r.get(k))``; ``await link.close()``.
 
     ``op_timeout`` bounds every command and connection attempt (a stalled Redis is a lost
-    one), so no request of a client waits longer than that on Redis.
+    one), so no request of a client waits long on Redis.
     """
 
     def __init__(self, url: str, *, op_timeout: float = 2.0) -> None:
@@ -94,13 +94,21 @@ class RedisLink:
             log.warning("Redis link to %s is back", self.where)
 
     async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """``await fn(client)``; a link failure raises :class:`StoreUnavailable`."""
-        try:
-            result = await asyncio.wait_for(fn(self.client), self.op_timeout * 2)
-        except LINK_ERRORS as exc:
-            raise self.lost(exc) from None
-        self.ok()
-        return result
+        """``await fn(client)``; a link failure raises :class:`StoreUnavailable`. A pooled
+        connection that a restarted Redis closed fails once: ``fn`` runs once more on a
+        fresh connection before the link counts as lost."""
+        for attempt in (1, 2):
+            try:
+                # each command is bounded by the socket timeouts (not asyncio.wait_for: on
+                # 3.10/3.11 it can swallow a cancel, and the server's tasks must stop)
+                result = await fn(self.client)
+            except LINK_ERRORS as exc:
+                if attempt == 2 or not isinstance(exc, RedisConnectionError):
+                    raise self.lost(exc) from None
+                continue
+            self.ok()
+            return result
+        raise AssertionError("unreachable")
 
     async def subscribe(
         self,
@@ -148,3 +156,19 @@ class RedisLink:
         """Close the pool (idempotent)."""
         with contextlib.suppress(Exception):
             await self.client.aclose()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], *, tries: int = 20) -> None:
+    """Cancel ``tasks`` and wait for them. redis-py can swallow a cancel that arrives while
+    a command completes, so each task is cancelled again until it ends (at most ``tries``
+    times, 0.5 s apart; a task still running then is logged and left)."""
+    for task in tasks:
+        for _ in range(tries):
+            if task.done():
+                break
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
+        else:
+            log.error("task %s did not stop", task.get_name())
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: nothing to report for a stopped loop
