@@ -54,25 +54,31 @@ class StoreUnavailable(CallStateError):
 class RedisLink:
     """``link = RedisLink(url)``; ``await link.run(lambda r: r.get(k))``; ``await link.close()``.
 
-    ``op_timeout`` bounds every command and connection attempt (a stalled Redis is a lost
-    one), so no request of a client waits long on Redis.
+    ``op_timeout`` bounds every command, connection attempt and wait for a pooled connection
+    (a stalled Redis is a lost one), so no request of a client waits long on Redis; at most
+    ``max_connections`` connections are open (the subscription holds one).
     """
 
-    def __init__(self, url: str, *, op_timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, op_timeout: float = 2.0, max_connections: int = 64) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://: {url!r}")
         self.url = url
         self.where = parts.netloc.rsplit("@", 1)[-1] or parts.path
         self.op_timeout = op_timeout
-        #: the redis-py asyncio client (typed loosely: redis-py's result types are unions)
-        self.client: Any = aioredis.from_url(
+        #: the redis-py asyncio client over one bounded pool: a request over ``max_connections``
+        #: waits up to ``op_timeout`` for a free connection instead of failing at once
+        #: (typed loosely: redis-py's result types are unions)
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=op_timeout,
             decode_responses=True,
             socket_timeout=op_timeout,
             socket_connect_timeout=op_timeout,
             health_check_interval=10,
         )
+        self.client: Any = aioredis.Redis(connection_pool=pool)
         #: False after a command failed on the link, True again after one succeeded
         self.up = True
         #: how many times the link was lost (a test or an operator can read it)
@@ -155,7 +161,7 @@ class RedisLink:
     async def close(self) -> None:
         """Close the pool (idempotent)."""
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
 
 
 async def stop_tasks(tasks: list[asyncio.Task[Any]], *, tries: int = 20) -> None:
