@@ -542,7 +542,7 @@ async def test_shared_encoder_keyframes_and_bitrate_from_rtcp() -> None:
         async def recv(self) -> av.VideoFrame:
             return next(self.frames)
 
-    pool = EncoderPool()
+    pool = EncoderPool(keyframe_interval=0)
     pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)
     try:
@@ -580,3 +580,38 @@ async def test_shared_encoder_keyframes_and_bitrate_from_rtcp() -> None:
             await pc.close()
     with pytest.raises(RuntimeError, match="_next_encoded_frame"):
         _compat.use_shared_encoder(object(), handles[0])  # type: ignore[arg-type]
+
+
+async def test_a_pli_flood_from_one_peer_is_rate_limited_for_all() -> None:
+    """Attack: one peer sends a PLI before every frame. The shared encoder forces at most one
+    keyframe per KEYFRAME_INTERVAL, so the other peers keep getting delta frames; a request
+    is deferred, not lost: the first frame after the interval is a keyframe."""
+    pattern = TestPatternSource(160, 120, 30)
+    frames = []
+    for i in range(12):
+        frame = pattern.read()
+        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
+        frames.append(frame)
+    pool = EncoderPool(keyframe_interval=1.0)
+    pcs = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2)]
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)
+    try:
+        handles = [pool.attach(pc.addTrack(AudioStreamTrack())) for pc in pcs]
+        keys = []
+        t0 = time.monotonic()
+        for frame in frames[:10]:  # well within 1 s
+            handles[1].request_keyframe()  # the flooding peer
+            for handle in handles:
+                encoded = await handle.encode(frame, vp8)
+                assert encoded is not None
+            keys.append(_vp8_keyframe(encoded[0]))
+        assert time.monotonic() - t0 < 1.0, "too slow to test the limit"
+        (shared,) = pool.encoders
+        assert keys[0] and not any(keys[1:]), keys  # only the joining keyframe
+        assert shared.keyframes_forced == 1
+        await asyncio.sleep(1.0)
+        encoded = await handles[0].encode(frames[10], vp8)
+        assert encoded is not None and _vp8_keyframe(encoded[0]), "the deferred request was lost"
+    finally:
+        for pc in pcs:
+            await pc.close()

@@ -16,7 +16,9 @@ What stays per sender: RTP sequence numbers, the random timestamp origin and the
 Shared decisions:
 
 - a keyframe request (PLI / FIR) from any peer makes the next frame a keyframe for all; a new
-  sender joining a video encoder also asks for one, so its peer can start decoding;
+  sender joining a video encoder also asks for one, so its peer can start decoding. At most
+  one forced keyframe per :data:`KEYFRAME_INTERVAL` (a request in between is served when it
+  is over): a peer flooding PLIs cannot make every frame a keyframe for everybody;
 - bitrate (REMB): the encoder runs at the lowest bitrate any of its senders' peers asked for
   (a peer that never sent REMB does not count), so no peer gets more than it can take; peers
   with better links get the same stream (a mesh cannot do better without simulcast);
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 import weakref
 from typing import Any
 
@@ -37,12 +40,14 @@ from av.frame import Frame
 
 from . import _compat
 
-__all__ = ["CACHE_FRAMES", "EncoderPool", "SharedEncoder"]
+__all__ = ["CACHE_FRAMES", "KEYFRAME_INTERVAL", "EncoderPool", "SharedEncoder"]
 
 log = logging.getLogger(__name__)
 
 #: encoded frames kept for senders that read their track a little later than the first
 CACHE_FRAMES = 8
+#: shortest time (s) between two forced keyframes of one shared encoder
+KEYFRAME_INTERVAL = 0.5
 
 Encoded = tuple[list[bytes], int]
 
@@ -56,8 +61,10 @@ def codec_key(codec: Any) -> tuple[Any, ...]:
 class SharedEncoder:
     """One aiortc encoder for every sender of one source with the same codec settings."""
 
-    def __init__(self, codec: Any) -> None:
+    def __init__(self, codec: Any, *, keyframe_interval: float = KEYFRAME_INTERVAL) -> None:
         self.codec_key = codec_key(codec)
+        self.keyframe_interval = keyframe_interval
+        self._last_forced: float | None = None
         self.video = codec.mimeType.lower().startswith("video/")
         self._encoder = get_encoder(codec)
         self._cache: collections.OrderedDict[Any, asyncio.Future[Encoded]] = (
@@ -106,8 +113,14 @@ class SharedEncoder:
                 if keyframe:
                     self._keyframe = True
                 return None  # older than what was encoded last and no longer cached
-            force = self._keyframe or keyframe
-            self._keyframe = False
+            wanted = self._keyframe or keyframe
+            now = time.monotonic()
+            force = wanted and (
+                self._last_forced is None or now - self._last_forced >= self.keyframe_interval
+            )
+            self._keyframe = wanted and not force  # too soon after the last one: later
+            if force:
+                self._last_forced = now
             if force or not self._cache:  # an encoder's first frame is a keyframe too
                 self._keyframes.add(key)
             future = asyncio.ensure_future(self._encode(frame, force))
@@ -186,15 +199,18 @@ class SenderEncoder:
 class EncoderPool:
     """The shared encoders of one local source, by codec settings."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keyframe_interval: float = KEYFRAME_INTERVAL) -> None:
         self._encoders: dict[tuple[Any, ...], SharedEncoder] = {}
+        self._keyframe_interval = keyframe_interval
 
     def encoder_for(self, codec: Any) -> SharedEncoder:
         """The shared encoder for ``codec``'s settings (made on first use)."""
         key = codec_key(codec)
         encoder = self._encoders.get(key)
         if encoder is None:
-            encoder = self._encoders[key] = SharedEncoder(codec)
+            encoder = self._encoders[key] = SharedEncoder(
+                codec, keyframe_interval=self._keyframe_interval
+            )
         return encoder
 
     @property
