@@ -12,13 +12,12 @@ from callkit.media import NetworkConditions
 from .conftest import NODES_MODES
 from .helpers import connect, quiet, ring
 
-#: every test runs against one in-memory node and three Redis-backed nodes (users spread)
-pytestmark = [
-    pytest.mark.loopback,
-    pytest.mark.parametrize("nodes_mode", NODES_MODES, indirect=True),
-]
+pytestmark = pytest.mark.loopback
+#: the signaling edge cases also run against three Redis-backed nodes (users spread)
+ALSO_CLUSTER = pytest.mark.parametrize("nodes_mode", NODES_MODES, indirect=True)
 
 
+@ALSO_CLUSTER
 async def test_glare_one_call_survives(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
@@ -39,6 +38,7 @@ async def test_glare_one_call_survives(make_engine) -> None:
     await rec_loser.wait_for("onCallEnd")
 
 
+@ALSO_CLUSTER
 async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
@@ -57,6 +57,7 @@ async def test_accept_racing_cancel_leaves_no_stuck_state(make_engine) -> None:
     await rb.wait_for("onCallReceived", count=2)
 
 
+@ALSO_CLUSTER
 async def test_accept_racing_the_timeout(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
@@ -77,6 +78,7 @@ async def test_accept_racing_the_timeout(make_engine) -> None:
     assert alice.call_state is CallState.IDLE and bob.call_state is CallState.IDLE
 
 
+@ALSO_CLUSTER
 async def test_double_accept_and_accept_after_cancel(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
@@ -96,6 +98,7 @@ async def test_double_accept_and_accept_after_cancel(make_engine) -> None:
     assert err.value.code == -1203
 
 
+@ALSO_CLUSTER
 async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
@@ -119,6 +122,7 @@ async def test_strangers_cannot_touch_a_call(make_engine, server) -> None:
     await rb.wait_for("onCallEnd")
 
 
+@ALSO_CLUSTER
 async def test_invite_validation(make_engine) -> None:
     alice, ra = await make_engine("alice")
     bob, rb = await make_engine("bob")
