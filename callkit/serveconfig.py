@@ -156,7 +156,10 @@ class ServeConfig:
     #: this node's id among the nodes sharing ``redis``; None: a random one
     node_id: str | None = field(
         default=None,
-        metadata=opt("this node's id among the nodes sharing --redis (unset: a random one)"),
+        metadata=opt(
+            "this node's name among the nodes sharing --redis (each start adds a random "
+            "incarnation suffix; unset: 'node')"
+        ),
     )
     #: log line format
     log_format: str = field(

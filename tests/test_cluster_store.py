@@ -39,7 +39,7 @@ class Node:
             url, node=node, prefix="t", sessions_factory=lambda: SessionTable(resume_grace=2.0),
             op_timeout=0.5, poll=0.05, **kwargs,
         )  # fmt: skip
-        self.id = node
+        self.id = self.store.node  # "A.3f9a1c": the id plus this incarnation
         self.frames: list[Frame] = []
         self.store.set_sink(self.frames.extend)
         self.sids: dict[str, str] = {}  # conn -> session id
@@ -248,7 +248,7 @@ async def test_held_device_is_buffered_and_resumed_on_another_node(nodes: list[N
     sid = b.sids["b1"]
 
     def dropped(tx: Tx) -> None:  # bob's socket on B dropped without a close frame
-        tx.carry(tx.sessions.socket_gone(tx.now, "b1", True, tx.now, tx.call_of, node="B"))
+        tx.carry(tx.sessions.socket_gone(tx.now, "b1", True, tx.now, tx.call_of, node=b.id))
 
     await b.store.apply(dropped, sessions=[sid])
     await a.answer("a1", "alice", call.call_id, "hangup")  # bob misses this while held
@@ -267,9 +267,12 @@ async def test_a_dead_nodes_sockets_are_held_then_released(redis_url: str) -> No
         call = await a.call("a1", "alice", ["bob"])
         await b.answer("b1", "bob", call.call_id)
         await stop_tasks(b.store._tasks)  # B dies: no more beats, no clean leave
-        await until(lambda: a.store.takeovers == ["B"], "A to take over dead node B", 10)
+        await until(lambda: a.store.takeovers == [b.id], "A to take over dead node B", 10)
         doc = json.loads(await a.store.link.run(lambda r: r.get("t:user:bob")))
         assert doc["devices"][0]["conn"] is None  # held for a resume
+        # had B only stalled, its next beat finds it was taken for dead (it closes its sockets)
+        assert await b.store.liveness.beat() is False
+        assert await b.store.liveness.beat() is True
         assert a.events("a1") == ["onUserJoin", "onCallBegin", "onUserAudioAvailable"]
 
         async def poll() -> None:

@@ -46,11 +46,19 @@ class NodeLiveness:
         self.node_id = node_id
         self.ttl = ttl
         self.wall_clock = wall_clock
+        #: called (no arguments) when a beat finds this node's entry gone (see :meth:`beat`)
+        self.on_claimed: Callable[[], Any] | None = None
+        self._beaten = False
 
-    async def beat(self) -> None:
-        """Say this node is alive for ``ttl`` more seconds."""
+    async def beat(self) -> bool:
+        """Say this node is alive for ``ttl`` more seconds. Returns False when its entry was
+        gone although it had beaten before: another node took it for dead and took over its
+        sockets (a stalled event loop, a network split), or Redis lost it."""
         until = self.wall_clock() + self.ttl
-        await self.link.run(lambda r: r.zadd(self.keys.nodes, {self.node_id: until}))
+        added = await self.link.run(lambda r: r.zadd(self.keys.nodes, {self.node_id: until}))
+        claimed = bool(added) and self._beaten
+        self._beaten = True
+        return not claimed
 
     async def alive(self) -> set[str]:
         """The nodes whose liveness has not lapsed."""
@@ -82,7 +90,9 @@ class NodeLiveness:
         A lost Redis link is logged by the link and retried on the next beat."""
         while True:
             with contextlib.suppress(*LINK_ERRORS, Exception):
-                await self.beat()
+                if not await self.beat() and self.on_claimed is not None:
+                    log.error("node %s was taken for dead by another node", self.node_id)
+                    self.on_claimed()
                 if on_dead is not None:
                     for node, lapsed in await self.claim_dead():
                         log.warning("node %s is dead (no beat since %.1f s)", node, lapsed)

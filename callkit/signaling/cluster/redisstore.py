@@ -22,10 +22,11 @@ Timers: every node polls the two timer sets (:meth:`get_timer` never sleeps long
 ``poll``) and fires what is due through ``apply``; the rules' re-check on freshly loaded state
 makes a deadline fire once across nodes, and fire even when the node that armed it died.
 
-Node liveness: each node keeps its entry in ``{p}:nodes`` ``liveness_ttl`` seconds ahead;
-exactly one live node claims a node whose entry lapsed and turns each of its sockets into a
-dropped socket (``SessionTable.socket_gone``): the devices are held for a resume within the
-grace, on any node, and their frames are buffered meanwhile.
+Node liveness: each node keeps its entry in ``{p}:nodes`` ``liveness_ttl`` (10 s) ahead,
+beating every third of it; exactly one live node claims a node whose entry lapsed and turns
+each of its sockets into a dropped socket (``SessionTable.socket_gone``): the devices are held
+for a resume within the grace, on any node, and their frames are buffered meanwhile. A node
+that was only stalled and finds its entry gone closes its sockets (``on_state_lost``).
 
 A lost Redis link: ``apply`` raises ``StoreUnavailable`` (-1406, naming the Redis address)
 and nothing changes; the subscription and liveness reconnect by themselves. A Redis that came
@@ -205,12 +206,15 @@ class RedisStateStore(StateStore):
         sessions_factory: Callable[[], SessionTable] = SessionTable,
         registry_factory: Callable[[], CallRegistry] = CallRegistry,
         wall_clock: Callable[[], float] = time.time,
-        liveness_ttl: float = 3.0,
+        liveness_ttl: float = 10.0,
         poll: float = 0.1,
         op_timeout: float = 2.0,
     ) -> None:
         super().__init__()
-        self.node = node or f"n-{secrets.token_hex(4)}"
+        #: this node's id: ``node`` (or "node") plus this process's incarnation, so a node
+        #: restarted under the same name is a new node: the old incarnation's sockets are
+        #: taken over as dead ones, and no frame for them reaches a new socket
+        self.node = f"{node or 'node'}.{secrets.token_hex(3)}"
         self.link = RedisLink(url, op_timeout=op_timeout)
         self.keys = Keys(prefix)
         self.sessions_factory = sessions_factory
@@ -220,8 +224,11 @@ class RedisStateStore(StateStore):
         self.liveness = NodeLiveness(
             self.link, self.keys, self.node, ttl=liveness_ttl, wall_clock=wall_clock
         )
-        #: called (no arguments) when Redis came back without the cluster's state
+        #: called (no arguments) when this node's sockets lost their state: Redis came back
+        #: without the cluster's state, or another node took this one for dead and took over
+        #: its sockets (the server closes them; the clients log in or resume again)
         self.on_state_lost: Callable[[], Any] | None = None
+        self.liveness.on_claimed = self._claimed
         #: commits that lost a race and ran again (tests and metrics read it)
         self.conflicts = 0
         #: dead nodes this node took over
@@ -276,6 +283,10 @@ class RedisStateStore(StateStore):
             log.error("Redis at %s came back without the cluster's state", self.link.where)
             if self.on_state_lost is not None:
                 self.on_state_lost()
+
+    def _claimed(self) -> None:
+        if self.on_state_lost is not None:
+            self.on_state_lost()
 
     async def _on_reconnect(self) -> None:
         await self.liveness.beat()
