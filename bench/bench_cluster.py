@@ -15,22 +15,25 @@ counts as a call setup when its accept is answered. Two phases per configuration
   hangup at a load every configuration carries;
 - flat out: every pair cycles back to back, for the most setups per second.
 
-Each phase runs ``--seconds``; a cycle still running at the end is not counted (each request
-times out after 10 s, so the run is bounded). Prints one line per configuration and the ratio
-of three nodes to one Redis node and to one in-memory node.
+Each phase runs ``--seconds``; an accept answered after it is not counted (each request and
+each awaited event times out after 10 s, so the run is bounded). A cycle that failed hangs up
+what is left of its call. Prints one line per configuration (with the most common errors; a
+paced start while every pair is still busy counts as one) and the ratio of three nodes to one
+Redis node and to one in-memory node.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +115,26 @@ async def log_in(http: aiohttp.ClientSession, url: str, user: str) -> Client:
     return client
 
 
-async def cycle(a: Client, b: Client, lat: list[float]) -> bool:
-    """One call -> accept -> hangup; True once the accept was answered (a setup)."""
-    data = await a.request(
-        "call", lat, callees=[b.user], mediaType=1, groupId="", timeout=30.0, userData=""
-    )
-    call_id = data["call"]["callId"]
-    await b.wait_event("onCallReceived", call_id)
-    await b.request("accept", lat, callId=call_id)
-    await a.request("hangup", lat, callId=call_id)
-    await asyncio.gather(a.wait_event("onCallEnd", call_id), b.wait_event("onCallEnd", call_id))
-    return True
+async def cycle(a: Client, b: Client, lat: list[float], on_setup: Callable[[], None]) -> None:
+    """One call -> accept -> hangup (``on_setup()`` once the accept is answered). On an error
+    both users hang up what is left of the call, so the pair can go on."""
+    call_id = None
+    try:
+        data = await a.request(
+            "call", lat, callees=[b.user], mediaType=1, groupId="", timeout=30.0, userData=""
+        )
+        call_id = data["call"]["callId"]
+        await b.wait_event("onCallReceived", call_id)
+        await b.request("accept", lat, callId=call_id)
+        on_setup()
+        await a.request("hangup", lat, callId=call_id)
+        await asyncio.gather(a.wait_event("onCallEnd", call_id), b.wait_event("onCallEnd", call_id))
+    except BaseException:
+        if call_id is not None:
+            for user in (a, b):
+                with contextlib.suppress(Exception):
+                    await user.request("hangup", [], callId=call_id)
+        raise
 
 
 async def run_phase(
@@ -135,16 +147,18 @@ async def run_phase(
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
 
+    def setup() -> None:
+        nonlocal setups
+        if loop.time() <= end:
+            setups += 1
+
     async def one(pair: tuple[Client, Client]) -> None:
-        nonlocal setups, errors
+        nonlocal errors
         try:
-            await cycle(*pair, lat)
-            if loop.time() <= end:
-                setups += 1
+            await cycle(*pair, lat, setup)
         except (RuntimeError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             errors += 1
             why[(str(exc) or type(exc).__name__)[:160]] += 1
-            await asyncio.sleep(0.5)  # let a call the error left behind end (ring timeout)
 
     if rate is None:
 
@@ -169,6 +183,7 @@ async def run_phase(
             await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
             if not idle:
                 errors += 1  # every pair busy: the server is behind the offered rate
+                why["not started: every pair still busy (the service is behind the rate)"] += 1
                 continue
             task = asyncio.create_task(paced(idle.pop(0)))
             tasks.add(task)
