@@ -227,8 +227,24 @@ def p99_ms(latencies: Sequence[float]) -> float:
     return 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-async def measure(urls: list[str], args: argparse.Namespace) -> dict[str, float]:
-    """Both phases against nodes ``urls``; returns paced p99 and flat-out setups/s."""
+def cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    urls: list[str], args: argparse.Namespace, servers: Sequence[int]
+) -> dict[str, Any]:
+    """Both phases against nodes ``urls``; returns paced p99 and flat-out setups/s, and the
+    CPU seconds the ``servers`` (node and Redis pids) and the load processes used flat out."""
     n_pairs = args.clients // 2
     pairs = []
     for i in range(n_pairs):
@@ -265,13 +281,16 @@ async def measure(urls: list[str], args: argparse.Namespace) -> dict[str, float]
                 assert proc.stdin is not None
                 proc.stdin.write((json.dumps([args.seconds, rate]) + "\n").encode())
                 await proc.stdin.drain()
+            cpu0 = cpu_s(servers), cpu_s([p.pid for p in procs])
             outs = [json.loads(await line(proc)) for proc in procs]
+            cpu = cpu_s(servers) - cpu0[0], cpu_s([p.pid for p in procs]) - cpu0[1]
             lat = [x for o in outs for x in o["latencies"]]
             results[phase] = {
                 "setups_per_s": sum(o["setups"] for o in outs) / args.seconds,
                 "p99_ms": p99_ms(lat),
                 "errors": sum(o["errors"] for o in outs),
                 "why": sum((Counter(o["why"]) for o in outs), Counter()).most_common(3),
+                "cpu": cpu,
             }
         for proc in procs:
             assert proc.stdin is not None
@@ -291,6 +310,8 @@ async def measure(urls: list[str], args: argparse.Namespace) -> dict[str, float]
         "flat_p99_ms": results["flat"]["p99_ms"],
         "flat_errors": results["flat"]["errors"],
         "why": results["paced"]["why"] + results["flat"]["why"],
+        "server_cpu_s": results["flat"]["cpu"][0],
+        "load_cpu_s": results["flat"]["cpu"][1],
     }
 
 
@@ -321,7 +342,7 @@ async def main() -> None:
         f"{os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    figures = {}
+    figures: dict[str, dict[str, Any]] = {}
     configs = {
         "memory": ("1 node, in memory", 1, False),
         "redis1": ("1 node, Redis", 1, True),
@@ -330,12 +351,17 @@ async def main() -> None:
     for key in args.configs.split(","):
         name, nodes, redis = configs[key]
         async with Cluster(nodes=nodes, redis=redis) as cluster:
-            f = figures[key] = await measure(cluster.urls, args)
+            pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            if cluster.redis is not None and cluster.redis.proc is not None:
+                pids.append(cluster.redis.proc.pid)
+            f = figures[key] = await measure(cluster.urls, args, pids)
         print(
             f"{name:18}: {f['setups_per_s']:7.0f} call setups/s flat out "
             f"(p99 {f['flat_p99_ms']:.0f} ms, {f['flat_errors']} errors); "
             f"p99 request-to-reply {f['paced_p99_ms']:.1f} ms at "
-            f"{f['paced_setups_per_s']:.0f} setups/s ({f['paced_errors']} errors)",
+            f"{f['paced_setups_per_s']:.0f} setups/s ({f['paced_errors']} errors); flat out "
+            f"the service used {f['server_cpu_s'] / args.seconds:.2f} CPUs, the load "
+            f"{f['load_cpu_s'] / args.seconds:.2f}",
             flush=True,
         )
         for text, count in f["why"]:
