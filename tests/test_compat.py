@@ -310,6 +310,9 @@ def test_every_patch_is_installed_once() -> None:
             aioice.ice.relayed_candidate,
             aioice.ice.Connection._prune_components,
             aioice.ice.Connection._remote_candidates_expected,
+            aioice.ice.Connection.build_request,
+            aioice.ice.Connection.check_complete,
+            aioice.ice.Connection._check_list_maybe_fail,
             RTCRtpSender._send_rtcp,
             RTCRtpSender._handle_rtcp_packet,
         ]
@@ -615,3 +618,116 @@ async def test_a_pli_flood_from_one_peer_is_rate_limited_for_all() -> None:
     finally:
         for pc in pcs:
             await pc.close()
+
+
+# ------------------------------------------------------------ 10. direct pairs before relay
+
+
+class _DirectCut:
+    """Duck-typed NetworkShaper: drops every datagram to ``blocked`` addresses until
+    ``until`` (monotonic; None: not started yet, so dropping), as a NAT that drops the first
+    direct checks does; everything else (to the TURN relay) goes through."""
+
+    def __init__(self) -> None:
+        self.blocked: set[tuple[str, int]] = set()
+        self.until: float | None = None
+        self.dropped = 0
+
+    def send(self, transport: Any, data: bytes, addr: Any = None) -> None:
+        cutting = self.until is None or time.monotonic() < self.until
+        if cutting and addr is not None and tuple(addr[:2]) in self.blocked:
+            self.dropped += 1
+            return
+        transport.sendto(data, addr)
+
+
+def _host_port(sdp: str) -> tuple[str, int]:
+    for line in sdp.splitlines():
+        parts = line.split()
+        if line.startswith("a=candidate:") and parts[7] == "host":
+            return parts[4], int(parts[5])
+    raise AssertionError(f"no host candidate in {sdp}")
+
+
+async def _call_through_turn(coturn: int, cut_for: float) -> tuple[list[str], float]:
+    """Two aiortc peers on 127.0.0.1 with a TURN relay each (the coturn); the offerer (the
+    controlling agent) cannot reach the answerer's host candidate for ``cut_for`` s, while
+    the answerer's relay candidate answers at once. Returns the selected pair's types
+    (offerer's local/remote, then the answerer's) and the connect time."""
+    creds = [turn_credentials(SECRET, user, 600, time.time()) for user in ("alice", "bob")]
+    pcs = [
+        RTCPeerConnection(
+            RTCConfiguration([RTCIceServer(f"turn:127.0.0.1:{coturn}", user, password)])
+        )
+        for user, password in creds
+    ]
+    pc1, pc2 = pcs
+    cut = _DirectCut()
+    try:
+        for pc in pcs:
+            pc.addTransceiver("audio")
+        icehooks.attach(pc1, host_addresses=["127.0.0.1"], shaper=cut)
+        await asyncio.wait_for(pc1.setLocalDescription(await pc1.createOffer()), 20)
+        await pc2.setRemoteDescription(pc1.localDescription)
+        icehooks.attach(pc2, host_addresses=["127.0.0.1"])
+        await asyncio.wait_for(pc2.setLocalDescription(await pc2.createAnswer()), 20)
+        assert " typ relay" in pc1.localDescription.sdp + pc2.localDescription.sdp
+        cut.blocked.add(_host_port(pc2.localDescription.sdp))
+        started = time.monotonic()
+        cut.until = started + cut_for
+        await pc1.setRemoteDescription(pc2.localDescription)
+        while not pc1.connectionState == "connected" == pc2.connectionState:
+            assert "failed" not in (pc1.connectionState, pc2.connectionState), "ICE failed"
+            assert time.monotonic() < started + 15, "not connected within 15 s"
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - started
+        assert cut.dropped > 0, "no direct check was dropped: the test proves nothing"
+        types = [
+            f"{p.local_candidate.type}/{p.remote_candidate.type}"
+            for pc in pcs
+            for c in icehooks.connections(pc)
+            for p in _compat.nominated_pairs(c)
+        ]
+        return types, took
+    finally:
+        for pc in pcs:
+            await pc.close()
+
+
+def _aioice_own_nomination(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice's own nomination for this test (icehooks.attach must not patch it again)."""
+    monkeypatch.setattr(_compat, "patch_relay_nomination", lambda settle=0.0: None)
+    for name in ("build_request", "check_complete", "_check_list_maybe_fail"):
+        monkeypatch.setattr(Connection, name, getattr(Connection, name).__wrapped__)
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["callkit", "aioice-own"])
+async def test_direct_pair_wins_over_an_earlier_relay_pair(
+    coturn: int, monkeypatch: pytest.MonkeyPatch, patched: bool
+) -> None:
+    """The direct check answers only at its second retransmission (1.5 s); the relay pair
+    succeeded long before. aioice's own aggressive nomination selects the relay pair (the
+    CI flake of test_nat.py case 1, reproduced); with ``patch_relay_nomination`` (settle
+    raised to 5 s here so the timing is not a race) both sides select the direct pair."""
+    icehooks.install()
+    if patched:
+        monkeypatch.setitem(_compat._hooks, "relay_settle", 5.0)
+    else:
+        _aioice_own_nomination(monkeypatch)
+    types, took = await _call_through_turn(coturn, cut_for=1.0)
+    if patched:
+        assert types == ["host/host", "host/host"], types
+        assert 1.0 < took < 5.0, took
+    else:
+        assert types and all("relay" in t for t in types), types
+
+
+async def test_relay_only_still_connects_within_the_settle_time(coturn: int) -> None:
+    """A direct pair that never answers (a hostile or unreachable peer) delays the relay
+    pair's nomination by at most ``RELAY_SETTLE`` s: the call still connects, relayed."""
+    icehooks.install()
+    assert _compat._hooks["relay_settle"] == _compat.RELAY_SETTLE
+    types, took = await _call_through_turn(coturn, cut_for=60.0)
+    assert types and all("relay" in t for t in types), types
+    assert took < _compat.RELAY_SETTLE + 3.0, took
+    print(f"relay-only connect {took:.2f} s (settle {_compat.RELAY_SETTLE} s)")

@@ -30,7 +30,10 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
 9. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
    ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
    ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
-   (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported).
+   (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported);
+10. ``aioice.ice.Connection.build_request`` / ``check_complete`` / ``_check_list_maybe_fail``:
+    the controlling agent holds a relay pair's nomination while a direct pair may still succeed,
+    for at most :data:`RELAY_SETTLE` s (:func:`patch_relay_nomination`).
 
 Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
 replaces the callkit hook the wrapper calls.
@@ -53,9 +56,12 @@ docs/deploy.md says so and tests/nattopo.py gives its "internet" a default route
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
@@ -69,9 +75,11 @@ from av.frame import Frame
 
 __all__ = [
     "AIORTC_COMPUTE_AUDIO_LEVEL_DBOV",
+    "RELAY_SETTLE",
     "TARGETS",
     "gathering_connection",
     "ice_connection",
+    "is_relay_pair",
     "jitter_buffer",
     "nominated_pairs",
     "parse_stun_turn_uri",
@@ -80,6 +88,7 @@ __all__ = [
     "patch_datagram_transport",
     "patch_host_addresses",
     "patch_mdns_end_of_candidates",
+    "patch_relay_nomination",
     "patch_relayed_candidate",
     "patch_sender_rtcp",
     "pc_ice_transports",
@@ -422,3 +431,134 @@ def sender_ssrc(sender: RTCRtpSender) -> int | None:
 #: ``aiortc.rtcicetransport.parse_stun_turn_uri`` (a module function outside aiortc's API):
 #: ``{"scheme", "host", "port", "transport"?}`` from a ``stun:`` / ``turn:`` / ``turns:`` URL
 parse_stun_turn_uri: Callable[[str], dict[str, Any]] = _parse_stun_turn_uri
+
+
+# ---------------------------------------------------------------- 10. direct pairs before relay
+# aioice 0.13 nominates aggressively: the controlling agent puts USE-CANDIDATE on every check
+# (``check_start``: ``nominate = self.ice_controlling and not self.remote_is_lite``), so the
+# first pair whose check succeeds is selected (``check_complete``) and the other checks are
+# cancelled. A relay pair that answers first (a loaded machine, a NAT that drops the first
+# direct check until the other side has sent its own) beats a direct pair that would have
+# succeeded a moment later; libwebrtc instead settles and re-nominates. Here the controlling
+# agent checks relay pairs without USE-CANDIDATE (``build_request``) and does not select one
+# that succeeded (``check_complete``) while a direct pair of the component is still pending
+# or more remote candidates are expected, for at most RELAY_SETTLE s after the first relay
+# pair succeeded; then the best succeeded relay pair is checked again with USE-CANDIDATE
+# (aioice's own ``check_start``, so the controlled side selects it too). Meanwhile
+# ``_check_list_maybe_fail`` does not fail a check list that has a succeeded relay pair.
+# A direct pair's checks keep aggressive nomination: it is selected as soon as it succeeds.
+
+#: how long after its first relay pair succeeded the controlling agent still waits for a
+#: direct pair (covers aioice's first two STUN retransmissions, at 0.5 s and 1.5 s)
+RELAY_SETTLE = 1.5
+
+_PENDING = (
+    CandidatePair.State.FROZEN,
+    CandidatePair.State.WAITING,
+    CandidatePair.State.IN_PROGRESS,
+)
+
+
+@dataclass(eq=False)
+class _RelayHold:
+    """One Connection's held relay pairs (checked without USE-CANDIDATE) and its settle timer."""
+
+    held: set[CandidatePair] = field(default_factory=set)
+    released: set[CandidatePair] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    expired: bool = False
+
+
+_relay_holds: weakref.WeakKeyDictionary[Connection, _RelayHold] = weakref.WeakKeyDictionary()
+
+
+def is_relay_pair(pair: CandidatePair) -> bool:
+    """Whether either end of an aioice candidate pair is a TURN relay candidate."""
+    return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+
+
+def _settle_expired(conn: Connection) -> None:
+    hold = _relay_holds.get(conn)
+    if hold is not None:
+        hold.timer, hold.expired = None, True
+        _release_relay(conn)
+
+
+def _release_relay(conn: Connection) -> bool:
+    """Nominate the best succeeded held relay pair of each component that may not wait any
+    longer; True while ``conn`` has a succeeded held relay pair (its check list must not
+    fail)."""
+    hold = _relay_holds.get(conn)
+    if hold is None or conn._check_list_done or not conn.ice_controlling:
+        return False
+    done = CandidatePair.State.SUCCEEDED
+    ready = [p for p in conn._check_list if p in hold.held and p.state == done]
+    if not ready:
+        return False
+    waiting = not hold.expired and conn._remote_candidates_expected()
+    for component in {p.component for p in ready} - set(conn._nominated):
+        mine = [p for p in conn._check_list if p.component == component]
+        if any(p in hold.released and p.state in _PENDING for p in mine):
+            continue  # its nominating check is under way
+        direct_pending = any(not is_relay_pair(p) and p.state in _PENDING for p in mine)
+        if waiting or (direct_pending and not hold.expired):
+            continue
+        best = next(p for p in ready if p.component == component)  # the list is sorted
+        hold.released.add(best)
+        conn.check_start_task(best)
+    return True
+
+
+def patch_relay_nomination(settle: float = RELAY_SETTLE) -> None:
+    """Make a controlling aioice agent prefer direct pairs: a relay pair is nominated only
+    once no direct pair can succeed any more, or ``settle`` s after the first relay pair
+    succeeded (see the comment above)."""
+    _hooks["relay_settle"] = settle
+    orig_build = Connection.build_request
+    if not _marked(orig_build):
+
+        @functools.wraps(orig_build)
+        def build_request(self: Connection, pair: CandidatePair, nominate: bool) -> Any:
+            if nominate and self.ice_controlling and is_relay_pair(pair):
+                hold = _relay_holds.setdefault(self, _RelayHold())
+                if not hold.expired and pair not in hold.released:
+                    hold.held.add(pair)
+                    nominate = False
+            return orig_build(self, pair, nominate)
+
+        setattr(build_request, _MARK, True)
+        Connection.build_request = build_request  # type: ignore[method-assign]
+
+    orig_complete = Connection.check_complete
+    if not _marked(orig_complete):
+
+        @functools.wraps(orig_complete)
+        def check_complete(self: Connection, pair: CandidatePair) -> None:
+            hold = _relay_holds.get(self)
+            if (
+                hold is not None
+                and pair.state == CandidatePair.State.SUCCEEDED
+                and pair.nominated
+                and pair in hold.held
+                and pair not in hold.released
+                and not pair.remote_nominated
+            ):
+                pair.nominated = False  # checked without USE-CANDIDATE: not nominated
+                if hold.timer is None and not hold.expired:
+                    loop = asyncio.get_running_loop()
+                    hold.timer = loop.call_later(_hooks["relay_settle"], _settle_expired, self)
+            orig_complete(self, pair)
+
+        setattr(check_complete, _MARK, True)
+        Connection.check_complete = check_complete  # type: ignore[method-assign]
+
+    orig_fail = Connection._check_list_maybe_fail
+    if not _marked(orig_fail):
+
+        @functools.wraps(orig_fail)
+        def _check_list_maybe_fail(self: Connection) -> None:
+            if not _release_relay(self):
+                orig_fail(self)
+
+        setattr(_check_list_maybe_fail, _MARK, True)
+        Connection._check_list_maybe_fail = _check_list_maybe_fail  # type: ignore[method-assign]

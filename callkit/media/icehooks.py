@@ -221,6 +221,7 @@ def install() -> None:
     _compat.patch_datagram_received(_received)
     _compat.patch_relayed_candidate(_relayed_candidate)
     _compat.patch_mdns_end_of_candidates()
+    _compat.patch_relay_nomination()
 
 
 async def _first_relay(orig: Any, kwargs: dict[str, Any], servers: list[TurnServer]) -> Any:
