@@ -305,7 +305,7 @@ async def test_redis_lost_gives_a_clear_error_and_the_node_reconnects(
         assert "not applied" in lost.value.message
         assert await node.store.get_timer() is not None  # the timer loop keeps polling
         own_redis.start()  # an empty Redis (no persistence) on the same port
-        await until(lambda: lost_state == [True], "the node to notice the lost state", 10)
+        await until(lambda: bool(lost_state), "the node to notice the lost state", 10)
         await node.login("alice", "a3")
         await node.login("bob", "a4")
         await node.call("a3", "alice", ["bob"])

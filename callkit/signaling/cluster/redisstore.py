@@ -221,8 +221,11 @@ class RedisStateStore(StateStore):
         self.registry_factory = registry_factory
         self.wall_clock = wall_clock
         self.poll = poll
+        #: the liveness beat's own small pool: a pool saturated by requests must not make
+        #: a live node look dead
+        self.beat_link = RedisLink(url, op_timeout=op_timeout, max_connections=2)
         self.liveness = NodeLiveness(
-            self.link, self.keys, self.node, ttl=liveness_ttl, wall_clock=wall_clock
+            self.beat_link, self.keys, self.node, ttl=liveness_ttl, wall_clock=wall_clock
         )
         #: called (no arguments) when this node's sockets lost their state: Redis came back
         #: without the cluster's state, or another node took this one for dead and took over
@@ -270,6 +273,7 @@ class RedisStateStore(StateStore):
         with contextlib.suppress(*LINK_ERRORS, CallStateError):
             await self.liveness.leave()
         await self.link.close()
+        await self.beat_link.close()
 
     async def _check_epoch(self) -> None:
         """Remember the cluster's epoch key; a Redis without it lost the cluster's state."""
