@@ -54,12 +54,19 @@ class StoreUnavailable(CallStateError):
 class RedisLink:
     """``link = RedisLink(url)``; ``await link.run(lambda r: r.get(k))``; ``await link.close()``.
 
-    ``op_timeout`` bounds every command, connection attempt and wait for a pooled connection
-    (a stalled Redis is a lost one), so no request of a client waits long on Redis; at most
-    ``max_connections`` connections are open (the subscription holds one).
+    ``op_timeout`` bounds every command and connection attempt (a stalled Redis is a lost
+    one); at most ``max_connections`` connections are open (the subscription holds one), and
+    a command waits up to ``pool_timeout`` for one of them.
     """
 
-    def __init__(self, url: str, *, op_timeout: float = 2.0, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        op_timeout: float = 2.0,
+        max_connections: int = 64,
+        pool_timeout: float = 10.0,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://: {url!r}")
@@ -67,12 +74,13 @@ class RedisLink:
         self.where = parts.netloc.rsplit("@", 1)[-1] or parts.path
         self.op_timeout = op_timeout
         #: the redis-py asyncio client over one bounded pool: a request over ``max_connections``
-        #: waits up to ``op_timeout`` for a free connection instead of failing at once
-        #: (typed loosely: redis-py's result types are unions)
+        #: queues up to ``pool_timeout`` for a free connection (an overloaded node answers
+        #: late, not -1406; a request per socket at a time bounds the queue) (typed loosely:
+        #: redis-py's result types are unions)
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=op_timeout,
+            timeout=pool_timeout,
             decode_responses=True,
             socket_timeout=op_timeout,
             socket_connect_timeout=op_timeout,
