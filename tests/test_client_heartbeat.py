@@ -89,7 +89,7 @@ async def linked(url: str, lost: list[str]) -> SignalingClient:
         lambda reason: None,
         on_lost=lost.append,
         heartbeat=0.2,
-        heartbeat_timeout=0.6,
+        heartbeat_timeout=1.0,
     )
     await client.connect(sdk_app_id=SDK_APP_ID, user_id="alice", user_sig=sig("alice"))
     return client
@@ -98,7 +98,7 @@ async def linked(url: str, lost: list[str]) -> SignalingClient:
 @pytest.mark.parametrize("late_server", [0.35], indirect=True)
 async def test_late_pongs_keep_the_link(late_server: LatePongServer) -> None:
     # each pong comes 0.35 s late: more than aiohttp's heartbeat/2 (0.1 s), which used to
-    # drop the link, but well within the 0.6 s of silence the link tolerates
+    # drop the link, but well within the 1 s of silence the link tolerates
     lost: list[str] = []
     client = await linked(late_server.url, lost)
     try:
@@ -123,8 +123,8 @@ async def test_a_service_that_never_pongs_is_dropped_and_reconnected(
             await asyncio.sleep(0.02)
         dropped_after = loop.time() - start
         assert lost == ["no heartbeat from the service"]
-        assert 0.55 <= dropped_after < 1.5, dropped_after
-        assert 2 <= late_server.pings <= 3  # at 0.2 s and 0.4 s of silence; dropped at 0.6 s
+        assert 0.95 <= dropped_after < 2.0, dropped_after
+        assert late_server.pings >= 2  # every 0.2 s of silence (4 when on time); dropped at 1 s
         while client.reconnects == 0 and loop.time() - start < 5:
             await asyncio.sleep(0.02)
         assert client.reconnects == 1 and late_server.logins == 2
