@@ -91,7 +91,7 @@ async def test_offer_watchdog_only_for_members_who_joined_later(
     await rb.wait_for("onUserJoin", lambda p: p["userId"] == "carol")
     assert watchdogs("carol") == set()
     assert watchdogs("bob") == {"carol"}
-    assert watchdogs("alice") == {"bob", "carol"}
+    assert "carol" in watchdogs("alice")  # (its watchdog on bob ends 10 s after its begin)
     await wait_hears(carol, "alice", -20)
     await wait_hears(carol, "bob", -20)
     await alice.hangup()
