@@ -257,6 +257,20 @@ async def test_held_device_is_buffered_and_resumed_on_another_node(nodes: list[N
     assert [json.loads(t)["event"] for t in got.outcomes[0].replay] == ["onUserLeave", "onCallEnd"]
 
 
+async def test_frames_for_a_dead_node_wait_for_the_resume(nodes: list[Node]) -> None:
+    """B dies (no beats, its entry gone) before any node took it over: bob's device counts as
+    a dropped socket at the first frame for it, and his invitation waits for his resume."""
+    a, b, c = nodes
+    await a.login("alice", "a1")
+    await b.login("bob", "b1")
+    await stop_tasks(b.store._tasks)
+    await a.store.link.run(lambda r: r.zrem("t:nodes", b.id))
+    await a.call("a1", "alice", ["bob"])
+    got = await c.login("bob", "c1", resume=b.sids["b1"])
+    assert got.outcomes[0].resumed
+    assert [json.loads(t)["event"] for t in got.outcomes[0].replay] == ["onCallReceived"]
+
+
 async def test_a_dead_nodes_sockets_are_held_then_released(redis_url: str) -> None:
     a, b = Node(redis_url, "A", liveness_ttl=1.0), Node(redis_url, "B", liveness_ttl=1.0)
     for node in (a, b):

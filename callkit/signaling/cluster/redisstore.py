@@ -134,10 +134,36 @@ class _Writes:
         self.ops.append(list(command))
 
 
+def _hold_dead_sockets(tx: Tx, live_nodes: set[str]) -> None:
+    """Frames for a socket on a node that is no longer alive (killed, not yet taken over):
+    that socket counts as dropped now (its device is held for the grace, as a take-over would
+    do) and the frames go to the device's buffer, so a resume on another node replays them."""
+    held: dict[tuple[str, str], str] = {}  # (node, conn) -> session id
+    for _ in range(1000):  # each round holds at least one device; bounded anyway
+        pending, tx.frames = tx.frames, []
+        dead = [f for f in pending if f.node not in live_nodes]
+        tx.frames = [f for f in pending if f.node in live_nodes]
+        if not dead:
+            return
+        for frame in dead:
+            where = (frame.node, frame.conn)
+            dev = tx.sessions.by_conn(frame.conn, frame.node)
+            if dev is not None:
+                held[where] = dev.session_id
+                out = tx.sessions.socket_gone(
+                    tx.now, frame.conn, True, tx.now, tx.call_of, frame.node
+                )
+                tx.carry(out)  # may add frames: the next round routes them
+            sid = held.get(where)
+            if sid is not None and frame.text is not None and frame.close is None:
+                tx.send(sid, frame.text)
+
+
 #: Lua: read everything one operation needs in one round trip: the user -> call and
 #: room -> call indexes, the call documents (named or found), and the session document of
-#: every named user and every member of a loaded call. Returns [[key, value or false], ...]
-#: (keys are built here from the prefix: single-instance Redis, not Redis Cluster).
+#: every named user and every member of a loaded call. Returns [[[key, value or false], ...],
+#: [live node, ...]] (keys are built here from the prefix: single-instance Redis, not Redis
+#: Cluster; ARGV[3] is the wall-clock time, for node liveness).
 _READ = """
 local p, req = ARGV[1], cjson.decode(ARGV[2])
 local seen, out = {}, {}
@@ -167,7 +193,7 @@ for c, _ in pairs(calls) do
   end
 end
 for u, _ in pairs(users) do get(p .. ':user:' .. u) end
-return cjson.encode(out)
+return cjson.encode({out, redis.call('zrangebyscore', p .. ':nodes', ARGV[3], '+inf')})
 """
 
 #: Lua: compare-and-set. ARGV[1]: [[key, sha1 of the value read, or false if absent], ...];
@@ -372,8 +398,10 @@ class RedisStateStore(StateStore):
     ) -> tuple[Applied[T], CallStateError | None]:
         k = self.keys
         request = {"users": sorted(users), "calls": sorted(call_ids), "rooms": sorted(room_ids)}
-        read = await client.eval(_READ, 0, k.prefix, _dumps(request))
-        seen: dict[str, str | None] = {key: value or None for key, value in json.loads(read)}
+        read = await client.eval(_READ, 0, k.prefix, _dumps(request), repr(self.wall_clock()))
+        pairs, alive = json.loads(read)  # cjson writes an empty list as {}
+        seen: dict[str, str | None] = {key: value or None for key, value in pairs or []}
+        live_nodes = {self.node, *(alive or [])}
         call_prefix, user_prefix = k.call(""), k.user("")
         before_calls = {
             key[len(call_prefix) :]: doc
@@ -404,6 +432,7 @@ class RedisStateStore(StateStore):
             result = op(tx)
         except CallStateError as exc:  # the rules changed nothing; due timeouts still count
             refused = exc
+        _hold_dead_sockets(tx, live_nodes)
 
         after = registry.calls
         new_uc = {u: cid for cid, c in after.items() for u in c.members}
