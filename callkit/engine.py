@@ -80,6 +80,9 @@ class CallEngine(StreamsMixin):
     resumes its session there within the service's resume grace. A node that does not know
     the session (nodes without shared state) ends the call as a forgotten one (onCallEnd /
     onCallCancelled) and the engine stays logged in there.
+
+    ``connect_timeout``: seconds a peer connection may take to connect (or a member who must
+    offer to send the offer) before ``onError -1301``; 10 s by default.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class CallEngine(StreamsMixin):
         volume_interval: float = 0.3,
         quality_interval: float = 2.0,
         tls_ca_file: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self._meters = CallMeters(
             volume_interval=volume_interval, quality_interval=quality_interval
@@ -126,6 +130,7 @@ class CallEngine(StreamsMixin):
             on_failed=self._on_peer_failed,
             on_audio_frame=self._tap_audio,
             on_video_frame=self._tap_video,
+            connect_timeout=connect_timeout,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._call_tasks: set[asyncio.Task[Any]] = set()
@@ -654,12 +659,13 @@ class CallEngine(StreamsMixin):
 
     async def _offer_watchdog(self, ctx: CallContext, user: str) -> None:
         """onError -1301 (and hang up a 1v1 call) when ``user``, who joined after us and so
-        must offer, sent no offer within the peer connection watchdog (CONNECT_TIMEOUT)."""
-        await asyncio.sleep(CONNECT_TIMEOUT)
+        must offer, sent no offer within the peer connection watchdog (``connect_timeout``)."""
+        timeout = self._mesh.connect_timeout
+        await asyncio.sleep(timeout)
         if self._call is ctx and user in ctx.joined() and self._mesh.peer(user) is None:
             self._emit_error(
                 ErrorCode.MEDIA_FAILED,
-                f"media to {user} did not connect within {CONNECT_TIMEOUT:.0f} s (no offer)",
+                f"media to {user} did not connect within {timeout:g} s (no offer)",
             )
             if len(ctx.joined()) <= 2 and self._client is not None:
                 self._spawn(self._hangup_quietly())

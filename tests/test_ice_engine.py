@@ -191,7 +191,8 @@ async def test_trickled_candidates_connect_without_peer_reflexive(server: Any) -
 
 
 async def test_caller_gets_1301_when_the_callee_never_offers(server: Any) -> None:
-    alice = CallEngine(server.url, ice_addresses=LOOPBACK)
+    # a 2 s watchdog (the default is 10 s): the same rule, sooner
+    alice = CallEngine(server.url, ice_addresses=LOOPBACK, connect_timeout=2)
     arec = EventRecorder(alice, "alice")
     await alice.init(SDK_APP_ID, "alice", sig("alice"))
     try:
@@ -203,16 +204,26 @@ async def test_caller_gets_1301_when_the_callee_never_offers(server: Any) -> Non
             ev = await bob.next_of("event", "event", "onCallReceived")
             await bob.request("accept", callId=ev["callId"])
             # bob keeps reading (answering the service's pings) but never offers
-            ended = asyncio.ensure_future(bob.next_of("event", "event", "onCallEnd", timeout=20))
+            ended = asyncio.ensure_future(bob.next_of("event", "event", "onCallEnd", timeout=12))
             await arec.wait_for("onCallBegin")
-            err = await arec.wait_for("onError", timeout=15)
+            begun = asyncio.get_running_loop().time()
+            err = await arec.wait_for("onError", timeout=8)
+            waited = asyncio.get_running_loop().time() - begun
             assert err["code"] == -1301 and "bob" in err["msg"], err
+            assert "within 2 s (no offer)" in err["msg"] and 1.5 < waited < 6, (err, waited)
             assert "onUserLeave" not in arec.names()
             # and the 1v1 call is hung up: the silent callee's call ends
             end = await ended
             assert end["callId"] == ev["callId"]
     finally:
         await alice.destroy()
+
+
+def test_connect_timeout_must_be_positive() -> None:
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="connect_timeout must be > 0"):
+            CallEngine("ws://127.0.0.1:1/ws", connect_timeout=bad)
+    assert CallEngine("ws://127.0.0.1:1/ws")._mesh.connect_timeout == 10.0
 
 
 async def test_engine_logs_in_over_wss_trusting_a_ca_file(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from aiortc import RTCIceServer
 
 from .encoding import EncoderPool
 from .netsim import NetworkShaper
-from .peer import PeerSession
+from .peer import CONNECT_TIMEOUT, PeerSession
 from .sources import AudioSource, VideoSource
 from .tracks import LocalAudio, LocalVideo
 
@@ -61,7 +61,12 @@ class PeerMesh:
         on_failed: Callable[[str, str], None] | None = None,
         on_audio_frame: Callable[[str, Any, int], None] | None = None,
         on_video_frame: Callable[[str, Any], None] | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
+        #: the peer connection watchdog: seconds each connection may take to connect
+        self.connect_timeout = float(connect_timeout)
         self.local_audio = LocalAudio(audio_source)
         self._local_video = LocalVideo(video_source) if video_source is not None else None
         self._video_source = video_source
@@ -219,6 +224,7 @@ class PeerMesh:
             on_video_frame=self._on_video_frame,
             audio_encoders=self.audio_encoders,
             video_encoders=self.video_encoders,
+            connect_timeout=self.connect_timeout,
         )
         self._peers[user] = session
         return session

@@ -116,8 +116,13 @@ class PeerSession:
         on_video_frame: Callable[[str, Any], None] | None = None,
         audio_encoders: EncoderPool | None = None,
         video_encoders: EncoderPool | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
         self.remote_user = remote_user
+        #: seconds the connection may take to reach "connected" before it counts as failed
+        self.connect_timeout = float(connect_timeout)
         self.offerer = offerer
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers or [])))
         self._turn = icehooks.turn_servers(list(ice_servers or []))
@@ -363,10 +368,10 @@ class PeerSession:
 
     async def _watch(self) -> None:
         try:
-            await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
+            await asyncio.wait_for(self.connected.wait(), self.connect_timeout)
         except asyncio.TimeoutError:
             self._fail(
-                f"media to {self.remote_user} did not connect within {CONNECT_TIMEOUT:.0f} s"
+                f"media to {self.remote_user} did not connect within {self.connect_timeout:g} s"
             )
 
     def _on_state(self) -> None:
