@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # lint first: a finding fails the run before the tests start
 test: deb $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not loopback and not slow and not nat"
