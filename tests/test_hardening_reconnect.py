@@ -10,7 +10,7 @@ import pytest
 
 from callkit import CallMediaType
 from callkit.media import ToneSource
-from callkit.signaling import SignalingServer
+from callkit.signaling import ServerConfig, SignalingServer
 
 from .conftest import SDK_APP_ID, SECRET
 from .test_reconnect import connected_call, engine_via
@@ -37,7 +37,10 @@ async def test_restart_ends_the_call_with_oncallend_and_long_outages_are_ridden_
         # killed and restarted after 2 s: its state is gone
         await server.stop()
         await asyncio.sleep(2.0)
-        server = SignalingServer(SDK_APP_ID, SECRET)
+        # the restarted service announces a 2 s resume grace (login reply): the long outage
+        # below outlasts it (and the 2 s backoff cap) in 5 s rather than 12 s with the 9 s one
+        short = ServerConfig(resume_grace=2.0)
+        server = SignalingServer(SDK_APP_ID, SECRET, short)
         await server.start("127.0.0.1", port)
         for rec in (ra, rb):
             end = await rec.wait_for("onCallEnd", timeout=10)
@@ -45,10 +48,12 @@ async def test_restart_ends_the_call_with_oncallend_and_long_outages_are_ridden_
             assert [e["code"] for e in rec.of("onError")] == [-1401]  # once for the drop
         await wait_online(server, {"alice", "bob"}, 10)
         assert alice.call_state.value == bob.call_state.value == "idle"
-        # down for 12 s: the engines keep trying and come back by themselves
+        # down for 5 s, past the grace: the engines keep trying and come back by themselves
+        for engine in (alice, bob):
+            assert engine._client is not None and engine._client.resume_grace == 2.0
         await server.stop()
-        await asyncio.sleep(12.0)
-        server = SignalingServer(SDK_APP_ID, SECRET)
+        await asyncio.sleep(5.0)
+        server = SignalingServer(SDK_APP_ID, SECRET, short)
         await server.start("127.0.0.1", port)
         await wait_online(server, {"alice", "bob"}, 10)
         for engine, rec in ((alice, ra), (bob, rb)):
