@@ -210,9 +210,9 @@ async def test_call_ends_cleanly_when_signaling_never_comes_back() -> None:
         assert alice.call_state.value == "idle" and alice.peers == {}
         assert bob.call_state.value == "idle" and bob.peers == {}
         assert server.registry.calls == {} and server.held_users() == []
-        # the engine keeps trying (with backoff) well past the grace; the network comes
-        # back after 8 s and it logs in again by itself
-        await asyncio.sleep(8.0 - (loop.time() - cut_at))
+        # the engine keeps trying (with backoff, capped at 2 s) past the 3 s grace; the
+        # network comes back after 5 s and it logs in again by itself
+        await asyncio.sleep(5.0 - (loop.time() - cut_at))
         proxy.restore()
         deadline = loop.time() + 10
         while "alice" not in server.online_users() and loop.time() < deadline:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from callkit.signaling import SignalingServer
+from callkit.signaling import ServerConfig, SignalingServer
 from callkit.signaling.usersig import gen_user_sig
 
 from .conftest import SDK_APP_ID, SECRET, sig
@@ -225,32 +225,41 @@ async def test_disconnect_in_call_counts_as_leaving(server: SignalingServer) -> 
     await alice.close()
 
 
-async def test_silent_client_is_detected_by_heartbeat(server: SignalingServer) -> None:
-    """A client that stops answering pings (not a clean close) is dropped within 10 s."""
-    alice = await login(server.url, "alice")
-    http = aiohttp.ClientSession()
-    ws = await http.ws_connect(server.url, autoping=False)  # never answers pings
-    await ws.send_str(
-        json.dumps(
-            {
-                "v": 1,
-                "type": "login",
-                "id": 1,
-                "sdkAppId": SDK_APP_ID,
-                "userId": "bob",
-                "userSig": sig("bob"),
-            }
+async def test_silent_client_is_detected_by_heartbeat() -> None:
+    """A client that stops answering pings (not a clean close) is dropped: pinged after
+    ``heartbeat`` s of silence, a lost link after ``liveness_timeout`` s, its call membership
+    gone after the resume grace (shortened here: 0.5 + 1.5 + 1 s instead of 2 + 5 + 9 s)."""
+    cfg = ServerConfig(heartbeat=0.5, liveness_timeout=1.5, resume_grace=1.0)
+    server = SignalingServer(SDK_APP_ID, SECRET, cfg)
+    await server.start("127.0.0.1", 0)
+    try:
+        alice = await login(server.url, "alice")
+        http = aiohttp.ClientSession()
+        ws = await http.ws_connect(server.url, autoping=False)  # never answers pings
+        await ws.send_str(
+            json.dumps(
+                {
+                    "v": 1,
+                    "type": "login",
+                    "id": 1,
+                    "sdkAppId": SDK_APP_ID,
+                    "userId": "bob",
+                    "userSig": sig("bob"),
+                }
+            )
         )
-    )
-    reply = await alice.request("call", callees=["bob"], mediaType=1)
-    assert reply["type"] == "ok"
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await alice.event("onUserNoResponse", timeout=10)
-    assert loop.time() - start < 10
-    await ws.close()
-    await http.close()
-    await alice.close()
+        reply = await alice.request("call", callees=["bob"], mediaType=1)
+        assert reply["type"] == "ok"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await alice.event("onUserNoResponse", timeout=10)
+        assert loop.time() - start < 6
+        assert server.stats.silent_disconnects == 1
+        await ws.close()
+        await http.close()
+        await alice.close()
+    finally:
+        await server.stop()
 
 
 async def test_unauthenticated_socket_is_closed(server: SignalingServer) -> None:
