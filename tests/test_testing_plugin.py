@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,14 +24,39 @@ def test_entry_point_registers_the_plugin() -> None:
     assert ep.value == "callkit.testing"
 
 
-@pytest.mark.parametrize("mode", ["strict", "auto"])
-def test_sample_test_passes_under_asyncio_mode(pytester: pytest.Pytester, mode: str) -> None:
+def test_sample_test_passes_under_both_asyncio_modes(pytester: pytest.Pytester) -> None:
+    """The user's sample test in a pytest of its own per asyncio mode (both at once)."""
     pytester.makepyfile(test_user=SAMPLE.read_text())
     started = time.monotonic()
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-o", f"asyncio_mode={mode}", "-v", timeout=90
-    )
-    result.assert_outcomes(passed=2)
+    runs = {
+        mode: pytester.popen(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                f"asyncio_mode={mode}",
+                "-v",
+                f"--basetemp={pytester.path / f'temp-{mode}'}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        for mode in ("strict", "auto")
+    }
+    try:
+        for mode, proc in runs.items():
+            out, err = proc.communicate(timeout=90)
+            text = out.decode() + err.decode()
+            assert proc.returncode == 0 and "2 passed" in text, (mode, text[-3000:])
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     # the 30 s ring timeout ran on the fake clock: the whole run takes far less than 30 s
     assert time.monotonic() - started < 25
 
