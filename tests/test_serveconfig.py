@@ -170,17 +170,36 @@ def test_help_shows_every_default_and_env_var() -> None:
             assert "env CALLKIT_" in (action.help or ""), action.dest
 
 
-def _serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def _start_serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "callkit.cli", "serve", *argv],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=20,
         env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
 
 
+def _finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _finish(_start_serve(*argv, env=env))
+
+
 def test_cli_exit_2_with_one_line(tmp_path: Path) -> None:
+    # the three refusals run at once (each is a process that imports callkit)
+    bad_tls = _start_serve(
+        "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "k.pem")
+    )
+    bad_turn = _start_serve(env={"CALLKIT_TURN": "turn:x.example"})
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -192,12 +211,12 @@ def test_cli_exit_2_with_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith(f"callkit serve: cannot listen on 127.0.0.1:{port}: ")
     assert "address already in use" in lines[0].lower()
 
-    res = _serve("--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "k.pem"))
+    res = _finish(bad_tls)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
         f"callkit serve: cannot read {str(tmp_path / 'none.pem')!r} (tls_cert/tls_key)"
     ]
-    res = _serve(env={"CALLKIT_TURN": "turn:x.example"})
+    res = _finish(bad_turn)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "callkit serve: --turn needs --turn-secret (coturn's static-auth-secret)"
