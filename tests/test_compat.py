@@ -34,7 +34,7 @@ from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_f
 
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
-from callkit.media.encoding import EncoderPool
+from callkit.media.encoding import EncoderPool, SenderEncoder
 from callkit.media.jitter import AudioJitterBuffer
 from callkit.media.netsim import NetworkConditions, NetworkShaper
 from callkit.media.receiver import AudioReceiver
@@ -731,3 +731,27 @@ async def test_relay_only_still_connects_within_the_settle_time(coturn: int) -> 
     assert types and all("relay" in t for t in types), types
     assert took < _compat.RELAY_SETTLE + 3.0, took
     print(f"relay-only connect {took:.2f} s (settle {_compat.RELAY_SETTLE} s)")
+
+
+def test_encoders_nobody_uses_are_dropped() -> None:
+    """Attack: peers that come and go, each negotiating other codec settings, do not make
+    the pool keep an encoder per variant: the last sender of an encoder to stop drops it."""
+    pool = EncoderPool()
+    shared_by_two = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+    a, b = SenderEncoder(pool), SenderEncoder(pool)
+    assert pool.bind(a, shared_by_two) is pool.bind(b, shared_by_two)
+    for i in range(50):
+        variant = RTCRtpCodecParameters(
+            mimeType="video/VP8", clockRate=90000, payloadType=97, parameters={"x": str(i)}
+        )
+        sender = SenderEncoder(pool)
+        sender._shared = pool.bind(sender, variant)
+        assert len(pool.encoders) == 2
+        sender.release()
+        sender.release()  # idempotent
+    assert len(pool.encoders) == 1
+    a._shared = b._shared = pool.encoders[0]
+    a.release()
+    assert len(pool.encoders) == 1  # b still sends with it
+    b.release()
+    assert pool.encoders == []

@@ -167,7 +167,7 @@ class SenderEncoder:
     async def encode(self, frame: Frame, codec: Any) -> Encoded | None:
         shared = self._shared
         if shared is None:
-            shared = self._shared = self._pool.encoder_for(codec)
+            shared = self._shared = self._pool.bind(self, codec)
             if shared.video:  # a new peer decodes nothing until a keyframe
                 self._keyframe_wanted = True
         keyframe, self._keyframe_wanted = self._keyframe_wanted, False
@@ -191,9 +191,10 @@ class SenderEncoder:
             self._shared.set_bitrate(self, bitrate)
 
     def release(self) -> None:
-        """The sender stopped (its peer connection closed)."""
+        """The sender stopped (its peer connection closed); idempotent."""
         if self._shared is not None:
             self._shared.forget(self)
+            self._pool.unbind(self, self._shared)
 
 
 class EncoderPool:
@@ -201,6 +202,7 @@ class EncoderPool:
 
     def __init__(self, *, keyframe_interval: float = KEYFRAME_INTERVAL) -> None:
         self._encoders: dict[tuple[Any, ...], SharedEncoder] = {}
+        self._users: dict[tuple[Any, ...], set[SenderEncoder]] = {}
         self._keyframe_interval = keyframe_interval
 
     def encoder_for(self, codec: Any) -> SharedEncoder:
@@ -212,6 +214,21 @@ class EncoderPool:
                 codec, keyframe_interval=self._keyframe_interval
             )
         return encoder
+
+    def bind(self, sender: SenderEncoder, codec: Any) -> SharedEncoder:
+        """``sender``'s shared encoder for ``codec``; kept while a sender uses it."""
+        encoder = self.encoder_for(codec)
+        self._users.setdefault(encoder.codec_key, set()).add(sender)
+        return encoder
+
+    def unbind(self, sender: SenderEncoder, encoder: SharedEncoder) -> None:
+        """``sender`` stopped: an encoder nobody uses any more is dropped (so peers that
+        negotiate ever new codec settings cannot make the pool grow)."""
+        users = self._users.get(encoder.codec_key, set())
+        users.discard(sender)
+        if not users and self._encoders.get(encoder.codec_key) is encoder:
+            del self._encoders[encoder.codec_key]
+            self._users.pop(encoder.codec_key, None)
 
     @property
     def encoders(self) -> list[SharedEncoder]:
