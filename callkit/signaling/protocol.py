@@ -375,25 +375,54 @@ def from_wire(obj: Any, registry: dict[str, type[Message]] | None = None) -> Mes
         raise ProtocolError(
             ErrorCode.PROTOCOL_ERROR, f"unknown message type {kind!r:.40}", request_id
         )
-    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     try:
-        for f in dataclasses.fields(cls):
-            key = _camel(f.name)
-            if key not in obj:
-                has_default = (
-                    f.default is not dataclasses.MISSING
-                    or f.default_factory is not dataclasses.MISSING
-                )
+        for f in _wire_fields(cls):
+            if f.key not in obj:
                 if f.name == "id" and issubclass(cls, Request):
                     raise ValueError("id is required")
-                if has_default and not _required(cls, f.name):
+                if f.optional:
                     continue
-                raise ValueError(f"{key} is required")
-            kwargs[f.name] = _check(obj[key], hints[f.name], key)
+                raise ValueError(f"{f.key} is required")
+            kwargs[f.name] = _check(obj[f.key], f.hint, f.key)
     except ValueError as exc:
         raise ProtocolError(ErrorCode.PARAM_INVALID, f"{kind}: {exc}", request_id) from None
     return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class _WireField:
+    name: str
+    key: str  # its camelCase name on the wire
+    hint: Any
+    optional: bool  # may be absent: it has a default and is not in _REQUIRED
+
+
+_WIRE_FIELDS: dict[str, tuple[_WireField, ...]] = {}
+
+
+def _wire_fields(cls: type[Message]) -> tuple[_WireField, ...]:
+    """What :func:`from_wire` checks for ``cls``, worked out once per class
+    (``typing.get_type_hints`` alone took most of a decode)."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    found = _WIRE_FIELDS.get(key)
+    if found is None:
+        found = _WIRE_FIELDS[key] = _work_out_fields(cls)
+    return found
+
+
+def _work_out_fields(cls: type[Message]) -> tuple[_WireField, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        _WireField(
+            f.name,
+            _camel(f.name),
+            hints[f.name],
+            (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+            and not _required(cls, f.name),
+        )
+        for f in dataclasses.fields(cls)
+    )
 
 
 #: fields that must be present on the wire even though the dataclass gives them a default
