@@ -43,6 +43,7 @@ async def run(args: argparse.Namespace) -> int:
         args.url,
         audio_source=ToneSource(args.freq, level_dbfs=args.level),
         tls_ca_file=args.ca,
+        connect_timeout=args.connect_timeout,
     )
     loop = asyncio.get_running_loop()
     first_audio: dict[str, float] = {}
@@ -168,6 +169,9 @@ def main() -> int:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--sdk-app-id", type=int, default=1400000001)
     parser.add_argument("--ca", default=None, help="CA file the engine trusts for wss://")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="the engine's media watchdog (s)"
+    )
     parser.add_argument("--call", default="", help="callee, or callees for a group call")
     parser.add_argument("--expect", default="", help="as callee: the other participants")
     parser.add_argument("--level", type=float, default=-20.0)

@@ -210,7 +210,8 @@ async def test_case5_bad_turn_credentials_give_a_clear_error(net: Net) -> None:
     the relay): a -1301 onError naming the TURN failure within the watchdog, never a hang."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    extra = ("--delay", "2", "--linger", "0.2")  # --delay: the 1 s credentials expire first
+    # --delay: the 1 s credentials expire first; a 3 s media watchdog instead of 10 s
+    extra = ("--delay", "2", "--linger", "0.2", "--connect-timeout", "3")
     both = await asyncio.gather(
         run_call(net, net.url_bad_secret, [3, 4], "c5b", extra=extra, timeout=30),
         run_call(net, net.url_expired, [3, 4], "c5e", extra=extra, timeout=30),
