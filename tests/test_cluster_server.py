@@ -185,3 +185,39 @@ async def test_redis_killed_and_restarted_gives_a_clear_error_then_recovers(
         assert all(s.stats.internal_errors == 0 for s in spread.servers)
     finally:
         await spread.stop()
+
+
+async def test_admin_views_see_the_whole_cluster(three: list[SignalingServer]) -> None:
+    """GET /calls and GET /users/{id} on any node show calls and users of the other nodes
+    (they read the shared store, not the node's own sockets); still admin-only."""
+    a, b, c = three
+    alice, bob = await login(a, "alice"), await login(b, "bob")
+    assert (await alice.request("selfInfo", nickname="Alice", avatarUrl=""))["type"] == "ok"
+    reply = await alice.request("call", callees=["bob"], mediaType=1)
+    call_id = reply["data"]["call"]["callId"]
+    await bob.event("onCallReceived")
+    assert (await bob.request("accept", callId=call_id))["type"] == "ok"
+    admin = {"Authorization": f"Bearer {sig('administrator')}"}
+    base = (c.url or "").replace("ws://", "http://").removesuffix("/ws")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/calls", headers=admin) as resp:
+            assert resp.status == 200
+            calls = await resp.json()
+        async with http.get(f"{base}/users/bob", headers=admin) as resp:
+            assert resp.status == 200
+            bob_info = await resp.json()
+        async with http.get(f"{base}/users/alice", headers=admin) as resp:
+            alice_info = await resp.json()
+        async with http.get(f"{base}/users/nobody", headers=admin) as resp:
+            assert resp.status == 404
+        async with http.get(
+            f"{base}/calls", headers={"Authorization": f"Bearer {sig('bob')}"}
+        ) as r:
+            assert r.status == 401
+    assert [call["callId"] for call in calls] == [call_id]
+    assert sorted(m["userId"] for m in calls[0]["members"]) == ["alice", "bob"]
+    assert bob_info["online"] is True and bob_info["callId"] == call_id
+    assert alice_info["nickname"] == "Alice" and alice_info["callId"] == call_id
+    assert c.online_users() == []  # node C itself hosts nobody
+    for client in (alice, bob):
+        await client.close()

@@ -212,6 +212,35 @@ class Stats:
     refused_connections: int = 0
 
 
+#: ``GET /calls`` lists at most this many calls
+MAX_LISTED_CALLS = 1000
+
+
+def user_info(
+    registry: CallRegistry, sessions: SessionTable, user_id: str
+) -> dict[str, Any] | None:
+    """What ``GET /users/{id}`` shows: presence, devices, profile, current call (None when
+    the user has no device)."""
+    devices = sessions.of_user(user_id)
+    if not devices:
+        return None
+    call = registry.call_of(user_id)
+    attached = sum(not d.held for d in devices)
+    return {
+        "userId": user_id,
+        "online": attached > 0,
+        "devices": attached,
+        "heldDevices": len(devices) - attached,
+        **sessions.profile(user_id),
+        "callId": call.call_id if call is not None else None,
+    }
+
+
+def _store_refusal(exc: CallStateError) -> web.Response:
+    """An admin view the store could not answer: 503 with the code and why."""
+    return web.json_response({"error": exc.message, "code": int(exc.code)}, status=503)
+
+
 class SignalingServer:
     """The signaling service: ``url = await start(host, port)``, then ``await stop()``."""
 
@@ -505,16 +534,34 @@ class SignalingServer:
         refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
         if refusal is not None:
             return refusal
-        return web.json_response(
-            [snapshot(c, self.sessions.profile) for c in self.registry.calls.values()]
-        )
+        # the whole deployment's calls (with a shared store, other nodes' too), at most 1,000
+        try:
+            ids = await self.store.call_ids(MAX_LISTED_CALLS)
+            applied = await self.store.apply(
+                lambda tx: [snapshot(c, tx.sessions.profile) for c in tx.registry.calls.values()],
+                calls=ids,
+                fire_due=False,
+            )
+        except CallStateError as exc:  # the shared store is unreachable
+            return _store_refusal(exc)
+        return web.json_response(applied.result)
 
     async def _user(self, request: web.Request) -> web.Response:
         refusal = admin_refusal(request, self.sdk_app_id, self.secret_key, self.config.wall_clock())
         if refusal is not None:
             return refusal
         user = request.match_info["user_id"]
-        info = self.user_info(user) if valid_user_id(user) else None
+        info = None
+        if valid_user_id(user):  # through the store: a user on another node is found too
+            try:
+                applied = await self.store.apply(
+                    lambda tx: user_info(tx.registry, tx.sessions, user),
+                    users=[user],
+                    fire_due=False,
+                )
+            except CallStateError as exc:
+                return _store_refusal(exc)
+            info = applied.result
         if info is None:
             return web.json_response({"error": "user is not online"}, status=404)
         return web.json_response(info)
@@ -1020,20 +1067,8 @@ class SignalingServer:
         return self.sessions.held_users()
 
     def user_info(self, user_id: str) -> dict[str, Any] | None:
-        """What ``GET /users/{id}`` shows: presence, devices, profile, current call."""
-        devices = self.sessions.of_user(user_id)
-        if not devices:
-            return None
-        call = self.registry.call_of(user_id)
-        attached = sum(not d.held for d in devices)
-        return {
-            "userId": user_id,
-            "online": attached > 0,
-            "devices": attached,
-            "heldDevices": len(devices) - attached,
-            **self.sessions.profile(user_id),
-            "callId": call.call_id if call is not None else None,
-        }
+        """What ``GET /users/{id}`` shows of a user this process's store holds."""
+        return user_info(self.registry, self.sessions, user_id)
 
     def idle(self) -> bool:
         """True when no call, session, owner or profile is left (after every socket closed)."""

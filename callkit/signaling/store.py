@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -283,6 +284,11 @@ class StateStore(abc.ABC):
     async def fire_timers(self, now: float) -> Applied[None]:
         """Handle every deadline due at ``now`` (calls first, then devices)."""
 
+    @abc.abstractmethod
+    async def call_ids(self, limit: int) -> list[str]:
+        """Ids of up to ``limit`` live calls of the whole deployment (for the admin views:
+        load them with :meth:`apply`)."""
+
 
 class MemoryStore(StateStore):
     """Everything in this process: one registry, one session table (the default)."""
@@ -326,6 +332,9 @@ class MemoryStore(StateStore):
         timers = (self.registry.get_timer(), self.sessions.get_timer())
         deadlines = [t for t in timers if t is not None]
         return min(deadlines) if deadlines else None
+
+    async def call_ids(self, limit: int) -> list[str]:
+        return list(itertools.islice(self.registry.calls, max(0, limit)))
 
     async def fire_timers(self, now: float) -> Applied[None]:
         def fire(tx: Tx) -> None:

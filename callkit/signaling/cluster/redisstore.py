@@ -507,6 +507,21 @@ class RedisStateStore(StateStore):
 
     # ---------------------------------------------------------------- timers
 
+    async def call_ids(self, limit: int) -> list[str]:
+        """SCAN the call documents (bounded by ``limit``; no KEYS on a shared Redis)."""
+        prefix = self.keys.call("")
+
+        async def scan(r: Any) -> list[str]:
+            found: list[str] = []
+            async for key in r.scan_iter(match=prefix + "*", count=500):
+                if len(found) >= limit:
+                    break
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                found.append(name[len(prefix) :])
+            return found
+
+        return await self.link.run(scan)
+
     async def get_timer(self) -> float | None:
         """The earliest shared deadline, but never later than ``poll`` from now (other
         nodes arm timers too); on a lost link, ``poll`` from now (retry)."""
