@@ -167,11 +167,14 @@ async def test_raw_and_callkit_members_hear_and_see_a_shared_encoder_alike(serve
                 ),
                 "media between all three",
             )
-            # one encoder per source on alice's side, used by both peer connections
+            # one encoder per source and codec settings on alice's side: VP8 for both peer
+            # connections; Opus with in-band FEC for carol (her SDP asks for it), plain for bob
             mesh = alice._mesh
-            (opus,) = mesh.audio_encoders.encoders
+            plain, fec = sorted(mesh.audio_encoders.encoders, key=lambda e: e.inband_fec)
+            assert fec.inband_fec and not plain.inband_fec
             (vp8,) = mesh.video_encoders.encoders
-            assert opus.frames_encoded <= mesh.local_audio.frames_sent + 1
+            for opus in (plain, fec):
+                assert opus.frames_encoded <= mesh.local_audio.frames_sent + 1
             video = mesh.local_video
             assert video is not None and vp8.frames_encoded <= video.frames_sent + 1
             # bob (raw aiortc) and carol (callkit) hear alice alike, at the level she sends

@@ -26,7 +26,8 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
    ICE while a peer-reflexive pair works (:func:`patch_mdns_end_of_candidates`);
 8. ``RTCRtpSender._next_encoded_frame`` / ``_send_keyframe`` / ``__encoder``: the senders of
    one source share one encoder per codec (:func:`use_shared_encoder`, logic in
-   :mod:`callkit.media.encoding`);
+   :mod:`callkit.media.encoding`); ``OpusEncoder.codec`` (PyAV, opened at the first encode):
+   in-band FEC on (:func:`opus_inband_fec`);
 9. private reads: ``RTCIceGatherer._connection`` (:func:`ice_connection`),
    ``RTCPeerConnection.__iceTransports`` (:func:`pc_ice_transports`),
    ``Connection._nominated`` (:func:`nominated_pairs`), ``RTCRtpSender._ssrc``
@@ -82,6 +83,7 @@ __all__ = [
     "is_relay_pair",
     "jitter_buffer",
     "nominated_pairs",
+    "opus_inband_fec",
     "parse_stun_turn_uri",
     "patch_audio_level",
     "patch_datagram_received",
@@ -399,6 +401,16 @@ def shared_encoder(sender: RTCRtpSender) -> Any:
     """What ``sender`` encodes with: the object given to :func:`use_shared_encoder`, else
     aiortc's own encoder (None before its first frame and after it stopped)."""
     return getattr(sender, _ENCODER_ATTR, None)
+
+
+def opus_inband_fec(encoder: Any, packet_loss: int) -> None:
+    """Make aiortc's ``OpusEncoder`` (before its first encode) put in-band FEC (LBRR) in its
+    packets, planned for ``packet_loss`` % loss: libopus's ``fec`` and ``packet_loss`` options
+    on its PyAV ``codec``, which opens at the first encode."""
+    codec = getattr(encoder, "codec", None)
+    if codec is None or not hasattr(codec, "options") or codec.is_open:
+        raise RuntimeError("aiortc's OpusEncoder has no unopened PyAV codec any more")
+    codec.options = {**codec.options, "fec": "1", "packet_loss": str(int(packet_loss))}
 
 
 # ----------------------------------------------------------------------------- 9. private reads

@@ -28,10 +28,10 @@ from aiortc import (
     clock,
 )
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import _compat, icehooks
-from .encoding import EncoderPool
+from .encoding import EncoderPool, SenderEncoder, inband_fec
 from .netsim import NetworkShaper
 from .opus import offer_inband_fec
 from .qualitymonitor import PeerSample
@@ -270,6 +270,7 @@ class PeerSession:
                 )
                 await self._apply_pending_candidates()
                 self._attach_tracks()
+                self._apply_remote_fec()
                 answer = await self.pc.createAnswer()
                 self._hook()
                 await self.pc.setLocalDescription(_with_fec(answer))
@@ -286,6 +287,7 @@ class PeerSession:
                     RTCSessionDescription(sdp=data["sdp"], type=data["type"])
                 )
                 await self._apply_pending_candidates()
+                self._apply_remote_fec()
                 self._awaiting_answer = False
                 self.negotiations += 1
                 again, self._again = self._again, False
@@ -293,6 +295,16 @@ class PeerSession:
                 await self.renegotiate()
         elif kind == "renegotiate" and self.offerer:
             await self.renegotiate()
+
+    def _apply_remote_fec(self) -> None:
+        """Tell our audio sender which Opus payload types the remote asked in-band FEC for."""
+        remote = self.pc.remoteDescription
+        if remote is None:
+            return
+        for t in self.pc.getTransceivers():
+            handle = _compat.shared_encoder(t.sender)
+            if t.kind == "audio" and isinstance(handle, SenderEncoder):
+                handle.set_remote_fec(remote_fec_payload_types(remote.sdp, t.mid))
 
     def _hook(self) -> None:
         icehooks.attach(
@@ -488,6 +500,19 @@ class PeerSession:
 def _with_fec(desc: RTCSessionDescription) -> RTCSessionDescription:
     """Our offer or answer, asking the remote Opus encoder for in-band FEC."""
     return RTCSessionDescription(sdp=offer_inband_fec(desc.sdp), type=desc.type)
+
+
+def remote_fec_payload_types(sdp: str, mid: str | None) -> frozenset[int]:
+    """The Opus payload types whose ``fmtp`` says ``useinbandfec=1`` in the audio section
+    ``mid`` of ``sdp`` (RFC 7587: the receiver of that section wants in-band FEC)."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "audio" and media.rtp.muxId == mid:
+            return frozenset(
+                c.payloadType
+                for c in media.rtp.codecs
+                if c.payloadType is not None and inband_fec(c)
+            )
+    return frozenset()
 
 
 def _desc(desc: RTCSessionDescription | None) -> dict[str, str]:
