@@ -182,6 +182,10 @@ class SenderEncoder:
         self._keyframe_wanted = False
         self._fec_types: frozenset[int] = frozenset()
         self._rebind = False
+        self._switched = False
+        self._ts_offset = 0
+        #: (frame time in codec clock units, RTP timestamp) of the last frame out
+        self._last: tuple[int, int] | None = None
 
     @property
     def shared(self) -> SharedEncoder | None:
@@ -208,13 +212,27 @@ class SenderEncoder:
         if shared is not None and self._rebind:
             self.release()
             shared = self._shared = None
+            self._switched = self._last is not None
         if shared is None:
             self._rebind = False
             shared = self._shared = self._pool.bind(self, self._settings(codec))
             if shared.video:  # a new peer decodes nothing until a keyframe
                 self._keyframe_wanted = True
         keyframe, self._keyframe_wanted = self._keyframe_wanted, False
-        return await shared.encode(frame, keyframe=keyframe)
+        encoded = await shared.encode(frame, keyframe=keyframe)
+        if encoded is None or encoded[1] is None or frame.pts is None or not frame.time_base:
+            return encoded
+        payloads, timestamp = encoded
+        at = int(frame.pts * frame.time_base * codec.clockRate)
+        if self._switched and self._last is not None:
+            # the new encoder counts from its own first frame: continue this sender's RTP
+            # timestamps from where the old one left them, so the peer sees no jump
+            last_at, last_ts = self._last
+            self._ts_offset = last_ts + (at - last_at) - timestamp
+        self._switched = False
+        timestamp += self._ts_offset
+        self._last = (at, timestamp)
+        return payloads, timestamp
 
     def request_keyframe(self) -> None:
         """A PLI / FIR from this sender's peer."""
