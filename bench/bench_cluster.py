@@ -137,6 +137,15 @@ async def cycle(a: Client, b: Client, lat: list[float], on_setup: Callable[[], N
         raise
 
 
+#: why a pair stopped for good: the server closed one of its sockets (a lost link)
+LOST = "a socket was closed by the server: this pair stopped"
+
+
+def closed(pair: tuple[Client, Client]) -> bool:
+    """Whether either socket of ``pair`` is closed."""
+    return pair[0].ws.closed or pair[1].ws.closed
+
+
 async def run_phase(
     pairs: list[tuple[Client, Client]], seconds: float, rate: float | None
 ) -> dict[str, Any]:
@@ -154,16 +163,21 @@ async def run_phase(
 
     async def one(pair: tuple[Client, Client]) -> None:
         nonlocal errors
+        if closed(pair):
+            return
         try:
             await cycle(*pair, lat, setup)
         except (RuntimeError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             errors += 1
             why[(str(exc) or type(exc).__name__)[:160]] += 1
+        if closed(pair):  # counted once: the pair stops (no spinning on a dead socket)
+            errors += 1
+            why[LOST] += 1
 
     if rate is None:
 
         async def back_to_back(pair: tuple[Client, Client]) -> None:
-            while loop.time() < end:
+            while loop.time() < end and not closed(pair):
                 await one(pair)
 
         await asyncio.gather(*(back_to_back(p) for p in pairs))
@@ -175,7 +189,8 @@ async def run_phase(
             try:
                 await one(pair)
             finally:
-                idle.append(pair)
+                if not closed(pair):
+                    idle.append(pair)
 
         start, n = loop.time(), 0
         while loop.time() < end:

@@ -159,9 +159,10 @@ def _hold_dead_sockets(tx: Tx, live_nodes: set[str]) -> None:
                 tx.send(sid, frame.text)
 
 
-#: Lua: read everything one operation needs in one round trip: the user -> call and
-#: room -> call indexes, the call documents (named or found), and the session document of
-#: every named user and every member of a loaded call. Returns [[[key, value or false], ...],
+#: Lua: read everything one operation needs in one round trip: the users of the named
+#: session ids, the user -> call and room -> call indexes, the call documents (named or
+#: found), and the session document of every named user and every member of a loaded call
+#: (run by SHA-1: EVALSHA). Returns [[[key, value or false], ...],
 #: [live node, ...]] (keys are built here from the prefix: single-instance Redis, not Redis
 #: Cluster; ARGV[3] is the wall-clock time, for node liveness).
 _READ = """
@@ -175,9 +176,13 @@ local function get(key)
   end
   return seen[key]
 end
-local calls, users = {}, {}
+local calls, users, named = {}, {}, req.users
+for _, s in ipairs(req.sessions) do
+  local u = get(p .. ':sess:' .. s)
+  if u then named[#named + 1] = u end
+end
 for _, c in ipairs(req.calls) do calls[c] = true end
-for _, u in ipairs(req.users) do
+for _, u in ipairs(named) do
   users[u] = true
   local c = get(p .. ':uc:' .. u)
   if c then calls[c] = true end
@@ -264,6 +269,14 @@ class RedisStateStore(StateStore):
         self.takeovers: list[str] = []
         self._epoch: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: the two scripts, run by SHA-1 (EVALSHA; loaded again by redis-py after NOSCRIPT)
+        self._read = self.link.client.register_script(_READ)
+        self._commit = self.link.client.register_script(_COMMIT)
+        #: the timer sets' earliest deadline as last read (wall clock) and when it was read,
+        #: lowered by every deadline this node commits: :meth:`get_timer` reads Redis at most
+        #: once per ``poll`` (not once per request)
+        self._timer_known: float | None = None
+        self._timer_read_at = float("-inf")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -368,11 +381,11 @@ class RedisStateStore(StateStore):
 
         async def attempt(client: Any) -> tuple[Applied[T], CallStateError | None]:
             nonlocal scope
-            if sids:
-                scope |= {u for u in await client.mget([self.keys.session(s) for s in sids]) if u}
             for _ in range(MAX_ATTEMPTS):
                 try:
-                    return await self._attempt(client, now, op, scope, call_ids, room_ids, fire_due)
+                    return await self._attempt(
+                        client, now, op, scope, sids, call_ids, room_ids, fire_due
+                    )
                 except WatchError:
                     self.conflicts += 1
                 except _Rescope as more:
@@ -392,13 +405,20 @@ class RedisStateStore(StateStore):
         now: float,
         op: Callable[[Tx], T],
         users: set[str],
+        sids: list[str],
         call_ids: set[str],
         room_ids: set[int],
         fire_due: bool,
     ) -> tuple[Applied[T], CallStateError | None]:
         k = self.keys
-        request = {"users": sorted(users), "calls": sorted(call_ids), "rooms": sorted(room_ids)}
-        read = await client.eval(_READ, 0, k.prefix, _dumps(request), repr(self.wall_clock()))
+        request = {
+            "users": sorted(users),
+            "sessions": sids,
+            "calls": sorted(call_ids),
+            "rooms": sorted(room_ids),
+        }
+        args = [k.prefix, _dumps(request), repr(self.wall_clock())]
+        read = await self._read(keys=[], args=args, client=client)
         pairs, alive = json.loads(read)  # cjson writes an empty list as {}
         seen: dict[str, str | None] = {key: value or None for key, value in pairs or []}
         live_nodes = {self.node, *(alive or [])}
@@ -453,6 +473,7 @@ class RedisStateStore(StateStore):
             return applied, refused
 
         w = _Writes()
+        armed: list[float] = []  # the deadlines this commit writes
         for cid, doc in call_writes.items():
             w.add("set", k.call(cid), doc)
             deadline = call_deadline(after[cid])
@@ -460,6 +481,7 @@ class RedisStateStore(StateStore):
                 w.add("zrem", k.call_timers, cid)
             else:
                 w.add("zadd", k.call_timers, repr(deadline), cid)
+                armed.append(deadline)
         for cid in ended:
             w.add("del", k.call(cid))
             w.add("zrem", k.call_timers, cid)
@@ -481,6 +503,7 @@ class RedisStateStore(StateStore):
                 w.add("zrem", k.user_timers, user)
             else:
                 w.add("zadd", k.user_timers, repr(deadline), user)
+                armed.append(deadline)
             for node in {d["node"] for d in parsed["devices"] if d["conn"] is not None}:
                 w.add("sadd", k.node_users(node), user)
         for user in user_drops:
@@ -499,8 +522,11 @@ class RedisStateStore(StateStore):
         # commit only if nothing read changed and the new rooms are free (compare-and-set)
         expected = [[key, _sha1(value)] for key, value in seen.items()]
         expected += [[k.room(r), False] for r in new_rooms]
-        if not await client.eval(_COMMIT, 0, _dumps(expected), _dumps(w.ops)):
+        if not await self._commit(keys=[], args=[_dumps(expected), _dumps(w.ops)], client=client):
             raise WatchError("a document changed meanwhile")
+        if armed:
+            known = self._timer_known
+            self._timer_known = min(armed) if known is None else min(known, *armed)
         if tx.batches:
             self._observer(tx.batches)
         return applied, refused
@@ -523,29 +549,34 @@ class RedisStateStore(StateStore):
         return await self.link.run(scan)
 
     async def get_timer(self) -> float | None:
-        """The earliest shared deadline, but never later than ``poll`` from now (other
-        nodes arm timers too); on a lost link, ``poll`` from now (retry)."""
+        """The earliest shared deadline, but never later than ``poll`` after the last read
+        (other nodes arm timers too); on a lost link, ``poll`` from now (retry). Redis is
+        read at most once per ``poll``: in between, the last read lowered by the deadlines
+        this node committed since answers (every request wakes the timer loop)."""
         k = self.keys
-        soon = self.now() + self.poll
+        now = self.now()
+        if 0 <= now - self._timer_read_at < self.poll:  # (a clock set back reads again)
+            next_read = self._timer_read_at + self.poll
+            return next_read if self._timer_known is None else min(next_read, self._timer_known)
         try:
             reads = await self.link.run(lambda r: _first_scores(r, k.call_timers, k.user_timers))
         except CallStateError:
-            return soon
-        return min([soon, *reads])
+            return now + self.poll
+        self._timer_read_at = now
+        self._timer_known = min(reads) if reads else None
+        return min([now + self.poll, *reads])
 
     async def fire_timers(self, now: float) -> Applied[None]:
         """Fire the due ringing deadlines (calls), then the due session deadlines (users)."""
         k = self.keys
         total: Applied[None] = Applied(None, [], {}, [], [])
-        due_calls = await self.link.run(
-            lambda r: r.zrangebyscore(k.call_timers, "-inf", now, start=0, num=64)
+        self._timer_read_at = float("-inf")  # what fires moves the deadlines: read them again
+        due_calls, due_users = await self.link.run(
+            lambda r: _due(r, now, k.call_timers, k.user_timers)
         )
         for cid in due_calls:
             self._merge(total, await self.apply(lambda tx: None, calls=[cid]))
             await self._resync(k.call_timers, cid, k.call(cid), now)
-        due_users = await self.link.run(
-            lambda r: r.zrangebyscore(k.user_timers, "-inf", now, start=0, num=64)
-        )
         for user in due_users:
 
             def expire(tx: Tx) -> None:
@@ -589,6 +620,14 @@ class RedisStateStore(StateStore):
         total.calls.update(got.calls)
         total.outcomes += got.outcomes
         total.overflowed += got.overflowed
+
+
+async def _due(r: Any, now: float, *keys: str) -> list[list[str]]:
+    """The first 64 members due at ``now`` of each sorted set, in one round trip."""
+    reads = r.pipeline(transaction=False)
+    for key in keys:
+        reads.zrangebyscore(key, "-inf", now, start=0, num=64)
+    return list(await reads.execute())
 
 
 async def _first_scores(r: Any, *keys: str) -> list[float]:
