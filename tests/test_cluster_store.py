@@ -335,3 +335,36 @@ def test_frames_are_plain_json_lists() -> None:
     assert json.loads(json.dumps([[frame.conn, frame.text, frame.close]])) == [
         ["c1", '{"v":1,"type":"kicked"}', "kicked"]
     ]
+
+
+async def test_an_operation_is_two_round_trips_and_timers_are_read_once_per_poll(
+    nodes: list[Node],
+) -> None:
+    """A request costs the read script and the commit script, by SHA-1 (no script text, no
+    separate session lookup); the timer sets are read at most once per ``poll``, however
+    many requests wake the timer loop, and a deadline this node committed counts at once."""
+    a, b, _ = nodes
+
+    async def calls(name: str) -> int:
+        stats = await a.store.link.run(lambda r: r.info("commandstats"))
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+    await a.login("alice", "a1")
+    await b.login("bob", "b1")
+    before = {n: await calls(n) for n in ("evalsha", "eval", "mget", "zrange")}
+    await a.store.get_timer()  # fills this node's view of the timer sets
+    call = await a.call("a1", "alice", ["bob"], timeout=0.02)
+    deadline = call.members["bob"].deadline
+    assert deadline is not None
+    for _ in range(20):  # every request wakes the timer loop: no read per wake
+        due = await a.store.get_timer()
+        assert due is not None and due <= deadline
+    # the session id is resolved inside the read script (no commit: nothing changes)
+    await b.store.apply(lambda tx: None, sessions=[b.sids["b1"]], fire_due=False)
+    after = {n: await calls(n) for n in before}
+    assert after["evalsha"] - before["evalsha"] == 2 + 1  # the call (read + commit), b's read
+    assert after["eval"] == before["eval"] and after["mget"] == before["mget"]
+    assert after["zrange"] - before["zrange"] <= 2 * 2  # two sets a read; at most two reads
+    await asyncio.sleep(0.3)
+    await a.store.fire_timers(a.store.now())
+    await until(lambda: b.events("b1")[-1:] == ["onCallCancelled"], "the ring timeout on B")
