@@ -176,6 +176,7 @@ async def test_invite_mid_call_and_join_by_room_id(make_engine) -> None:
     await rb.wait_for("onCallReceived")
     await bob.accept()
     begin = await ra.wait_for("onCallBegin")
+    await rb.wait_for("onCallBegin")  # over Redis nodes the event can trail the reply
     await bob.invite_user(["carol"])  # any participant may invite
     received = await rc.wait_for("onCallReceived")
     assert received["callerId"] == "bob" and set(received["calleeIdList"]) == {"alice", "carol"}

@@ -56,13 +56,25 @@ class Call:
     connected_at: float = 0.0
 
 
+#: how long a call in these tests may take to connect media
+SETUP_S = 25.0
+
+
 async def start_call(make_engine, name: str, *, sender_net=None, receiver_net=None) -> Call:
     s_id, r_id = f"{name}-sender", f"{name}-receiver"
+    # setting up through 20 % loss can outlast the default 10 s media watchdog (DTLS backs
+    # off per lost flight); this test measures levels, not setup time
     sender, rs = await make_engine(
-        s_id, audio_source=ToneSource(440, level_dbfs=-20), network=sender_net
+        s_id,
+        audio_source=ToneSource(440, level_dbfs=-20),
+        network=sender_net,
+        connect_timeout=SETUP_S,
     )
     receiver, rr = await make_engine(
-        r_id, audio_source=ToneSource(660, level_dbfs=-20), network=receiver_net
+        r_id,
+        audio_source=ToneSource(660, level_dbfs=-20),
+        network=receiver_net,
+        connect_timeout=SETUP_S,
     )
     await sender.call(r_id, CallMediaType.AUDIO)
     await rr.wait_for("onCallReceived")
@@ -70,7 +82,7 @@ async def start_call(make_engine, name: str, *, sender_net=None, receiver_net=No
     await rs.wait_for("onCallBegin")
     await rr.wait_for("onCallBegin")
     call = Call(sender, receiver, rs, rr, s_id, r_id)
-    deadline = time.monotonic() + 15.0
+    deadline = time.monotonic() + SETUP_S
     while time.monotonic() < deadline:  # media connected both ways
         ps, pr = sender.peers.get(r_id), receiver.peers.get(s_id)
         if ps is not None and pr is not None and ps.connected.is_set() and pr.connected.is_set():
