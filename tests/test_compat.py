@@ -755,3 +755,76 @@ def test_encoders_nobody_uses_are_dropped() -> None:
     assert len(pool.encoders) == 1  # b still sends with it
     b.release()
     assert pool.encoders == []
+
+
+# ------------------------------------------------------------- 11. direct SRTP delivery
+
+
+async def test_direct_srtp_delivery_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once asked, a DTLS transport gets every SRTP packet from its ICE socket directly (not
+    through aioice's queue), and RTP is not tried as STUN first; the raw peer keeps aiortc's
+    path. Media still flows through the same receiver."""
+    from aioice import stun
+
+    parsed_rtp = [0]
+    parse = stun.parse_message
+
+    def counting_parse(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        if data and 127 < data[0] < 192:
+            parsed_rtp[0] += 1
+        return parse(data, *args, **kwargs)
+
+    monkeypatch.setattr(stun, "parse_message", counting_parse)
+    buffer = AudioJitterBuffer()
+    async with _loopback_pair(buffer=buffer) as (pc1, pc2):
+        icehooks.deliver_directly(pc2)
+        icehooks.deliver_directly(pc2)  # idempotent
+        (dtls,) = icehooks.dtls_transports(pc2)
+        direct = _compat.delivers_srtp_directly(dtls)
+        assert direct is not None
+        assert _compat.delivers_srtp_directly(icehooks.dtls_transports(pc1)[0]) is None
+        received, handled = buffer.received, direct.handled
+        parsed_rtp[0] = 0
+        queued = [0]
+        conn = _compat.ice_connection(dtls.transport)
+        assert conn is not None
+        put = conn._queue.put_nowait
+        monkeypatch.setattr(
+            conn._queue,
+            "put_nowait",
+            lambda item: (queued.__setitem__(0, queued[0] + 1), put(item)),
+        )
+        await asyncio.sleep(1.0)
+        got = buffer.received - received
+        assert got >= 25 and direct.handled - handled >= got, (got, direct.handled - handled)
+        assert queued[0] == 0, "SRTP still went through aioice's queue"
+        assert parsed_rtp[0] < 10, parsed_rtp[0]  # the raw peer's few RTCP reports only
+        assert direct.errors == 0
+        stats = await pc2.getStats()
+        transport = [s for s in stats.values() if s.type == "transport"]
+        assert transport and transport[0].packetsReceived >= got
+
+
+# ------------------------------------------------------------------------------- 12. clock
+
+
+def test_clock_replacement_takes_effect() -> None:
+    """aiortc's clock functions are the time_ns ones once callkit.media.peer is imported, and
+    give what aiortc's own (datetime-based) ones give."""
+    import datetime
+
+    import aiortc.clock
+
+    import callkit.media.peer  # noqa: F401 - installs the patch
+
+    _compat.patch_clock()  # idempotent
+    assert getattr(aiortc.clock.current_ms, "_callkit_compat", False)
+    assert getattr(aiortc.clock.current_ntp_time, "_callkit_compat", False)
+    for _ in range(3):
+        ntp = aiortc.clock.current_ntp_time()
+        ms = aiortc.clock.current_ms()
+        reference = aiortc.clock.datetime_to_ntp(datetime.datetime.now(datetime.UTC))
+        assert abs(ntp - reference) < (1 << 32) // 100  # within 10 ms
+        assert abs(ms - (reference * 1000 >> 32)) < 10
+        back = aiortc.clock.datetime_from_ntp(ntp)
+        assert abs((datetime.datetime.now(datetime.UTC) - back).total_seconds()) < 0.01

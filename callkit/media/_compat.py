@@ -34,7 +34,18 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
    (:func:`sender_ssrc`), and ``aiortc.rtcicetransport.parse_stun_turn_uri`` (not exported);
 10. ``aioice.ice.Connection.build_request`` / ``check_complete`` / ``_check_list_maybe_fail``:
     the controlling agent holds a relay pair's nomination while a direct pair may still succeed,
-    for at most :data:`RELAY_SETTLE` s (:func:`patch_relay_nomination`).
+    for at most :data:`RELAY_SETTLE` s (:func:`patch_relay_nomination`);
+11. ``aioice.ice.Connection.data_received`` (per connection) and ``RTCDtlsTransport.__run`` /
+    ``_recv_next``: once the DTLS transport has its SRTP keys, SRTP / SRTCP datagrams go from
+    the ICE socket straight to the transport's ``_handle_rtp_data`` / ``_handle_rtcp_data``,
+    without aioice's per-connection ``asyncio.Queue`` and a task wake-up per packet; DTLS and
+    anything else still take the queue (:func:`deliver_srtp_directly`); the ICE socket's
+    ``StunProtocol.datagram_received`` hands RTP / RTCP on without trying to parse it as STUN
+    (:func:`deliver_srtp_directly`);
+12. ``aiortc.clock.current_ms`` / ``current_ntp_time`` (looked up on the module at call time;
+    two calls per RTP packet sent, one per packet received): the same values from one
+    ``time.time_ns()`` instead of ``datetime.now`` and ``timedelta`` arithmetic
+    (:func:`patch_clock`).
 
 Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
 replaces the callkit hook the wrapper calls.
@@ -60,6 +71,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,8 +80,12 @@ from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
+import aiortc.clock
 import aiortc.rtp
+import pylibsrtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 from av import AudioFrame
@@ -76,8 +93,11 @@ from av.frame import Frame
 
 __all__ = [
     "AIORTC_COMPUTE_AUDIO_LEVEL_DBOV",
+    "MAX_QUEUED",
     "RELAY_SETTLE",
     "TARGETS",
+    "deliver_srtp_directly",
+    "delivers_srtp_directly",
     "gathering_connection",
     "ice_connection",
     "is_relay_pair",
@@ -86,6 +106,7 @@ __all__ = [
     "opus_inband_fec",
     "parse_stun_turn_uri",
     "patch_audio_level",
+    "patch_clock",
     "patch_datagram_received",
     "patch_datagram_transport",
     "patch_host_addresses",
@@ -101,6 +122,8 @@ __all__ = [
     "use_shared_encoder",
     "version_mismatches",
 ]
+
+log = logging.getLogger(__name__)
 
 #: the minor versions the internals used by callkit were checked against
 TARGETS = {"aiortc": "1.16", "aioice": "0.13"}
@@ -205,10 +228,11 @@ def patch_datagram_received(
     _hooks["datagram_received"] = hook
     orig = StunProtocol.datagram_received
     if not _marked(orig):
+        demux = _stun_demux(orig)
 
         @functools.wraps(orig)
         def datagram_received(self: StunProtocol, data: Any, addr: Any) -> None:
-            _hooks["datagram_received"](functools.partial(orig, self), self, data, addr)
+            _hooks["datagram_received"](functools.partial(demux, self), self, data, addr)
 
         setattr(datagram_received, _MARK, True)
         StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
@@ -574,3 +598,192 @@ def patch_relay_nomination(settle: float = RELAY_SETTLE) -> None:
 
         setattr(_check_list_maybe_fail, _MARK, True)
         Connection._check_list_maybe_fail = _check_list_maybe_fail  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------ 11. direct SRTP delivery
+# aioice's ``StunProtocol.datagram_received`` first tries every datagram as STUN
+# (``stun.parse_message`` raises ValueError for RTP), then ``Connection.data_received`` puts
+# it on the connection's unbounded ``asyncio.Queue``; aiortc's ``RTCDtlsTransport.__run`` task
+# awaits ``_recv_next`` -> ``transport._recv()`` (``Connection.recv``) and dispatches: DTLS
+# records to OpenSSL, SRTP / SRTCP (first byte 128..191, RFC 7983) to
+# ``_rx_srtp.unprotect[_rtcp]`` then ``_handle_rtp_data`` / ``_handle_rtcp_data``. That is a
+# queue put, a task wake-up and a coroutine chain per packet. Here, per connection, an object
+# takes the place of ``Connection.data_received``: once the DTLS transport is CONNECTED with
+# its SRTP session, it unprotects and dispatches SRTP / SRTCP synchronously, as aiortc's
+# ``_recv_next`` would (same byte / packet counters, same handlers: they only await sends,
+# which complete at once, so the coroutine is stepped in place; one that does suspend, e.g. a
+# first TURN ChannelBind, finishes in a task). Everything else (DTLS, before the keys, other
+# bytes) still goes to the queue and aiortc's task; an empty datagram, which makes aiortc's
+# ``_recv_next`` raise IndexError and close the transport, is dropped, and so is a datagram
+# that finds :data:`MAX_QUEUED` already waiting on the queue (aioice's is unbounded: bogus
+# non-SRTP bytes faster than the loop reads them would grow it without limit).
+
+_RX_BYTES = "_RTCDtlsTransport__rx_bytes"
+_RX_PACKETS = "_RTCDtlsTransport__rx_packets"
+#: datagrams that may wait on a directly delivering connection's queue (DTLS flights are a
+#: few datagrams; SRTP does not wait there)
+MAX_QUEUED = 64
+#: seconds between 1900-01-01 (NTP) and 1970-01-01 (Unix)
+_NTP_UNIX_S = 2208988800
+
+
+def _ntp_ms() -> int:
+    """``aiortc.clock.current_ms()`` (ms since the NTP epoch) from one ``time_ns`` call."""
+    return time.time_ns() // 1_000_000 + _NTP_UNIX_S * 1000
+
+
+class _DirectSrtp:
+    """Stands for one aioice Connection's ``data_received`` (see the comment above)."""
+
+    __slots__ = ("__weakref__", "_dtls", "_queue", "_queued", "dropped", "errors", "handled")
+
+    def __init__(self, dtls: Any, conn: Connection) -> None:
+        self._dtls = dtls
+        self._queued = conn.data_received
+        self._queue = conn._queue
+        #: SRTP / SRTCP datagrams handled here, those whose handler raised, and datagrams
+        #: dropped (empty, or the queue full)
+        self.handled = 0
+        self.errors = 0
+        self.dropped = 0
+
+    def __call__(self, data: bytes, component: int) -> None:
+        if not data or self._queue.qsize() >= MAX_QUEUED:
+            self.dropped += 1  # aiortc's _recv_next would die on data[0]
+        elif 127 < data[0] < 192:
+            self.srtp(data)
+        else:
+            self._queued(data, component)
+
+    def srtp(self, data: bytes) -> None:
+        """Handle one SRTP / SRTCP datagram now (dropped before the keys, as aiortc does)."""
+        dtls = self._dtls
+        rx = dtls._rx_srtp
+        if rx is None or dtls._state is not DtlsState.CONNECTED:
+            self.dropped += 1
+            return
+        setattr(dtls, _RX_BYTES, getattr(dtls, _RX_BYTES) + len(data))
+        setattr(dtls, _RX_PACKETS, getattr(dtls, _RX_PACKETS) + 1)
+        self.handled += 1
+        try:
+            if len(data) >= 2 and 192 <= data[1] <= 208:  # aiortc.rtp.is_rtcp
+                coro = dtls._handle_rtcp_data(rx.unprotect_rtcp(data))
+            else:
+                arrival = _ntp_ms()
+                coro = dtls._handle_rtp_data(rx.unprotect(data), arrival_time_ms=arrival)
+        except pylibsrtp.Error:
+            return  # forged, replayed or damaged: aiortc drops it too
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            self.errors += 1
+            log.exception("SRTP handler failed; packet dropped")
+            return
+        task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
+        _finishing.add(task)
+        task.add_done_callback(_finishing.discard)
+
+
+#: handlers that suspended (kept until they finish)
+_finishing: set[asyncio.Task[Any]] = set()
+
+
+async def _finish(coro: Any, yielded: Any) -> None:
+    """Run the rest of a coroutine already stepped once (it yielded ``yielded``), as
+    ``await`` would (PEP 380: values sent and exceptions thrown go through)."""
+    try:
+        await _Resume(coro, yielded)
+    except Exception:
+        log.exception("SRTP handler failed")
+
+
+class _Resume:
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self._coro, self._first = coro, first
+
+    def __await__(self) -> Any:
+        coro, yielded = self._coro, self._first
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (cancel): pass it on
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def _stun_demux(orig: Callable[[StunProtocol, Any, Any], None]) -> Any:
+    """aioice's ``StunProtocol.datagram_received``, except that an RTP / RTCP datagram for a
+    connection delivering SRTP directly skips the attempt to parse it as STUN (a STUN
+    message's first two bits are zero)."""
+
+    def datagram_received(self: StunProtocol, data: Any, addr: Any) -> None:
+        direct = self.receiver.data_received
+        if type(direct) is _DirectSrtp and data and 127 < data[0] < 192:
+            direct.srtp(data)
+        else:
+            orig(self, data, addr)
+
+    return datagram_received
+
+
+def deliver_srtp_directly(dtls: RTCDtlsTransport) -> None:
+    """Make ``dtls`` (an aiortc ``RTCDtlsTransport``) get its SRTP / SRTCP straight from its
+    ICE connection's socket (see the comment above); idempotent, any time before or after
+    it connects. Raw aiortc transports in the process keep aiortc's queue."""
+    conn = ice_connection(dtls.transport)
+    if conn is None:
+        raise RuntimeError("aiortc's RTCDtlsTransport has no aioice Connection any more")
+    for name in (_RX_BYTES, _RX_PACKETS, "_rx_srtp", "_state", "_handle_rtp_data"):
+        if not hasattr(dtls, name):
+            raise RuntimeError(f"aiortc's RTCDtlsTransport has no {name} any more")
+    if not isinstance(getattr(conn, "_queue", None), asyncio.Queue):
+        raise RuntimeError("aioice's Connection has no _queue any more")
+    if type(conn.data_received) is not _DirectSrtp:
+        conn.data_received = _DirectSrtp(dtls, conn)  # type: ignore[method-assign]
+
+
+def delivers_srtp_directly(dtls: RTCDtlsTransport) -> _DirectSrtp | None:
+    """The direct path of ``dtls`` (its counters ``handled`` / ``errors``), None if it has
+    none."""
+    conn = ice_connection(dtls.transport)
+    direct = conn.data_received if conn is not None else None
+    return direct if type(direct) is _DirectSrtp else None
+
+
+# ------------------------------------------------------------------------------- 12. clock
+# aiortc's ``clock.current_ms()`` and ``current_ntp_time()`` build a ``datetime.now(utc)``,
+# subtract the NTP epoch and convert the ``timedelta`` (about 1.7 and 2.1 us); the sender calls
+# ``current_ntp_time`` twice per RTP packet (abs-send-time, SR timestamp) and the receive path
+# ``current_ms`` once per packet. Both are module functions looked up at call time.
+
+
+def _ntp_time() -> int:
+    """``aiortc.clock.current_ntp_time()``: 64-bit NTP time (32.32 fixed point), from the
+    same microseconds ``datetime.now`` would give."""
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    return ((seconds + _NTP_UNIX_S) << 32) | ((micros << 32) // 1_000_000)
+
+
+setattr(_ntp_ms, _MARK, True)
+setattr(_ntp_time, _MARK, True)
+
+
+def patch_clock() -> None:
+    """Make aiortc's ``clock.current_ms`` / ``current_ntp_time`` the ``time_ns`` ones
+    (idempotent; global: every peer connection in the process uses them)."""
+    aiortc.clock.current_ms = _ntp_ms  # type: ignore[assignment]
+    aiortc.clock.current_ntp_time = _ntp_time  # type: ignore[assignment]

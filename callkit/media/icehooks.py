@@ -49,6 +49,8 @@ __all__ = [
     "TurnServer",
     "attach",
     "connections",
+    "deliver_directly",
+    "dtls_transports",
     "install",
     "selected_pairs",
     "turn_errors",
@@ -276,6 +278,29 @@ def _first_ok(tasks: list[asyncio.Future[Any]]) -> int:
         if t.done() and not t.cancelled() and t.exception() is None:
             return i
     return len(tasks)
+
+
+def dtls_transports(pc: RTCPeerConnection) -> list[Any]:
+    """The distinct aiortc ``RTCDtlsTransport`` s currently under ``pc`` (transceivers' and
+    the SCTP transport's)."""
+    found: dict[int, Any] = {}
+    for t in pc.getTransceivers():
+        for dtls in (t.sender.transport, t.receiver.transport):
+            if dtls is not None:
+                found.setdefault(id(dtls), dtls)
+    if pc.sctp is not None:
+        found.setdefault(id(pc.sctp.transport), pc.sctp.transport)
+    return list(found.values())
+
+
+def deliver_directly(pc: RTCPeerConnection) -> None:
+    """Hand the SRTP / SRTCP of every DTLS transport of ``pc`` from its ICE socket straight to
+    the transport, without aioice's queue and aiortc's reader task
+    (:func:`callkit.media._compat.deliver_srtp_directly`); idempotent. Call it again after a
+    renegotiation added transports."""
+    for dtls in dtls_transports(pc):
+        if _compat.ice_connection(dtls.transport) is not None:
+            _compat.deliver_srtp_directly(dtls)
 
 
 def connections(pc: RTCPeerConnection) -> list[Connection]:

@@ -41,6 +41,8 @@ from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
 
 log = logging.getLogger("callkit.media.peer")
 
+_compat.patch_clock()  # aiortc's per-packet clock reads, from time_ns (see _compat, 12.)
+
 #: a peer connection that is not "connected" this long after the offer/answer is "failed"
 CONNECT_TIMEOUT = 10.0
 
@@ -310,6 +312,7 @@ class PeerSession:
         icehooks.attach(
             self.pc, host_addresses=self._host_addresses, shaper=self._shaper, turn=self._turn
         )
+        icehooks.deliver_directly(self.pc)
 
     async def add_candidate(self, data: dict[str, Any]) -> None:
         """Apply a trickled remote candidate: ``{candidate, sdpMid, sdpMLineIndex}`` as a

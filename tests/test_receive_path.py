@@ -1,0 +1,157 @@
+"""Attacks on the receive path (issue 14): what a hostile host can throw at an ICE socket.
+
+aioice accepts datagrams from any address on a connection's sockets, so anyone who learns a
+candidate address can send bytes there. Callkit's sessions take SRTP straight from the socket
+(:func:`callkit.media._compat.deliver_srtp_directly`); these tests check that bogus bytes are
+dropped cheaply, never kill the call, never pile up, and never starve another call that shares
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from callkit.media import _compat, icehooks
+
+from .helpers import connect
+
+pytestmark = pytest.mark.loopback
+
+
+async def _session(engine: Any, other: str) -> Any:
+    """``engine``'s session with ``other`` once its audio is flowing (10 frames decoded)."""
+    deadline = time.monotonic() + 10
+    while other not in engine.peers or engine.peers[other].audio_receiver is None:
+        assert time.monotonic() < deadline, f"no audio session to {other} within 10 s"
+        await asyncio.sleep(0.05)
+    session = engine.peers[other]
+    while session.audio_receiver.decoded < 10 or not icehooks.selected_pairs(session.pc):
+        assert time.monotonic() < deadline, f"no audio from {other} within 10 s"
+        await asyncio.sleep(0.05)
+    return session
+
+
+def _direct(session: Any) -> Any:
+    (dtls,) = icehooks.dtls_transports(session.pc)
+    direct = _compat.delivers_srtp_directly(dtls)
+    assert direct is not None, "callkit's session does not take SRTP directly"
+    return dtls, direct
+
+
+async def _decoded_during(sessions: list[Any], seconds: float) -> list[int]:
+    before = [s.audio_receiver.decoded for s in sessions]
+    await asyncio.sleep(seconds)
+    return [s.audio_receiver.decoded - b for s, b in zip(sessions, before, strict=True)]
+
+
+async def test_bogus_datagrams_are_dropped_and_the_call_goes_on(make_engine) -> None:
+    """An empty datagram (aiortc's own reader dies on it: the call's media stops for good),
+    forged SRTP and SRTCP, and junk that is neither STUN nor SRTP: the transport stays
+    connected, the forgeries never reach the receiver, the junk never piles up on aioice's
+    queue, and the audio keeps coming."""
+    alice, ra = await make_engine("alice")
+    bob, rb = await make_engine("bob")
+    await connect(alice, ra, bob, rb)
+    session = await _session(bob, "alice")
+    dtls, direct = _direct(session)
+    ((local, _),) = icehooks.selected_pairs(session.pc)
+    receiver = session.audio_receiver
+    jitter_before, handled_before = receiver.jitter.received, direct.handled
+    start = time.monotonic()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(b"", local)
+        for i in range(300):
+            rtp = bytes([0x80, 111]) + i.to_bytes(2, "big") + os.urandom(8) + os.urandom(100)
+            rtcp = bytes([0x80, 200]) + os.urandom(40)
+            junk = bytes([0x17, 0xFE, 0xFD]) + os.urandom(60)  # a DTLS record header
+            for data in (rtp, rtcp, junk, bytes([0x40]) + os.urandom(30)):
+                sock.sendto(data, local)
+            if i % 10 == 0:
+                await asyncio.sleep(0.002)  # paced: the kernel's socket buffer keeps them
+    finally:
+        sock.close()
+    got = await _decoded_during([session], 1.0)
+    assert got[0] >= 40, f"audio stopped after the bogus datagrams: {got[0]} frames in 1 s"
+    assert dtls.state == "connected"
+    # the forgeries went the direct way, and none passed SRTP authentication: only alice's
+    # real packets (50 a second) reached the receiver
+    assert direct.handled - handled_before >= 500, direct.handled - handled_before
+    real = (time.monotonic() - start) * 50
+    assert receiver.jitter.received - jitter_before <= real + 10, (
+        receiver.jitter.received - jitter_before,
+        real,
+    )
+    assert direct.dropped >= 1  # the empty one
+    assert direct.errors == 0
+    conn = _compat.ice_connection(dtls.transport)
+    assert conn is not None and conn._queue.qsize() <= _compat.MAX_QUEUED
+    await alice.hangup()
+
+
+_FLOOD = """
+import os, socket, sys, time
+host, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload = [bytes([0x80, 111]) + os.urandom(170) for _ in range(64)]
+sent, start = 0, time.monotonic()
+while (now := time.monotonic()) - start < seconds:
+    if sent < (now - start) * rate:
+        for p in payload[:16]:
+            sock.sendto(p, (host, port))
+        sent += 16
+    else:
+        time.sleep(0.001)
+print(sent)
+"""
+
+
+async def test_an_srtp_flood_on_one_call_does_not_starve_another(make_engine) -> None:
+    """Another process floods one call's ICE socket with forged SRTP (4,000 datagrams a
+    second, 80 times its real audio rate, for 3 s). The other call on the same event loop
+    keeps (nearly) all its frames, and so does the flooded one."""
+    engines = [await make_engine(name) for name in ("a1", "b1", "a2", "b2")]
+    (a1, ra1), (b1, rb1), (a2, ra2), (b2, rb2) = engines
+    await connect(a1, ra1, b1, rb1)
+    await connect(a2, ra2, b2, rb2)
+    flooded, other = await _session(b1, "a1"), await _session(b2, "a2")
+    _, direct = _direct(flooded)
+    ((local, _),) = icehooks.selected_pairs(flooded.pc)
+    await _decoded_during([flooded, other], 0.5)  # settled
+    seconds = 3.0
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FLOOD,
+        local[0],
+        str(local[1]),
+        str(seconds),
+        "4000",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(0.3)  # the flood is on
+        handled = direct.handled
+        got = await _decoded_during([flooded, other], 2.0)
+        flood_seen = direct.handled - handled
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=seconds + 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert int(out) >= 4000, f"the flood did not run: {out!r}"
+    assert flood_seen >= 3000, f"the flood hardly reached the socket: {flood_seen} in 2 s"
+    # 100 frames each in 2 s; a generous bound for a loaded 2-core machine
+    assert got[1] >= 85, f"the other call starved during the flood: {got[1]}/100 frames"
+    assert got[0] >= 85, f"the flooded call lost its audio: {got[0]}/100 frames"
+    assert direct.errors == 0
+    await a1.hangup()
+    await a2.hangup()
