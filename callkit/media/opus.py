@@ -111,18 +111,26 @@ class OpusDecoder:
         self.frame_samples = DEFAULT_FRAME_SAMPLES
         #: packets libopus rejected (corrupt or hostile payloads)
         self.errors = 0
+        # libopus decodes into this buffer (its address taken once: ``ndarray.ctypes`` costs
+        # more than the copy of the frame out of it)
+        self._out = np.empty((MAX_FRAME_SAMPLES, CHANNELS), dtype=np.int16)
+        self._out_addr = self._out.ctypes.data
 
     def _run(self, data: bytes | None, frame_samples: int, fec: int) -> np.ndarray | None:
         if self._handle is None:
             raise OpusError("decoder closed")
-        out = np.empty((frame_samples, CHANNELS), dtype=np.int16)
         n = self._lib.opus_decode(
-            self._handle, data, len(data) if data else 0, out.ctypes.data, frame_samples, fec
+            self._handle,
+            data,
+            len(data) if data else 0,
+            self._out_addr,
+            min(frame_samples, MAX_FRAME_SAMPLES),
+            fec,
         )
         if n < 0:
             self.errors += 1
             return None
-        return out[:n]
+        return self._out[:n].copy()
 
     def decode(self, data: bytes) -> np.ndarray | None:
         """The samples of one Opus packet; None (and ``errors`` + 1) if libopus rejects it.

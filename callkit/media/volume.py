@@ -61,6 +61,10 @@ def sum_squares(samples: Any) -> tuple[int, int]:
     Feed the result to :meth:`LevelMeter.add_sum_squares` and :func:`dbov_from_sums` to
     meter a frame and get its RFC 6464 level from one pass over the samples.
     """
+    if type(samples) is np.ndarray and samples.dtype == np.int16 and samples.size < _CHUNK:
+        # the per-frame case (a decoded or sent frame): one conversion, one dot
+        flat = samples.reshape(-1).astype(np.float64)
+        return int(flat @ flat), flat.size
     x = np.asarray(samples).reshape(-1)
     n = int(x.size)
     if n == 0:
