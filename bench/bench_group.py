@@ -20,7 +20,20 @@ callkit, the frames the member decoded / frames the others decoded from the memb
 fraction of what was sent (a CPU figure only counts when both are near 100 %), and how many
 times aiortc's encoder ran per frame of the member's source (raw: once per peer connection).
 
-Run from the repo root:  python bench/bench_group.py [--quick] [--sizes 3 4 6 9]
+Where the member's time goes (issue 14):
+
+* ``--floor``: the same member's codec work alone, in a third child on the same CPU: aiortc's
+  Opus encoder on one frame and its decoder on N - 1 packets every 20 ms, and with video
+  aiortc's VP8 encoder on one 640x480 frame and N - 1 VP8 decoders every 1 / fps, paced in
+  real time with nothing else running (no network, no threads). No member can use less;
+* ``--threads``: the member's CPU by thread (event loop, encoder workers, aiortc's decoder
+  threads), the CPU inside aiortc's ``encode()`` calls, how often aiortc (re)opened the VP8
+  encoder (it does on every bitrate change of more than 10 %, with a keyframe), the encoders'
+  output kbit/s, and callkit's video receive path counters;
+* ``--profile PREFIX``: cProfile (CPU time of the event loop's thread) over the window, into
+  ``PREFIX-raw.prof`` and ``PREFIX-callkit.prof`` (this inflates the CPU figures).
+
+Run from the repo root:  python bench/bench_group.py [--quick] [--sizes 3 4 6 9] [--floor]
 (--quick: sizes 3 and 4, a 3 s window; default 3, 4, 6, 9 and a 6 s window).
 """
 
@@ -187,7 +200,11 @@ class Others:
 
 
 #: encoder runs in the member process, by kind (aiortc's encoders, counted, see _count)
-ENCODES = {"audio": 0, "video": 0}
+ENCODES = {"audio": 0, "video": 0, "video_opened": 0, "audio_bytes": 0, "video_bytes": 0}
+#: the VP8 encoders' target bitrates, each time aiortc (re)opened one
+BITRATES: list[int] = []
+#: CPU seconds spent in those encoders, by kind
+ENCODE_CPU = {"audio": 0.0, "video": 0.0}
 
 
 def _count_encodes() -> None:
@@ -200,9 +217,36 @@ def _count_encodes() -> None:
 
         def encode(self: Any, frame: Any, force: bool = False, *, _o=orig, _k=kind) -> Any:
             ENCODES[_k] += 1
-            return _o(self, frame, force)
+            before = getattr(self, "codec", None)
+            t0 = time.thread_time()
+            out = _o(self, frame, force)
+            ENCODE_CPU[_k] += time.thread_time() - t0
+            ENCODES[f"{_k}_bytes"] += sum(len(p) for p in out[0])
+            if _k == "video" and self.codec is not before:
+                ENCODES["video_opened"] += 1  # aiortc re-opens VP8 on a bitrate change
+                BITRATES.append(self.target_bitrate)
+            return out
 
         cls.encode = encode  # type: ignore[method-assign]
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this process's live threads, by thread name (digits and
+    trailing ``_N`` dropped, so aiortc's decoder threads and the executor's workers add up)."""
+    import re
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = re.sub(r"[_-]?\d+$", "", thread.name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 async def _measure(
@@ -211,15 +255,34 @@ async def _measure(
     await asyncio.sleep(warmup)
     print(json.dumps({"window": "start"}), flush=True)  # the parent counts over it too
     f0, e0, c0, t0 = dict(frames()), dict(ENCODES), time.process_time(), time.monotonic()
+    th0, ec0 = _thread_cpu(), dict(ENCODE_CPU)
+    profiler = None
+    if os.environ.get("BENCH_GROUP_PROFILE"):  # --profile: the event loop's thread only
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not wall
+        profiler.enable()
     await asyncio.sleep(window)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.environ["BENCH_GROUP_PROFILE"] + f"-{sys.argv[2]}.prof")
     f1, e1, c1, t1 = dict(frames()), dict(ENCODES), time.process_time(), time.monotonic()
+    th1, ec1 = _thread_cpu(), dict(ENCODE_CPU)
     wall = t1 - t0
     rates = {"audio": AUDIO_FPS, "video": fps}
     return {
         "cpu": (c1 - c0) / wall * 100,
+        # % of a core by thread (threads that started or ended inside the window are partial)
+        "threads": {k: (v - th0.get(k, 0.0)) / wall * 100 for k, v in th1.items()},
         "received": {k: (f1[k] - f0[k]) / wall for k in f1},
         # encoder runs per frame of the member's own source (raw: one per peer connection)
-        "encodes": {k: (e1[k] - e0[k]) / wall / rates[k] for k in e1},
+        "encodes": {k: (e1[k] - e0[k]) / wall / rates[k] for k in rates},
+        "encoder_opened": e1["video_opened"] - e0["video_opened"],
+        # kbit/s out of the encoders (all of them: raw encodes once per peer)
+        "encoded_kbps": {k: (e1[f"{k}_bytes"] - e0[f"{k}_bytes"]) * 8 / wall / 1000 for k in rates},
+        "vp8_bitrates": BITRATES[-4:],
+        # % of a core in aiortc's encode() calls, by kind
+        "encode_cpu": {k: (ec1[k] - ec0[k]) / wall * 100 for k in ec1},
         "wall": wall,
     }
 
@@ -295,9 +358,91 @@ async def member_callkit(
         "callkit member receiving from everyone",
     )
     result = await _measure(frames, warmup, window, fps)
+    paths = [p for p in (getattr(s, "video_receiver", None) for s in engine.peers.values()) if p]
+    result["video_paths"] = {
+        k: sum(getattr(p, k) for p in paths)
+        for k in ("decoded_inline", "decoded_offloaded", "failed", "dropped")
+    }
+    result["video_paths"]["longest_inline_ms"] = max(
+        (p.longest_inline * 1000 for p in paths), default=0.0
+    )
     print(json.dumps({"result": result}), flush=True)
     del rec
     await engine.destroy()
+
+
+async def member_floor(n: int, video: bool, fps: float, warmup: float, window: float) -> None:
+    """Child: the member's codec work alone, paced in real time in one thread with nothing
+    else: aiortc's Opus encoder on one 20 ms frame and its decoder on n - 1 packets every
+    20 ms; with video, aiortc's VP8 encoder on one 640x480 test pattern frame and n - 1 VP8
+    decoders on one frame each every 1 / fps (the others' streams, encoded beforehand).
+    Its CPU is what no implementation of the mesh member can go below with these codecs."""
+    import fractions
+
+    import av
+    import numpy as np
+    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, vp8_depayload
+    from aiortc.jitterbuffer import JitterFrame
+
+    def tone(freq: float, i: int) -> av.AudioFrame:
+        t = (np.arange(960) + i * 960) / 48000
+        mono = np.rint(3276.7 * np.sqrt(2) * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48000, i * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        return frame
+
+    # what the member sends (made beforehand: the source is not the codec) and receives
+    mine_audio = [tone(440.0, i) for i in range(50)]
+    others_enc = OpusEncoder()
+    others_audio = [b"".join(others_enc.encode(tone(523.0, i))[0]) for i in range(50)]
+    pattern = TestPatternSource(WIDTH, HEIGHT, fps)
+    mine_video = [pattern.read() for _ in range(int(4 * fps))]
+    others_video: list[bytes] = []
+    video_enc = Vp8Encoder()
+    for i, frame in enumerate(TestPatternSource(WIDTH, HEIGHT, fps).read() for _ in mine_video):
+        frame.pts, frame.time_base = i * 6000, fractions.Fraction(1, 90000)
+        payloads, _ = video_enc.encode(frame)
+        others_video.append(b"".join(vp8_depayload(p) for p in payloads))
+    opus_enc, vp8_enc = OpusEncoder(), Vp8Encoder()
+    opus_decs = [OpusDecoder() for _ in range(n - 1)]
+    vp8_decs = [Vp8Decoder() for _ in range(n - 1)] if video else []
+    decoded = {"audio": 0, "video": 0}
+
+    async def pace(period: float, tick: Callable[[int], None]) -> None:
+        loop = asyncio.get_running_loop()
+        start, i = loop.time(), 0
+        while True:
+            tick(i)
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * period - loop.time()))
+
+    def audio_tick(i: int) -> None:
+        frame = mine_audio[i % len(mine_audio)]
+        frame.pts = i * 960
+        opus_enc.encode(frame)
+        for dec in opus_decs:
+            data = others_audio[i % len(others_audio)]
+            decoded["audio"] += len(dec.decode(JitterFrame(data, i * 960)))
+
+    def video_tick(i: int) -> None:
+        frame = mine_video[i % len(mine_video)]
+        frame.pts, frame.time_base = i * 6000, fractions.Fraction(1, 90000)
+        vp8_enc.encode(frame)
+        for dec in vp8_decs:  # the first frame is the keyframe; the stream then loops
+            data = others_video[i % len(others_video)]
+            decoded["video"] += len(dec.decode(JitterFrame(data, i * 6000)))
+
+    tasks = [asyncio.ensure_future(pace(1 / AUDIO_FPS, audio_tick))]
+    if video:
+        tasks.append(asyncio.ensure_future(pace(1 / fps, video_tick)))
+    result = await _measure(lambda: decoded, warmup, window, fps)
+    print(json.dumps({"result": result}), flush=True)
+    for task in tasks:
+        task.cancel()
 
 
 # -------------------------------------------------------------------------------- the parent
@@ -333,6 +478,18 @@ async def run_raw(n: int, video: bool, fps: float, warmup: float, window: float,
     finally:
         await _reap(proc)
         await others.close()
+
+
+async def run_floor(
+    n: int, video: bool, fps: float, warmup: float, window: float, cpu: int | None
+) -> dict:
+    """The member's codec work alone (:func:`member_floor`), on the member's CPU."""
+    proc = await _child(["floor", str(n), str(int(video)), str(fps), str(warmup), str(window)], cpu)
+    try:
+        await _read_json(proc, SETUP_TIMEOUT + warmup)  # {"window": "start"}
+        return (await _read_json(proc, SETUP_TIMEOUT + window))["result"]
+    finally:
+        await _reap(proc)
 
 
 async def run_callkit(
@@ -432,7 +589,15 @@ def _cpus() -> tuple[int | None, int | None]:
     return allowed[-1], allowed[-2]
 
 
-async def main(sizes: list[int], kinds: list[str], fps: float, warmup: float, window: float):
+async def main(
+    sizes: list[int],
+    kinds: list[str],
+    fps: float,
+    warmup: float,
+    window: float,
+    threads: bool = False,
+    floor: bool = False,
+):
     member_cpu, parent_cpu = _cpus()
     if parent_cpu is not None:
         os.sched_setaffinity(0, {parent_cpu})
@@ -461,6 +626,27 @@ async def main(sizes: list[int], kinds: list[str], fps: float, warmup: float, wi
                 f"{raw['encodes'][k]:>17.2f} {ck['encodes'][k]:>7.2f}",
                 flush=True,
             )
+            if floor:
+                low = await run_floor(n, video, fps, warmup, window, member_cpu)
+                print(
+                    f"{'':>8} floor (the codecs alone, paced): {low['cpu']:.1f}%; raw / floor "
+                    f"{raw['cpu'] / low['cpu']:.2f}x, callkit / floor "
+                    f"{ck['cpu'] / low['cpu']:.2f}x",
+                    flush=True,
+                )
+            if threads:
+                print(f"{'':>8} callkit video decode: {ck.get('video_paths')}", flush=True)
+                for name, result in (("raw", raw), ("callkit", ck)):
+                    enc = ", ".join(f"{k} {v:.1f}%" for k, v in result["encode_cpu"].items())
+                    print(
+                        f"{'':>8} {name} in encode(): {enc}; VP8 encoder (re)opened "
+                        f"{result['encoder_opened']} times (last at {result['vp8_bitrates']} bps); "
+                        f"encoded kbit/s {result['encoded_kbps']}",
+                        flush=True,
+                    )
+                    parts = sorted(result["threads"].items(), key=lambda kv: -kv[1])
+                    shown = ", ".join(f"{t} {v:.1f}%" for t, v in parts if v >= 0.05)
+                    print(f"{'':>8} {name} threads: {shown}", flush=True)
 
 
 def _member_main(argv: list[str]) -> None:
@@ -473,6 +659,8 @@ def _member_main(argv: list[str]) -> None:
     _count_encodes()
     if mode == "raw":
         asyncio.run(member_raw(*args))
+    elif mode == "floor":
+        asyncio.run(member_floor(*args))
     else:
         asyncio.run(member_callkit(*args, rest[0]))
 
@@ -486,7 +674,33 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="*", help="override the group sizes")
     parser.add_argument("--media", choices=["audio", "video"], nargs="*", help="default both")
     parser.add_argument("--fps", type=float, default=15.0, help="video frame rate (default 15)")
+    parser.add_argument(
+        "--threads", action="store_true", help="also print the member's CPU by thread"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the member's codec work alone (encode 1, decode N - 1, paced)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="cProfile the member's event loop over the window (inflates its CPU figure) into "
+        "PREFIX-raw.prof / PREFIX-callkit.prof",
+    )
     args = parser.parse_args()
+    if args.profile:
+        os.environ["BENCH_GROUP_PROFILE"] = os.path.abspath(args.profile)
     sizes = args.sizes or ([3, 4] if args.quick else [3, 4, 6, 9])
     warmup, window = (1.5, 3.0) if args.quick else (3.0, 6.0)
-    asyncio.run(main(sizes, args.media or ["audio", "video"], args.fps, warmup, window))
+    asyncio.run(
+        main(
+            sizes,
+            args.media or ["audio", "video"],
+            args.fps,
+            warmup,
+            window,
+            args.threads,
+            args.floor,
+        )
+    )
