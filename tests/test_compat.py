@@ -828,3 +828,41 @@ def test_clock_replacement_takes_effect() -> None:
         assert abs(ms - (reference * 1000 >> 32)) < 10
         back = aiortc.clock.datetime_from_ntp(ntp)
         assert abs((datetime.datetime.now(datetime.UTC) - back).total_seconds()) < 0.01
+
+
+# -------------------------------------------------------------------- 13. lean audio RTP
+
+
+@pytest.mark.loopback
+async def test_lean_audio_rtp_replacement_takes_effect(make_engine) -> None:
+    """callkit's Opus receivers get their RTP without aiortc's parser and receiver coroutine,
+    and what aiortc's receiver would have recorded is still there: the statistics (getStats,
+    receiver reports), the active SSRC (getSynchronizationSources), the decoded audio."""
+    import datetime
+
+    alice, ra = await make_engine("alice")
+    bob, rb = await make_engine("bob")
+    await connect(alice, ra, bob, rb)
+    deadline = time.monotonic() + 10
+    while "alice" not in bob.peers or bob.peers["alice"].audio_receiver is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    session = bob.peers["alice"]
+    (receiver,) = [t.receiver for t in session.pc.getTransceivers() if t.kind == "audio"]
+    lean = _compat.lean_audio_rtp(receiver)
+    assert _compat.lean_audio_rtp(receiver) is lean  # idempotent
+    path = session.audio_receiver
+    while path.decoded < 25 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    handled, decoded = lean.handled, path.decoded
+    await asyncio.sleep(1.0)
+    assert lean.handled - handled >= 40, "the lean handler no longer gets the packets"
+    assert path.decoded - decoded >= 40
+    stats = [s for s in (await receiver.getStats()).values() if s.type == "inbound-rtp"]
+    assert stats and stats[0].packetsReceived >= lean.handled - 5
+    (source,) = receiver.getSynchronizationSources()
+    age = datetime.datetime.now(datetime.UTC) - source.timestamp
+    assert age.total_seconds() < 0.5
+    with pytest.raises(RuntimeError, match="__active_ssrc"):
+        _compat.lean_audio_rtp(object())
+    await alice.hangup()

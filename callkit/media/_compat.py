@@ -45,7 +45,12 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
 12. ``aiortc.clock.current_ms`` / ``current_ntp_time`` (looked up on the module at call time;
     two calls per RTP packet sent, one per packet received): the same values from one
     ``time.time_ns()`` instead of ``datetime.now`` and ``timedelta`` arithmetic
-    (:func:`patch_clock`).
+    (:func:`patch_clock`);
+13. ``RTCDtlsTransport._handle_rtp_data`` -> ``RtpPacket.parse`` -> ``RtpRouter.route_rtp`` ->
+    ``RTCRtpReceiver._handle_rtp_packet`` (private state ``__active_ssrc``, ``__codecs``,
+    ``__remote_streams``, ``__jitter_buffer``): for callkit's Opus receivers, the RTP header
+    is read in place and the packet goes to the receiver's statistics and audio receiver
+    without aiortc's parser, coroutines and per-packet ``datetime`` (:func:`lean_audio_rtp`).
 
 Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
 replaces the callkit hook the wrapper calls.
@@ -72,6 +77,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -87,6 +93,7 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 from av import AudioFrame
 from av.frame import Frame
@@ -102,6 +109,7 @@ __all__ = [
     "ice_connection",
     "is_relay_pair",
     "jitter_buffer",
+    "lean_audio_rtp",
     "nominated_pairs",
     "opus_inband_fec",
     "parse_stun_turn_uri",
@@ -669,8 +677,13 @@ class _DirectSrtp:
             if len(data) >= 2 and 192 <= data[1] <= 208:  # aiortc.rtp.is_rtcp
                 coro = dtls._handle_rtcp_data(rx.unprotect_rtcp(data))
             else:
-                arrival = _ntp_ms()
-                coro = dtls._handle_rtp_data(rx.unprotect(data), arrival_time_ms=arrival)
+                plain = rx.unprotect(data)
+                if len(plain) >= 12:  # a lean receiver (13.) takes its own packets
+                    ssrc = int.from_bytes(plain[8:12], "big")
+                    lean = getattr(dtls._rtp_router.ssrc_table.get(ssrc), _LEAN_ATTR, None)
+                    if lean is not None and lean(plain):
+                        return
+                coro = dtls._handle_rtp_data(plain, arrival_time_ms=_ntp_ms())
         except pylibsrtp.Error:
             return  # forged, replayed or damaged: aiortc drops it too
         try:
@@ -787,3 +800,135 @@ def patch_clock() -> None:
     (idempotent; global: every peer connection in the process uses them)."""
     aiortc.clock.current_ms = _ntp_ms  # type: ignore[assignment]
     aiortc.clock.current_ntp_time = _ntp_time  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------- 13. lean audio RTP
+# For an SSRC the transport's ``RtpRouter`` already routes to a receiver (its ``ssrc_table``,
+# filled by aiortc's ``route_rtp`` at the stream's first packet), the direct path (11.) hands
+# the plain RTP to that receiver's lean handler, if it has one. For an Opus payload type of
+# the receiver's, it does what ``_handle_rtp_packet`` does for audio, minus what audio does
+# not use: reads the fixed header in place (the header extensions are skipped: aiortc's audio
+# receiver reads none of them; CSRCs and padding are honoured), notes the SSRC as active with a
+# ``datetime`` at most every ``ACTIVE_EVERY`` s (``getSynchronizationSources`` reads it; it
+# was one ``datetime.now`` per packet), feeds aiortc's ``StreamStatistics`` (receiver reports
+# and ``getStats``), and gives the packet (Opus payloads are not depayloaded) to the
+# receiver's jitter buffer, callkit's ``AudioReceiver``. Anything else (another payload type,
+# a malformed header, a disabled receiver's packets are dropped as aiortc does) goes aiortc's
+# way.
+
+_LEAN_ATTR = "_callkit_lean_rtp"
+#: how stale ``RTCRtpReceiver.getSynchronizationSources()`` timestamps may be (s)
+ACTIVE_EVERY = 0.1
+_RTP_FIXED = struct.Struct("!HII")
+
+
+class _LeanPacket:
+    """The fields of an RTP packet that aiortc's statistics and callkit's jitter buffer read."""
+
+    __slots__ = (
+        "_data",
+        "marker",
+        "payload",
+        "payload_type",
+        "sequence_number",
+        "ssrc",
+        "timestamp",
+    )
+
+    def __init__(
+        self,
+        payload_type: int,
+        sequence_number: int,
+        timestamp: int,
+        ssrc: int,
+        payload: bytes,
+        marker: int,
+    ) -> None:
+        self.payload_type = payload_type
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.payload = payload
+        self._data = payload
+        self.marker = marker
+
+
+class _LeanAudioRtp:
+    """One receiver's lean RTP handler (see the comment above)."""
+
+    __slots__ = (
+        "_active",
+        "_active_at",
+        "_codecs",
+        "_jitter",
+        "_opus",
+        "_receiver",
+        "_streams",
+        "handled",
+    )
+
+    def __init__(self, receiver: Any) -> None:
+        self._receiver = receiver
+        self._active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc
+        self._codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs
+        self._streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams
+        self._jitter = getattr(receiver, _JITTER_ATTR)
+        self._opus: dict[int, bool] = {}
+        self._active_at = 0.0
+        #: packets handled here
+        self.handled = 0
+
+    def __call__(self, data: bytes) -> bool:
+        """Handle one plain RTP packet; False: not ours to handle, aiortc's path takes it."""
+        b0, pt = data[0], data[1] & 0x7F
+        opus = self._opus.get(pt)
+        if opus is None:
+            codec = self._codecs.get(pt)
+            if codec is None:
+                return False
+            opus = self._opus[pt] = codec.mimeType.lower() == "audio/opus"
+        if not opus or b0 >> 6 != 2:
+            return False
+        start = 12 + 4 * (b0 & 0x0F)
+        end = len(data)
+        if b0 & 0x10:  # header extension: skipped
+            if end < start + 4:
+                return False
+            start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+        if b0 & 0x20:  # padding
+            end -= data[-1]
+        if start > end:
+            return False
+        receiver = self._receiver
+        self.handled += 1
+        if not receiver._enabled:
+            return True
+        seq, timestamp, ssrc = _RTP_FIXED.unpack_from(data, 2)
+        packet = _LeanPacket(pt, seq, timestamp, ssrc, data[start:end], data[1] >> 7)
+        now = time.monotonic()
+        if now - self._active_at >= ACTIVE_EVERY or ssrc not in self._active:
+            self._active_at = now
+            self._active[ssrc] = aiortc.clock.current_datetime()
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            stream = self._streams[ssrc] = StreamStatistics(self._codecs[pt].clockRate)
+        stream.add(packet)  # type: ignore[arg-type]  # reads sequence_number, timestamp
+        self._jitter.add(packet)
+        return True
+
+
+def lean_audio_rtp(receiver: Any) -> _LeanAudioRtp:
+    """Give an aiortc audio ``RTCRtpReceiver`` (whose jitter buffer is callkit's, see 6.) the
+    lean RTP handler of its transport's direct path (see the comment above); idempotent.
+    Returns it (its counter ``handled``)."""
+    lean = getattr(receiver, _LEAN_ATTR, None)
+    if isinstance(lean, _LeanAudioRtp):
+        return lean
+    for name in ("active_ssrc", "codecs", "remote_streams", "jitter_buffer"):
+        if not hasattr(receiver, f"_RTCRtpReceiver__{name}"):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver has no __{name} any more")
+    if not hasattr(receiver, "_enabled"):
+        raise RuntimeError("aiortc's RTCRtpReceiver has no _enabled any more")
+    lean = _LeanAudioRtp(receiver)
+    setattr(receiver, _LEAN_ATTR, lean)
+    return lean

@@ -202,6 +202,7 @@ class PeerSession:
                 self._audio_receiver = AudioReceiver(audio_t.receiver)
                 self._audio_receiver.sink = self._feed_audio
                 _compat.use_jitter_buffer(audio_t.receiver, self._audio_receiver)
+                _compat.lean_audio_rtp(audio_t.receiver)
             if audio_t.sender.track is not self._audio_track:
                 audio_t.sender.replaceTrack(self._audio_track)
         if video_t is not None:
