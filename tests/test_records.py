@@ -361,3 +361,58 @@ async def test_a_database_outage_delays_no_call_and_loses_no_record(
         await admin.close()
         await srv.stop()
         await pg_cluster.drop_db(url)
+
+
+class StalledStore:
+    """A real store whose ``write`` waits for ``gate`` first and never runs a second batch
+    (the server is killed while it waits): what a crash leaves behind."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, writes: Any, urls: list[str], now: int) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.Event().wait()  # killed before this batch commits
+        await self.gate.wait()
+        await self.inner.write(writes, urls, now)
+
+
+async def test_a_committed_record_never_runs_ahead_of_its_webhooks(db_url: str) -> None:
+    """A batch writes the records as they were when submitted: a change made while the
+    batch waits for the database (an accept) goes with its own Join webhook in the next
+    batch, so a crash in between cannot store a joined member whose Join event is lost."""
+    from callkit.signaling.callstate import CallRegistry
+    from callkit.signaling.codes import CallMediaType
+    from callkit.signaling.records.writer import RecordWriter
+
+    store = StalledStore(open_store(db_url))
+    tracker = RecordTracker(SDK_APP_ID, webhooks=True)
+    writer = RecordWriter(store, ["http://127.0.0.1:9/hook"], heartbeat=60)  # type: ignore[arg-type]
+    await writer.start()
+    try:
+        reg = CallRegistry()
+        call, notifies = reg.start_call(100.0, "alice", ["bob"], CallMediaType.AUDIO)
+        tracker.start(100_000, call)
+        writer.submit(tracker.apply(100_000, notifies, reg.calls, actor="alice"))
+        while store.calls < 1:  # the first batch is waiting for the database
+            await asyncio.sleep(0.01)
+        writer.submit(tracker.apply(101_000, reg.accept(101.0, "bob", call.call_id), reg.calls))
+        store.gate.set()
+        for _ in range(200):  # the first batch commits; the second never will
+            if store.calls > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert store.calls == 2
+        stored = await store.inner.get(call.call_id)
+        assert stored is not None
+        assert stored.accept_time == 0 and stored.members["bob"].joined_time == 0
+    finally:
+        writer._task.cancel()  # type: ignore[union-attr]
+        await asyncio.gather(writer._task, return_exceptions=True)  # type: ignore[arg-type]
+        await store.inner.close()

@@ -178,3 +178,15 @@ def test_record_json_round_trips() -> None:
     rig.op("accept", "carol", cid)
     r = rig.last(cid)
     assert CallRecord.from_json(r.to_json(), r.last_seen) == r
+
+
+def test_a_write_is_a_snapshot_later_changes_do_not_reach() -> None:
+    """The writer stores a write later, with its events: a later accept must not show in the
+    start's write (its Join event is in the next write; a crash between would lose it)."""
+    rig = Rig()
+    cid = rig.call("alice", ["bob"])
+    start = rig.last(cid)
+    rig.op("accept", "bob", cid)
+    assert start.accept_time == 0 and start.members["bob"].joined_time == 0
+    assert rig.last(cid).accept_time and rig.last(cid).members["bob"].joined_time
+    assert rig.tracker.live[cid] is not rig.last(cid)

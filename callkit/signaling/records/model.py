@@ -6,7 +6,7 @@ wire (REST, webhooks, engine) are the camelCase names of :meth:`CallRecord.to_js
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -128,6 +128,11 @@ class CallRecord:
     def live(self) -> bool:
         """True until the call ended (``callResult`` set)."""
         return self.call_result is CallResult.LIVE
+
+    def snapshot(self) -> CallRecord:
+        """A copy that later changes to this record do not reach (members included)."""
+        members = {u: replace(m) for u, m in self.members.items()}
+        return replace(self, members=members)
 
     @property
     def callees(self) -> list[str]:

@@ -55,7 +55,12 @@ class WebhookEvent:
 
 @dataclass
 class Write:
-    """One call's record as it is now, plus the webhook events this change produced."""
+    """One call's record as it is now, plus the webhook events this change produced.
+
+    ``record`` is a snapshot (:meth:`~.model.CallRecord.snapshot`): the writer stores it
+    later, in the same transaction as ``events``, so it must not show changes whose events
+    are in a later write (a crash between the two would keep the change and lose its events).
+    """
 
     record: CallRecord
     events: list[WebhookEvent] = field(default_factory=list)
@@ -256,7 +261,7 @@ class RecordTracker:
                     events.append(end_event(record, now))
                 del self.live[call_id]
                 self._seq.pop(call_id, None)
-            out.append(Write(record, events))
+            out.append(Write(record.snapshot(), events))
         return out
 
     @staticmethod
