@@ -42,6 +42,7 @@ from .records.service import RecordService
 from .records.store import RecordStore
 from .records.tracker import Cause
 from .relaydata import check_relay_data
+from .requestqueue import RequestQueue
 from .rest import AdminApi
 from .sessionio import SessionWriter
 from .sessions import Outcome, SessionTable
@@ -90,6 +91,9 @@ class ServerConfig:
     rate_burst: float = 200.0
     #: frames dropped within 10 s after which the sender is disconnected (1008) as a flooder
     flood_drops: int = 1000
+    #: requests of one socket queued or running at once (they run in order while its pings
+    #: and pongs keep being read); with that many, its frames are read only once one is done
+    max_requests_in_flight: int = 4
     #: frames larger than this get an error reply; frames over 16x this close the socket (1009)
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
     #: sessions (devices) one user may have at once, held ones included (multi-device on)
@@ -140,6 +144,7 @@ class ServerConfig:
             "max_connections",
             "max_connections_per_ip",
             "flood_drops",
+            "max_requests_in_flight",
             "max_held_messages",
             "max_held_bytes",
             "max_send_queue_bytes",
@@ -171,6 +176,10 @@ class Session:
     lost: bool = False
     #: the service disconnects this socket for flooding; its frames are no longer read
     flooded: bool = False
+    #: its decoded requests, run in order by their own task (the handler keeps reading)
+    requests: RequestQueue[p.Request] | None = None
+    #: closes the socket unless it logged in in time
+    login_timer: asyncio.TimerHandle | None = None
 
     @property
     def uid(self) -> str:
@@ -438,6 +447,8 @@ class SignalingServer:
                 silent = now - session.last_seen
                 if session.lost or session.flooded or session.writer is None:
                     continue
+                if session.requests is not None and session.requests.full:
+                    continue  # not read while its own requests wait on the store
                 if silent > cfg.liveness_timeout:
                     session.lost = True
                     self.stats.silent_disconnects += 1
@@ -607,6 +618,9 @@ class SignalingServer:
             last_seen=loop.time(),
         )
         session.transport = request.transport
+        session.requests = RequestQueue(
+            lambda msg: self._on_message(session, msg), self.config.max_requests_in_flight
+        )
         session.writer = SessionWriter(
             ws,
             max_bytes=self.config.max_send_queue_bytes,
@@ -615,16 +629,16 @@ class SignalingServer:
         )
         self._sockets[session.conn] = session
         self.stats.connections += 1
-        login_timer = loop.call_later(self.config.login_timeout, self._login_timeout, session)
+        session.login_timer = loop.call_later(
+            self.config.login_timeout, self._login_timeout, session
+        )
         abrupt = False
         try:
-            while True:
+            while True:  # reads pings and pongs while a request waits (unless the queue is full)
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
                     session.last_seen = loop.time()
                     await self._on_text(session, msg.data)
-                    if session.user_id is not None:
-                        login_timer.cancel()
                 elif msg.type is WSMsgType.BINARY:
                     session.last_seen = loop.time()
                     if self._allow(session):
@@ -644,8 +658,9 @@ class SignalingServer:
                     abrupt = session.lost or self._dropped(msg, ws, session, loop.time())
                     break
         finally:
-            login_timer.cancel()
+            session.login_timer.cancel()
             self._sockets.pop(session.conn, None)
+            await session.requests.drain()  # what it sent before it went still applies
             await session.writer.close()
             await self._socket_gone(session, abrupt or session.lost)
         return ws
@@ -720,6 +735,7 @@ class SignalingServer:
         return False
 
     async def _on_text(self, session: Session, text: str) -> None:
+        """A text frame (in the reader): rate, decode, queue for :meth:`_on_message`."""
         self.stats.messages += 1
         if not self._allow(session):
             return
@@ -728,10 +744,16 @@ class SignalingServer:
         except p.ProtocolError as exc:
             await self._send_error(session, exc.request_id, exc.code, exc.message)
             return
-        assert isinstance(msg, p.Request)
+        assert isinstance(msg, p.Request) and session.requests is not None
+        await session.requests.put(msg)  # waits while max_requests_in_flight are
+
+    async def _on_message(self, session: Session, msg: p.Request) -> None:
+        """One request (in the socket's request task, in arrival order)."""
         try:
             if isinstance(msg, p.Login):
                 await self._on_login(session, msg)
+                if session.login_timer is not None:
+                    session.login_timer.cancel()
                 return
             if session.user_id is None:
                 raise CallStateError(ErrorCode.INIT_FAIL, "log in first")
