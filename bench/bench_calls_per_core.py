@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from bench._common import until
 from callkit import CallEngine, CallMediaType
 from callkit.media import ToneSource, icehooks
 from callkit.recorder import EventRecorder
@@ -104,14 +105,6 @@ async def _window(
     return Result(n, (c1 - c0) / (streams * wall * 50), (cpu1 - cpu0) / wall / n * 100)
 
 
-async def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {SETUP_TIMEOUT:.0f} s")
-        await asyncio.sleep(0.1)
-
-
 async def raw_calls(n: int, warmup: float, seconds: float) -> Result:
     """N raw-aiortc calls (2 N peer connections, audio both ways)."""
     pcs: list[RTCPeerConnection] = []
@@ -145,7 +138,7 @@ async def raw_calls(n: int, warmup: float, seconds: float) -> Result:
             icehooks.attach(b, host_addresses=LOOPBACK)
             await b.setLocalDescription(await b.createAnswer())
             await a.setRemoteDescription(b.localDescription)
-        await _until(lambda: len(received) == 2 * n and all(received), "raw audio flowing")
+        await until(lambda: len(received) == 2 * n and all(received), "raw audio flowing")
         return await _window(lambda: sum(received), 2 * n, warmup, seconds, n)
     finally:
         for task in readers:
@@ -190,7 +183,7 @@ async def callkit_calls(n: int, warmup: float, seconds: float) -> Result:
                     )
             return counts
 
-        await _until(lambda: len(c := receivers()) == 2 * n and all(c), "callkit audio flowing")
+        await until(lambda: len(c := receivers()) == 2 * n and all(c), "callkit audio flowing")
         return await _window(lambda: sum(receivers()), 2 * n, warmup, seconds, n)
     finally:
         await asyncio.gather(*(e.destroy() for e in engines), return_exceptions=True)

@@ -57,6 +57,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from bench._common import until as _until
 from callkit import CallEngine, CallMediaType
 from callkit.media import TestPatternSource, ToneSource, icehooks
 from callkit.media.encoding import EncoderPool
@@ -285,14 +286,6 @@ async def _measure(
         "encode_cpu": {k: (ec1[k] - ec0[k]) / wall * 100 for k in ec1},
         "wall": wall,
     }
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + SETUP_TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {SETUP_TIMEOUT:.0f} s")
-        await asyncio.sleep(0.1)
 
 
 async def member_raw(n: int, video: bool, fps: float, warmup: float, window: float) -> None:

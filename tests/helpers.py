@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from callkit import PAYLOAD_KEYS, CallEngine, CallMediaType, CallParams
+from callkit.media.peer import PeerSession
+from callkit.media.receiver import AudioReceiver
 from callkit.recorder import EventRecorder
 from callkit.testing import LOOPBACK, SDK_APP_ID, user_sig
 
@@ -73,3 +75,14 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(0.05)
+
+
+async def audio_path(
+    engine: CallEngine, peer: str, timeout: float = 10.0
+) -> tuple[PeerSession, AudioReceiver]:
+    """``engine``'s media session with ``peer`` (waited for) and its audio receive path."""
+    await wait_until(lambda: peer in engine.peers, f"a media session with {peer}", timeout)
+    session = engine.peers[peer]
+    path = session.audio_receiver
+    assert path is not None and path.sink is not None, f"no audio receive path from {peer}"
+    return session, path

@@ -21,7 +21,7 @@ from callkit.media import NetworkConditions, ToneSource
 from callkit.media.opus import OpusDecoder, libopus, offer_inband_fec
 from callkit.media.receiver import CONCEAL_BURST, MAX_CONCEAL, AudioReceiver
 
-from .helpers import connect
+from .helpers import audio_path, connect
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 PCMU = RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, channels=1, payloadType=0)
@@ -211,12 +211,8 @@ async def test_loss_in_a_real_call_is_concealed_at_the_signal_level(make_engine)
     )
     bob, rb = await make_engine("bob")
     await connect(alice, ra, bob, rb)
+    session, path = await audio_path(bob, "alice")
     deadline = time.monotonic() + 10
-    while "alice" not in bob.peers and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    session = bob.peers["alice"]
-    path = session.audio_receiver
-    assert path is not None and path.sink is not None
     frames: list[tuple[np.ndarray, bool]] = []
     forward = path.sink
 

@@ -26,7 +26,7 @@ from callkit.media.tracks import LocalAudio
 from callkit.media.volume import rms_dbfs
 
 from .conftest import LOOPBACK
-from .helpers import connect
+from .helpers import audio_path, connect
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 FRAME = 960
@@ -205,12 +205,8 @@ async def test_engines_recover_lost_frames_from_fec(make_engine) -> None:
     )
     bob, rb = await make_engine("bob")
     await connect(alice, ra, bob, rb)
+    session, path = await audio_path(bob, "alice")
     deadline = time.monotonic() + 10
-    while "alice" not in bob.peers and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    session = bob.peers["alice"]
-    path = session.audio_receiver
-    assert path is not None and path.sink is not None
     frames_in: list[tuple[np.ndarray, bool]] = []  # (samples, recovered from FEC)
     forward = path.sink
     seen = [0]
