@@ -200,6 +200,46 @@ async def test_offer_inband_fec_in_sdp() -> None:
     )
 
 
+async def test_offer_inband_fec_in_every_audio_section() -> None:
+    """Every audio m-section gets it (two audio tracks, a video between); other codecs with
+    the same payload number in another section are left alone."""
+    pc = RTCPeerConnection()
+    try:
+        for kind in ("audio", "video", "audio"):
+            pc.addTransceiver(kind)
+        sdp = (await pc.createOffer()).sdp
+    finally:
+        await pc.close()
+    out = offer_inband_fec(sdp)
+    sections = [s.split("\r\n") for s in out.split("\r\nm=")[1:]]
+    assert [s[0].split()[0] for s in sections] == ["audio", "video", "audio"]
+    for lines in sections[0], sections[2]:
+        pts = [line.split()[0].split(":")[1] for line in lines if "opus/48000" in line]
+        assert pts
+        for pt in pts:
+            fmtp = [line for line in lines if line.startswith(f"a=fmtp:{pt} ")]
+            assert fmtp == [f"a=fmtp:{pt} useinbandfec=1"]
+    assert "useinbandfec" not in "\r\n".join(sections[1])
+    assert offer_inband_fec(out) == out
+
+    def sdp_of(*parts: tuple[str, ...]) -> str:
+        lines = [f"m={s[0]} 9 UDP/TLS/RTP/SAVPF 111\r\n" + "".join(f"{a}\r\n" for a in s[1:])
+                 for s in parts]  # fmt: skip
+        return "v=0\r\n" + "".join(lines)
+
+    opus, fmtp, video = "a=rtpmap:111 opus/48000/2", "a=fmtp:111 ", "a=rtpmap:111 VP8/90000"
+    hand = sdp_of(
+        ("audio", opus, fmtp + "minptime=10"),
+        ("audio", opus.replace("opus", "OPUS"), "a=mid:1"),
+        ("video", video, fmtp + "max-fr=30"),
+    )
+    assert offer_inband_fec(hand) == sdp_of(
+        ("audio", opus, fmtp + "minptime=10;useinbandfec=1"),
+        ("audio", opus.replace("opus", "OPUS"), fmtp + "useinbandfec=1", "a=mid:1"),
+        ("video", video, fmtp + "max-fr=30"),
+    )
+
+
 @pytest.mark.loopback
 async def test_loss_in_a_real_call_is_concealed_at_the_signal_level(make_engine) -> None:
     """alice's tone reaches bob through 5 % simulated loss: every lost packet becomes a

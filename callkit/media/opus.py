@@ -166,21 +166,36 @@ _RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000", re.IGNORECASE | re.MULTILINE
 
 
 def offer_inband_fec(sdp: str) -> str:
-    """``sdp`` with ``useinbandfec=1`` in the ``fmtp`` of every Opus payload type (a new
-    ``a=fmtp`` line after its ``rtpmap`` when it has none)."""
-    lines = sdp.split("\r\n")
-    for pt in dict.fromkeys(_RTPMAP.findall(sdp)):
-        prefix = f"a=fmtp:{pt} "
-        fmtp = next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
-        if fmtp is not None:
-            params = lines[fmtp][len(prefix) :].split(";")
+    """``sdp`` with ``useinbandfec=1`` in the ``fmtp`` of every Opus payload type of every
+    media section (a new ``a=fmtp`` line after its ``rtpmap`` when it has none)."""
+    out: list[str] = []
+    section: list[str] = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            out += _section_inband_fec(section)
+            section = []
+        section.append(line)
+    out += _section_inband_fec(section)
+    return "\r\n".join(out)
+
+
+def _section_inband_fec(lines: list[str]) -> list[str]:
+    """One media section's lines with ``useinbandfec=1`` for each of its Opus payload types."""
+    opus = {m.group(1) for line in lines if (m := _RTPMAP.match(line))}
+    with_fmtp = {pt for pt in opus for line in lines if line.startswith(f"a=fmtp:{pt} ")}
+    out: list[str] = []
+    for line in lines:
+        pt = next((pt for pt in opus if line.startswith(f"a=fmtp:{pt} ")), None)
+        if pt is None:
+            out.append(line)
+        else:
+            params = line[len(f"a=fmtp:{pt} ") :].split(";")
             params = [
                 p for p in params if p.strip() and p.split("=")[0].strip().lower() != "useinbandfec"
             ]
-            lines[fmtp] = prefix + ";".join([*params, "useinbandfec=1"])
-            continue
-        for i, line in enumerate(lines):
-            if line.lower().startswith(f"a=rtpmap:{pt} opus/48000"):
-                lines.insert(i + 1, f"{prefix}useinbandfec=1")
-                break
-    return "\r\n".join(lines)
+            out.append(f"a=fmtp:{pt} " + ";".join([*params, "useinbandfec=1"]))
+        rtpmap = _RTPMAP.match(line)
+        if rtpmap is not None and rtpmap.group(1) not in with_fmtp:
+            with_fmtp.add(rtpmap.group(1))
+            out.append(f"a=fmtp:{rtpmap.group(1)} useinbandfec=1")
+    return out
