@@ -36,6 +36,16 @@ def expected_volume(level_dbfs: float) -> int:
     return max(0, min(100, round(2 * (level_dbfs + 60))))
 
 
+class FrameCounter:
+    """A video tap (``engine.add_video_tap``) that counts the frames it gets."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def __call__(self, frame: object) -> None:
+        self.frames += 1
+
+
 @dataclass
 class SceneResult:
     """What one scene saw."""
@@ -114,14 +124,18 @@ class Demo:
         scene = SceneResult("1v1 video call: alice -> bob")
         self._title(scene)
         alice, bob = self.engines["alice"], self.engines["bob"]
+        pairs = (("alice", "bob"), ("bob", "alice"))
+        counters = {name: FrameCounter() for name, _ in pairs}
+        for name, other in pairs:  # each counts the other's decoded frames
+            self.engines[name].add_video_tap(other, counters[name])
         await alice.call("bob", CallMediaType.VIDEO)
         await self.recs["bob"].wait_for("onCallReceived")
         await bob.accept()
         await self.recs["alice"].wait_for("onCallBegin")
         await asyncio.sleep(seconds)
-        for name, other in (("alice", "bob"), ("bob", "alice")):
-            video = self.engines[name].peers[other].remote_video
-            scene.video_frames[name] = video.frames_received if video is not None else 0
+        for name, other in pairs:
+            self.engines[name].remove_video_tap(other, counters[name])
+            scene.video_frames[name] = counters[name].frames
             if scene.video_frames[name] == 0:
                 scene.problems.append(f"{name} received no video")
         await alice.hangup()
