@@ -442,18 +442,18 @@ class _Counting:
         self.calls = 0
         orig = cls.encode
 
-        def encode(encoder: Any, frame: Any, force_keyframe: bool = False) -> Any:
+        def encode(encoder: Any, *args: Any) -> Any:
             self.calls += 1
-            return orig(encoder, frame, force_keyframe)
+            return orig(encoder, *args)
 
         monkeypatch.setattr(cls, "encode", encode)
 
 
 async def test_shared_encoder_replacement_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three real senders of one LocalAudio, each to its own peer over loopback: aiortc's
-    Opus encoder runs once per frame (not three times), every receiver decodes the tone, and
-    each sender keeps its own SSRC, sequence numbers and timestamps."""
-    from aiortc.codecs.opus import OpusEncoder
+    """Three real senders of one LocalAudio, each to its own peer over loopback: libopus
+    runs once per frame (not three times), every receiver decodes the tone, and each sender
+    keeps its own SSRC, sequence numbers and timestamps."""
+    from callkit.media.opus import OpusEncoder
 
     counting = _Counting(monkeypatch, OpusEncoder)
     local = LocalAudio(ToneSource(440, -20))
@@ -866,3 +866,57 @@ async def test_lean_audio_rtp_replacement_takes_effect(make_engine) -> None:
     with pytest.raises(RuntimeError, match="__active_ssrc"):
         _compat.lean_audio_rtp(object())
     await alice.hangup()
+
+
+async def test_pushed_rtp_replacement_takes_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audio sender attached to an EncoderPool gets its RTP task replaced (push_rtp): its
+    subscriber track is never read, yet the raw aiortc receiver decodes the tone, and the
+    packets written are the ones aiortc's own counters (RTCP SR, getStats) report, i.e. the
+    private state the writer updates is still the one aiortc reads."""
+    from callkit.media.tracks import _SubscriberTrack
+
+    reads = 0
+    recv = _SubscriberTrack.recv
+
+    async def counting(track: _SubscriberTrack) -> Any:
+        nonlocal reads
+        reads += 1
+        return await recv(track)
+
+    monkeypatch.setattr(_SubscriberTrack, "recv", counting)
+    local = LocalAudio(ToneSource(440, -20))
+    pc1 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    levels: list[float] = []
+    consumers: list[asyncio.Task[None]] = []
+
+    async def consume(track: MediaStreamTrack) -> None:
+        while True:
+            levels.append(rms_dbfs((await track.recv()).to_ndarray()))
+
+    try:
+        sender = pc1.addTrack(local.subscribe())
+        EncoderPool().attach(sender)
+        pc2.on("track", lambda track: consumers.append(asyncio.ensure_future(consume(track))))
+        icehooks.attach(pc1, host_addresses=["127.0.0.1"])
+        await pc1.setLocalDescription(await pc1.createOffer())
+        await pc2.setRemoteDescription(pc1.localDescription)
+        icehooks.attach(pc2, host_addresses=["127.0.0.1"])
+        await pc2.setLocalDescription(await pc2.createAnswer())
+        await pc1.setRemoteDescription(pc2.localDescription)
+        deadline = time.monotonic() + 10
+        while len(levels) < 40:
+            assert time.monotonic() < deadline, f"the receiver decoded {len(levels)} frames"
+            await asyncio.sleep(0.05)
+        writer = _compat.rtp_writer(sender)
+        assert writer is not None and writer.packets >= 40 and reads == 0
+        stats = await sender.getStats()
+        sent = next(s for s in stats.values() if s.type == "outbound-rtp")
+        assert sent.packetsSent == writer.packets
+        assert abs(float(np.median(levels[-20:])) + 20) < 1.5, levels[-20:]
+    finally:
+        for task in consumers:
+            task.cancel()
+        await pc1.close()
+        await pc2.close()
+        await local.stop()

@@ -50,7 +50,12 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
     ``RTCRtpReceiver._handle_rtp_packet`` (private state ``__active_ssrc``, ``__codecs``,
     ``__remote_streams``, ``__jitter_buffer``): for callkit's Opus receivers, the RTP header
     is read in place and the packet goes to the receiver's statistics and audio receiver
-    without aiortc's parser, coroutines and per-packet ``datetime`` (:func:`lean_audio_rtp`).
+    without aiortc's parser, coroutines and per-packet ``datetime`` (:func:`lean_audio_rtp`);
+14. ``RTCRtpSender._run_rtp`` (and its private state: ``__rtp_history``, ``__mid``, the header
+    extension map, the SR counters) and ``RTCDtlsTransport._send_rtp`` stepped in place (a send
+    that suspends, e.g. a first one through TURN awaiting its ChannelBind, finishes in a task):
+    encoded audio is pushed into a sender from the source's clock tick instead of each
+    sender's task awaiting ``track.recv()`` (:func:`push_rtp`, :class:`RtpWriter`).
 
 Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
 replaces the callkit hook the wrapper calls.
@@ -74,11 +79,13 @@ docs/deploy.md says so and tests/nattopo.py gives its "internet" a default route
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import logging
 import struct
 import time
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -90,11 +97,14 @@ import aiortc.clock
 import aiortc.rtp
 import pylibsrtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
+from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender, random_sequence_number
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc.utils import random32, uint16_add, uint32_add
 from av import AudioFrame
 from av.frame import Frame
 
@@ -103,6 +113,7 @@ __all__ = [
     "MAX_QUEUED",
     "RELAY_SETTLE",
     "TARGETS",
+    "RtpWriter",
     "deliver_srtp_directly",
     "delivers_srtp_directly",
     "gathering_connection",
@@ -123,7 +134,9 @@ __all__ = [
     "patch_relayed_candidate",
     "patch_sender_rtcp",
     "pc_ice_transports",
+    "push_rtp",
     "receiver_codecs",
+    "rtp_writer",
     "sender_ssrc",
     "shared_encoder",
     "use_jitter_buffer",
@@ -932,3 +945,212 @@ def lean_audio_rtp(receiver: Any) -> _LeanAudioRtp:
     lean = _LeanAudioRtp(receiver)
     setattr(receiver, _LEAN_ATTR, lean)
     return lean
+
+
+# ------------------------------------------------------------------------------ 14. pushed RTP
+# ``RTCRtpSender.send()`` starts ``self._run_rtp(codec)`` as a task: it awaits
+# ``_next_encoded_frame`` (``track.recv()``, one queue and task wake-up per sender per frame),
+# then packetizes with its own sequence numbers, random timestamp origin and SSRC, keeps each
+# packet in ``__rtp_history`` (NACK), updates the counters its RTCP SR reports and awaits
+# ``transport._send_rtp`` (SRTP protect, ``sendto``: it suspends only when a TURN relay
+# must first bind a channel, and then later packets wait behind it). ``push_rtp``
+# replaces ``_run_rtp`` per sender by a task that mostly sleeps: while the sender's track can
+# push, the source calls :meth:`RtpWriter.write` from its own tick; otherwise frames are read
+# and packetized as aiortc does. The RTCP task, ``stop()``, ``_retransmit`` and the stats are
+# aiortc's own, reading the same private state.
+
+_SENDER = "_RTCRtpSender__"
+#: per sender given to :func:`push_rtp`: its ``attach`` hook and current writer
+_push_hooks: weakref.WeakKeyDictionary[RTCRtpSender, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+#: packets one writer keeps, in order, while a send is suspended (a first send through a TURN
+#: relay awaits its ChannelBind); more are dropped
+MAX_SUSPENDED = 50
+
+
+class RtpWriter:
+    """Packetizes encoded frames into one ``RTCRtpSender``'s RTP stream, as its ``_run_rtp``
+    would: same SSRC, sequence numbers, timestamp origin, history and SR counters."""
+
+    def __init__(self, sender: RTCRtpSender, codec: Any) -> None:
+        self.sender = sender
+        self.codec = codec
+        self._payload_type = codec.payloadType
+        self._sequence_number = random_sequence_number()
+        self._timestamp_origin = random32()
+        self._history: dict[int, RtpPacket] = getattr(sender, _SENDER + "rtp_history")
+        self._extensions = getattr(sender, _SENDER + "rtp_header_extensions_map")
+        self._mid = getattr(sender, _SENDER + "mid")
+        self._wake = asyncio.Event()
+        self._backlog: collections.deque[bytes] | None = None  # while a send is suspended
+        self._draining: asyncio.Task[None] | None = None
+        #: why pushing ended the sender (set by :meth:`fail`), None while it works
+        self.error: BaseException | None = None
+        #: packets written, and packets dropped because too many sends were suspended
+        self.packets = 0
+        self.dropped = 0
+
+    def write(self, payloads: list[bytes], timestamp: int, audio_level: int | None) -> None:
+        """Send one encoded frame now (``audio_level`` in aiortc's convention, -127..0).
+        Raises ``ConnectionError`` when the DTLS transport is not connected (aiortc's
+        ``_run_rtp`` ends the sender on it)."""
+        sender = self.sender
+        transport = sender.transport
+        timestamp = uint32_add(self._timestamp_origin, timestamp)
+        abs_send_time = (aiortc.clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        last = len(payloads) - 1
+        octets = 0
+        for i, payload in enumerate(payloads):
+            packet = RtpPacket(
+                payload_type=self._payload_type,
+                sequence_number=self._sequence_number,
+                timestamp=timestamp,
+            )
+            packet.ssrc = sender._ssrc
+            packet.payload = payload
+            packet.marker = 1 if i == last else 0
+            packet.extensions.abs_send_time = abs_send_time
+            packet.extensions.mid = self._mid
+            if audio_level is not None:
+                packet.extensions.audio_level = (False, -audio_level)
+            self._history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
+            self._send(transport, packet.serialize(self._extensions))
+            octets += len(payload)
+            self._sequence_number = uint16_add(self._sequence_number, 1)
+        if payloads:
+            self.packets += len(payloads)
+            setattr(sender, _SENDER + "ntp_timestamp", aiortc.clock.current_ntp_time())
+            setattr(sender, _SENDER + "rtp_timestamp", timestamp)
+            setattr(
+                sender, _SENDER + "octet_count", getattr(sender, _SENDER + "octet_count") + octets
+            )
+            setattr(
+                sender,
+                _SENDER + "packet_count",
+                getattr(sender, _SENDER + "packet_count") + len(payloads),
+            )
+
+    def _send(self, transport: Any, data: bytes) -> None:
+        """``transport._send_rtp(data)`` stepped in place (SRTP protect and ``sendto`` never
+        suspend); if it does suspend, it finishes in a task and later packets wait behind it
+        (at most :data:`MAX_SUSPENDED`), so they leave in order."""
+        backlog = self._backlog
+        if backlog is not None:
+            if len(backlog) < MAX_SUSPENDED:
+                backlog.append(data)
+            else:
+                self.dropped += 1
+            return
+        coro = transport._send_rtp(data)
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        self._backlog = collections.deque()
+        self._draining = asyncio.get_running_loop().create_task(
+            self._drain(transport, coro, yielded)
+        )
+
+    async def _drain(self, transport: Any, coro: Any, yielded: Any) -> None:
+        try:
+            await _Resume(coro, yielded)
+            while self._backlog:
+                await transport._send_rtp(self._backlog.popleft())
+        except Exception as exc:  # ConnectionError: closed, as in write()
+            self.fail(exc)
+        finally:
+            self._backlog = None
+
+    @property
+    def enabled(self) -> bool:
+        """False while the sender is disabled (aiortc reads and drops its frames then)."""
+        return bool(self.sender._enabled)
+
+    def wake(self) -> None:
+        """The sender's track changed or ended: its RTP task looks again."""
+        self._wake.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Pushing failed (``ConnectionError``: the transport closed): end the sender's RTP
+        as aiortc's ``_run_rtp`` ends on an error; the source keeps serving the others."""
+        if self.error is None:
+            self.error = error
+        self._wake.set()
+
+
+#: ``attach(writer, track)``: make ``track`` push into ``writer`` and return the function that
+#: stops it, or None if the track cannot push (its frames are then read and sent as aiortc does)
+PushAttach = Callable[[RtpWriter, Any], "Callable[[], None] | None"]
+
+
+def push_rtp(sender: RTCRtpSender, attach: PushAttach) -> None:
+    """Replace ``sender``'s RTP task (before ``send()``): while ``attach(writer, track)`` makes
+    its track push, the task sleeps until the track is replaced or ends, or the writer fails;
+    other tracks are read frame by frame through ``sender._next_encoded_frame``."""
+    for name in ("_run_rtp", "_next_encoded_frame", "replaceTrack"):
+        if not hasattr(sender, name):
+            raise RuntimeError(f"aiortc's RTCRtpSender has no {name} any more")
+    for name in ("rtp_history", "rtp_header_extensions_map", "mid", "rtp_started", "rtp_exited"):
+        if not hasattr(sender, _SENDER + name):
+            raise RuntimeError(f"aiortc's RTCRtpSender has no {_SENDER}{name} any more")
+    hooks = _push_hooks.get(sender)
+    if hooks is not None:
+        hooks["attach"] = attach
+        return
+    hooks = _push_hooks[sender] = {"attach": attach, "writer": None}
+    orig_replace = sender.replaceTrack
+
+    def replaceTrack(track: Any) -> None:
+        orig_replace(track)
+        writer = hooks["writer"]
+        if writer is not None:
+            writer.wake()
+
+    async def _run_rtp(codec: Any) -> None:
+        getattr(sender, _SENDER + "rtp_started").set()
+        writer = hooks["writer"] = RtpWriter(sender, codec)
+        try:
+            while True:
+                track = sender.track
+                if track is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                if track.readyState != "live":
+                    raise MediaStreamError
+                writer._wake.clear()
+                detach = hooks["attach"](writer, track)
+                if detach is None:
+                    frame = await sender._next_encoded_frame(codec)
+                    if frame is not None:
+                        writer.write(frame.payloads, frame.timestamp, frame.audio_level)
+                    continue
+                try:
+                    await writer._wake.wait()
+                finally:
+                    detach()
+                if writer.error is not None:
+                    raise writer.error
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            log.warning("RTCRtpSender(%s) %s", sender.kind, traceback.format_exc())
+        hooks["writer"] = None
+        if writer._draining is not None:
+            writer._draining.cancel()
+        track = sender.track
+        if track is not None:  # as aiortc: the track is stopped and dropped, the encoder too
+            track.stop()
+            setattr(sender, _SENDER + "track", None)
+        setattr(sender, _SENDER + "encoder", None)
+        getattr(sender, _SENDER + "rtp_exited").set()
+
+    setattr(_run_rtp, _MARK, True)
+    sender._run_rtp = _run_rtp  # type: ignore[method-assign]
+    sender.replaceTrack = replaceTrack  # type: ignore[method-assign]
+
+
+def rtp_writer(sender: RTCRtpSender) -> RtpWriter | None:
+    """The writer pushed into ``sender`` while its RTP task runs (see :func:`push_rtp`)."""
+    hooks = _push_hooks.get(sender)
+    return None if hooks is None else hooks["writer"]

@@ -13,6 +13,19 @@ one encode at a time), the others get the same payloads.
 What stays per sender: RTP sequence numbers, the random timestamp origin and the SSRC (aiortc's
 ``_run_rtp`` adds them to the shared payloads), RTCP, NACK retransmission history.
 
+Audio is pushed, not pulled: an audio sender's RTP task is replaced
+(:func:`callkit.media._compat.push_rtp`) so that each tick of the source's clock hands the
+:class:`~callkit.media.tracks.AudioChunk` straight to every subscribed sender
+(:meth:`SenderEncoder.push_attach`): the first sender of a codec setting encodes the int16
+samples with libopus (:class:`~callkit.media.opus.OpusEncoder`, in the loop: about 100 to
+200 us, less than a hand-off to a worker thread costs), the others reuse the packet, and each
+writes its RTP packet (header, SRTP, ``sendto``) at once. No ``av.AudioFrame``, queue or task
+wake-up per sender and frame. Opus is encoded *mono* unless the peer's ``fmtp`` says
+``stereo=1`` (RFC 7587: without it the receiver prefers mono; the source is mono anyway, and
+decoders that play stereo upmix it at the same level), which costs about a third less.
+A sender whose track cannot push (another source, a frame size libopus does not take) reads
+frames as aiortc does, through the shared aiortc encoder.
+
 Shared decisions:
 
 - a keyframe request (PLI / FIR) from any peer makes the next frame a keyframe for all; a new
@@ -40,14 +53,24 @@ import dataclasses
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiortc.codecs import get_encoder
 from av.frame import Frame
 
 from . import _compat
+from .opus import ENCODER_FRAME_SAMPLES, OpusEncoder
 
-__all__ = ["CACHE_FRAMES", "FEC_PACKET_LOSS", "KEYFRAME_INTERVAL", "EncoderPool", "SharedEncoder"]
+__all__ = [
+    "CACHE_FRAMES",
+    "FEC_PACKET_LOSS",
+    "KEYFRAME_INTERVAL",
+    "EncoderPool",
+    "SenderEncoder",
+    "SharedEncoder",
+    "opus_stereo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +99,13 @@ def inband_fec(codec: Any) -> bool:
     return codec.mimeType.lower() == "audio/opus" and str(value).strip() == "1"
 
 
+def opus_stereo(codec: Any) -> bool:
+    """True for Opus with ``stereo=1`` in its format parameters (the receiver prefers stereo;
+    RFC 7587 section 7.1)."""
+    value = (codec.parameters or {}).get("stereo")
+    return codec.mimeType.lower() == "audio/opus" and str(value).strip() == "1"
+
+
 class SharedEncoder:
     """One aiortc encoder for every sender of one source with the same codec settings."""
 
@@ -89,6 +119,10 @@ class SharedEncoder:
         """Packets carry Opus in-band FEC (the peers asked for it with ``useinbandfec=1``)."""
         if self.inband_fec:
             _compat.opus_inband_fec(self._encoder, FEC_PACKET_LOSS)
+        self.opus_channels = 2 if opus_stereo(codec) else 1
+        """Channels libopus encodes pushed chunks in (1 unless the peer asked for stereo)."""
+        self._opus: OpusEncoder | None = None
+        self._pushed: tuple[int, Encoded] | None = None  # (pts, result) of the last chunk
         self._cache: collections.OrderedDict[Any, asyncio.Future[Encoded]] = (
             collections.OrderedDict()
         )
@@ -155,6 +189,27 @@ class SharedEncoder:
             self._keyframe = True  # already encoded as a delta frame: the next one then
         return await asyncio.shield(future)
 
+    def encode_chunk(self, samples: Any, pts: int) -> Encoded | None:
+        """The Opus packet of one pushed chunk (mono int16 at 48 kHz, ``pts`` in samples),
+        encoded once per ``pts`` for all senders, in the calling thread; its RTP timestamp is
+        ``pts``. None for a chunk older than the last one encoded."""
+        pushed = self._pushed
+        if pushed is not None:
+            if pts == pushed[0]:
+                return pushed[1]
+            if pts < pushed[0]:
+                return None
+        if self._opus is None:
+            self._opus = OpusEncoder(
+                self.opus_channels,
+                fec=self.inband_fec,
+                packet_loss=FEC_PACKET_LOSS if self.inband_fec else 0,
+            )
+        encoded: Encoded = ([self._opus.encode(samples)], pts)
+        self._pushed = (pts, encoded)
+        self.frames_encoded += 1
+        return encoded
+
     async def _encode(self, frame: Frame, force: bool) -> Encoded:
         async with self._lock:  # aiortc's encoders are not thread-safe: one encode at a time
             loop = asyncio.get_running_loop()
@@ -181,6 +236,7 @@ class SenderEncoder:
         self._shared: SharedEncoder | None = None
         self._keyframe_wanted = False
         self._fec_types: frozenset[int] = frozenset()
+        self._stereo_types: frozenset[int] = frozenset()
         self._rebind = False
         self._switched = False
         self._ts_offset = 0
@@ -192,22 +248,31 @@ class SenderEncoder:
         """The shared encoder, once the first frame told which codec was negotiated."""
         return self._shared
 
-    def set_remote_fec(self, payload_types: frozenset[int]) -> None:
+    def set_remote_fec(
+        self, payload_types: frozenset[int], stereo: frozenset[int] = frozenset()
+    ) -> None:
         """The payload types whose ``fmtp`` in the remote description says ``useinbandfec=1``
-        (set after each negotiation; a change moves the sender to a matching encoder)."""
-        if payload_types != self._fec_types:
+        (and those saying ``stereo=1``); set after each negotiation, a change moves the
+        sender to a matching encoder."""
+        if payload_types != self._fec_types or stereo != self._stereo_types:
             self._fec_types = frozenset(payload_types)
+            self._stereo_types = frozenset(stereo)
             self._rebind = self._shared is not None
 
     def _settings(self, codec: Any) -> Any:
-        """``codec`` with ``useinbandfec`` set as the remote asked (aiortc's negotiated codec
-        holds our own capability's parameters, not the remote's)."""
-        params = {k: v for k, v in (codec.parameters or {}).items() if k != "useinbandfec"}
-        if codec.payloadType in self._fec_types and codec.mimeType.lower() == "audio/opus":
-            params["useinbandfec"] = "1"
+        """``codec`` with ``useinbandfec`` and ``stereo`` set as the remote asked (aiortc's
+        negotiated codec holds our own capability's parameters, not the remote's)."""
+        params = {
+            k: v for k, v in (codec.parameters or {}).items() if k not in ("useinbandfec", "stereo")
+        }
+        if codec.mimeType.lower() == "audio/opus":
+            if codec.payloadType in self._fec_types:
+                params["useinbandfec"] = "1"
+            if codec.payloadType in self._stereo_types:
+                params["stereo"] = "1"
         return dataclasses.replace(codec, parameters=params)
 
-    async def encode(self, frame: Frame, codec: Any) -> Encoded | None:
+    def _bind(self, codec: Any) -> SharedEncoder:
         shared = self._shared
         if shared is not None and self._rebind:
             self.release()
@@ -218,6 +283,40 @@ class SenderEncoder:
             shared = self._shared = self._pool.bind(self, self._settings(codec))
             if shared.video:  # a new peer decodes nothing until a keyframe
                 self._keyframe_wanted = True
+        return shared
+
+    def push_attach(self, writer: _compat.RtpWriter, track: Any) -> Callable[[], None] | None:
+        """:func:`~callkit.media._compat.push_rtp`'s hook: make ``track`` (a
+        :class:`~callkit.media.tracks.LocalAudio` subscriber) push its chunks into
+        ``writer``, encoded through this sender's shared encoder; None (read frames instead)
+        for another track, a codec other than Opus or chunks libopus cannot take."""
+        codec = writer.codec
+        attach = getattr(track, "attach_sink", None)
+        push_format = getattr(track, "push_format", None)
+        if (
+            attach is None
+            or codec.mimeType.lower() != "audio/opus"
+            or push_format is None
+            or push_format[0] != codec.clockRate
+            or push_format[1] not in ENCODER_FRAME_SAMPLES
+        ):
+            return None
+
+        def sink(chunk: Any) -> None:
+            if writer.error is not None or not writer.enabled:
+                return  # a disabled sender drops its frames, as aiortc's does
+            try:
+                encoded = self._bind(codec).encode_chunk(chunk.samples, chunk.pts)
+                if encoded is not None:
+                    writer.write(encoded[0], encoded[1], -chunk.level)
+            except Exception as exc:  # this sender ends; the source serves the others
+                writer.fail(exc)
+
+        detach: Callable[[], None] | None = attach(sink, writer.wake)
+        return detach
+
+    async def encode(self, frame: Frame, codec: Any) -> Encoded | None:
+        shared = self._bind(codec)
         keyframe, self._keyframe_wanted = self._keyframe_wanted, False
         encoded = await shared.encode(frame, keyframe=keyframe)
         if encoded is None or encoded[1] is None or frame.pts is None or not frame.time_base:
@@ -298,10 +397,13 @@ class EncoderPool:
 
     def attach(self, sender: Any) -> SenderEncoder:
         """Make ``sender`` (an aiortc ``RTCRtpSender`` not started yet) encode through this
-        pool; idempotent."""
+        pool, and an audio sender take pushed chunks (:meth:`SenderEncoder.push_attach`);
+        idempotent."""
         current = _compat.shared_encoder(sender)
         if isinstance(current, SenderEncoder) and current._pool is self:
             return current
         handle = SenderEncoder(self)
         _compat.use_shared_encoder(sender, handle)
+        if sender.kind == "audio":
+            _compat.push_rtp(sender, handle.push_attach)
         return handle

@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import _compat, icehooks
-from .encoding import EncoderPool, SenderEncoder, inband_fec
+from .encoding import EncoderPool, SenderEncoder, inband_fec, opus_stereo
 from .netsim import NetworkShaper
 from .opus import offer_inband_fec
 from .qualitymonitor import PeerSample
@@ -300,14 +300,18 @@ class PeerSession:
             await self.renegotiate()
 
     def _apply_remote_fec(self) -> None:
-        """Tell our audio sender which Opus payload types the remote asked in-band FEC for."""
+        """Tell our audio sender which Opus payload types the remote asked in-band FEC (and
+        stereo) for."""
         remote = self.pc.remoteDescription
         if remote is None:
             return
         for t in self.pc.getTransceivers():
             handle = _compat.shared_encoder(t.sender)
             if t.kind == "audio" and isinstance(handle, SenderEncoder):
-                handle.set_remote_fec(remote_fec_payload_types(remote.sdp, t.mid))
+                handle.set_remote_fec(
+                    remote_fec_payload_types(remote.sdp, t.mid),
+                    remote_opus_payload_types(remote.sdp, t.mid, opus_stereo),
+                )
 
     def _hook(self) -> None:
         icehooks.attach(
@@ -509,12 +513,18 @@ def _with_fec(desc: RTCSessionDescription) -> RTCSessionDescription:
 def remote_fec_payload_types(sdp: str, mid: str | None) -> frozenset[int]:
     """The Opus payload types whose ``fmtp`` says ``useinbandfec=1`` in the audio section
     ``mid`` of ``sdp`` (RFC 7587: the receiver of that section wants in-band FEC)."""
+    return remote_opus_payload_types(sdp, mid, inband_fec)
+
+
+def remote_opus_payload_types(
+    sdp: str, mid: str | None, wanted: Callable[[Any], bool]
+) -> frozenset[int]:
+    """The payload types of the audio section ``mid`` of ``sdp`` whose codec (with its
+    ``fmtp`` parameters) is ``wanted`` (e.g. :func:`~callkit.media.encoding.opus_stereo`)."""
     for media in SessionDescription.parse(sdp).media:
         if media.kind == "audio" and media.rtp.muxId == mid:
             return frozenset(
-                c.payloadType
-                for c in media.rtp.codecs
-                if c.payloadType is not None and inband_fec(c)
+                c.payloadType for c in media.rtp.codecs if c.payloadType is not None and wanted(c)
             )
     return frozenset()
 

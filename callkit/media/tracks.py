@@ -30,9 +30,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.video.reformatter import VideoReformatter
 
 from .sources import AudioSource, VideoSource
-from .volume import FrameLevel, LevelMeter, dbov_from_sums, install_audio_level_hook, sum_squares
+from .volume import FrameLevel, LevelMeter, dbov_from_sums, install_audio_level_hook
 
-__all__ = ["VIDEO_CLOCK_RATE", "LocalAudio", "LocalVideo", "RemoteAudio", "RemoteVideo"]
+__all__ = [
+    "VIDEO_CLOCK_RATE",
+    "AudioChunk",
+    "LocalAudio",
+    "LocalVideo",
+    "RemoteAudio",
+    "RemoteVideo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,8 @@ async def _next_tick(
 
 
 class _SubscriberTrack(MediaStreamTrack):
-    """One peer connection's view of a local source: a bounded queue fed by the pump.
+    """One peer connection's view of a local source: a bounded queue fed by the pump, or a
+    sink it pushes into directly (:meth:`attach_sink`: no queue, no frame object).
 
     ``max_backlog`` bounds the latency a slow start of the consumer can leave behind: when
     ``recv`` finds more queued frames than that, it drops the oldest, so a queue that filled
@@ -76,20 +84,59 @@ class _SubscriberTrack(MediaStreamTrack):
         self._owner: _Fanout | None = owner
         self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
         self._max_backlog = max_backlog
+        self._sink: Callable[[Any], None] | None = None
+        self._on_end: Callable[[], None] | None = None
         self.dropped = 0
 
+    @property
+    def push_format(self) -> tuple[int, int] | None:
+        """``(sample rate, samples per frame)`` of the :class:`AudioChunk` s this track can
+        push to a sink; None if it cannot (video, or ended)."""
+        owner = self._owner
+        return owner._push_format() if owner is not None else None
+
+    def attach_sink(
+        self, sink: Callable[[Any], None], on_end: Callable[[], None]
+    ) -> Callable[[], None] | None:
+        """From the next tick, call ``sink(chunk)`` with each :class:`AudioChunk` instead of
+        queueing a frame (``on_end()`` when the track ends). Returns the function that
+        detaches the sink, or None if this track cannot push (see :attr:`push_format`)."""
+        owner = self._owner
+        if owner is None or owner._push_format() is None or self.readyState != "live":
+            return None
+        while not self._queue.empty():  # frames queued before the sink: too late for it
+            self._queue.get_nowait()
+        self._sink, self._on_end = sink, on_end
+        owner._ensure_pump()
+
+        def detach() -> None:
+            if self._sink is sink:
+                self._sink = self._on_end = None
+
+        return detach
+
     def _put(self, item: Any) -> None:
+        sink = self._sink
+        if sink is not None:
+            try:
+                sink(item)
+            except Exception:  # one consumer must not stop the fan-out to the others
+                log.exception("%s sink failed", self.kind)
+            return
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
         self._queue.put_nowait(item)
 
     def _end(self) -> None:
-        """Mark ended and wake a pending ``recv`` (called by the owner)."""
+        """Mark ended and wake a pending ``recv`` or the sink's owner (called by the owner)."""
         self._owner = None
+        on_end, self._sink, self._on_end = self._on_end, None, None
         if self.readyState == "live":
             super().stop()
             self._put(None)
+        if on_end is not None:
+            on_end()
 
     async def recv(self) -> Any:
         """Next frame; raises ``MediaStreamError`` once the track or its owner stopped."""
@@ -105,6 +152,8 @@ class _SubscriberTrack(MediaStreamTrack):
         item = await self._queue.get()
         if item is None:
             raise MediaStreamError
+        if type(item) is AudioChunk:
+            return item.to_frame()
         return item
 
     def stop(self) -> None:
@@ -233,6 +282,50 @@ class _Fanout:
     def _skip(self, frames: int) -> None:
         """Account for ``frames`` periods skipped after a stall."""
 
+    def _push_format(self) -> tuple[int, int] | None:
+        """``(sample rate, samples per frame)`` of the chunks a sink would get; None: no
+        sinks (subscribers read frames)."""
+        return None
+
+
+class AudioChunk:
+    """One tick of a :class:`LocalAudio`: what every subscriber gets, read-only.
+
+    ``samples``: mono int16, shape ``(n,)``; ``pts``: the first sample's index at
+    ``sample_rate`` (continuous, skipped ticks included); ``level``: its RFC 6464 level
+    (0 loudest .. 127 silence). A sink encodes ``samples`` directly; a subscriber that reads
+    frames gets :meth:`to_frame`.
+    """
+
+    __slots__ = ("channels", "level", "pts", "sample_rate", "samples")
+
+    def __init__(
+        self, samples: np.ndarray, pts: int, sample_rate: int, level: int, channels: int = 2
+    ) -> None:
+        self.samples = samples
+        self.pts = pts
+        self.sample_rate = sample_rate
+        self.level = level
+        #: channels of the frame :meth:`to_frame` makes (the mono signal in each)
+        self.channels = channels
+
+    def to_frame(self) -> av.AudioFrame:
+        """A new ``av.AudioFrame`` (s16, packed, pts in 1/sample_rate, ``opaque`` = its
+        :class:`~media.volume.FrameLevel`), for aiortc's encoders."""
+        n = self.samples.shape[0]
+        if self.channels == 1:
+            data = self.samples.reshape(1, n)
+        else:  # packed: L R L R ...
+            data = np.repeat(self.samples, self.channels).reshape(1, n * self.channels)
+        frame = av.AudioFrame.from_ndarray(
+            data, format="s16", layout="mono" if self.channels == 1 else "stereo"
+        )
+        frame.sample_rate = self.sample_rate
+        frame.pts = self.pts
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        frame.opaque = FrameLevel(self.level)
+        return frame
+
 
 class _AudioClock:
     """One timer per event loop (and frame duration) for every running :class:`LocalAudio`.
@@ -349,15 +442,18 @@ class _AudioConverter:
 class LocalAudio(_Fanout):
     """The local microphone/source, paced in real time and fanned out to peer connections.
 
-    Every ``frame_ms`` the pump reads one frame from the source (converted to mono s16 at
-    ``sample_rate``), feeds the volume meter and pushes an ``av.AudioFrame`` (format s16,
-    pts = sample count, time_base 1/sample_rate) to each subscriber. Muted -> digital silence
-    is sent and the local volume is 0. With no source, silence is sent.
+    Every ``frame_ms`` the loop's audio clock reads one frame from the source (converted to
+    mono s16 at ``sample_rate``), feeds the volume meter and hands one :class:`AudioChunk`
+    (the samples, pts = sample count, the RFC 6464 level) to every subscriber: a subscriber
+    whose sender pushes (:meth:`_SubscriberTrack.attach_sink`, callkit's own senders) encodes
+    it directly, one that reads its track (a raw aiortc sender) gets an ``av.AudioFrame``
+    (format s16, time_base 1/sample_rate) made from it. Muted -> digital silence is sent and
+    the local volume is 0. With no source, silence is sent.
 
-    Frames are packed *stereo* by default (``channels=2``, the mono signal in both channels):
-    aiortc's Opus encoder always encodes stereo and upmixes mono input with libswresample,
-    which attenuates it by 3 dB, so mono frames would arrive 3 dB quieter than sent.
-    ``channels=1`` sends mono frames anyway.
+    Frames read from a track are packed *stereo* by default (``channels=2``, the mono signal
+    in both channels): aiortc's Opus encoder always encodes stereo and upmixes mono input
+    with libswresample, which attenuates it by 3 dB, so mono frames would arrive 3 dB quieter
+    than sent. ``channels=1`` makes mono frames anyway.
 
     The pump runs while there is at least one subscriber, or after :meth:`start` until
     :meth:`stop`. Subscriber tracks end (``recv`` raises ``MediaStreamError``) on
@@ -394,21 +490,21 @@ class LocalAudio(_Fanout):
         self.frame_ms = frame_ms
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
-        self._layout = "mono" if channels == 1 else "stereo"
         self.samples_per_frame = self.sample_rate * frame_ms // 1000
-        self._time_base = fractions.Fraction(1, self.sample_rate)
         self._meter = LevelMeter()
         self._clock: _AudioClock | None = None
         self._muted = False
         self._pts = 0
         self._source: AudioSource | None = None
         self._converter: _AudioConverter | None = None
+        self._silence = np.zeros(self.samples_per_frame, dtype=np.int16)
+        self._silence.flags.writeable = False
         self.frames_sent = 0
         self.frames_skipped = 0
         self.last_level_dbov = 127
-        """RFC 6464 level (0 loudest .. 127 silence) of the last frame sent; each frame also
-        carries it as ``frame.opaque`` (a :class:`~media.volume.FrameLevel`), which aiortc's
-        sender uses for the RTP audio-level header instead of re-reading the samples."""
+        """RFC 6464 level (0 loudest .. 127 silence) of the last frame sent; each chunk carries
+        it for the RTP audio-level header (frames made for aiortc's senders as ``opaque``, a
+        :class:`~media.volume.FrameLevel`), so the samples are not read again."""
         install_audio_level_hook()
         self.set_source(source)
 
@@ -460,42 +556,31 @@ class LocalAudio(_Fanout):
         self.frames_skipped += frames
         self._pts += frames * self.samples_per_frame
 
+    def _push_format(self) -> tuple[int, int] | None:
+        return self.sample_rate, self.samples_per_frame
+
     def _tick(self, deadline: float) -> None:
         n = self.samples_per_frame
         samples: np.ndarray | None = None
         if self._converter is not None:
-            try:
-                samples = self._converter.read(n)
+            try:  # a copy: the chunk may be read after the source reused its buffer
+                samples = np.array(self._converter.read(n), dtype=np.int16)
             except Exception:
                 log.exception("audio source %r failed; sending silence", self._source)
                 self.set_source(None)
         if self._muted or samples is None:
-            samples = np.zeros(n, dtype=np.int16)
+            samples = self._silence
             self._meter.add_silence(n)
-            self.last_level_dbov = 127
+            level = 127
         else:  # one pass over the samples for both the local volume and the RTP header
-            sum_sq, count = sum_squares(samples)
-            self._meter.add_sum_squares(sum_sq, count)
-            self.last_level_dbov = dbov_from_sums(sum_sq, count)
-        level = FrameLevel(self.last_level_dbov)
-        if self.channels == 1:
-            data = samples.reshape(1, n)
-        else:  # packed: L R L R ...
-            data = np.repeat(samples, self.channels).reshape(1, n * self.channels)
-        pts = self._pts
-        rate = self.sample_rate
-        tb = self._time_base
-        layout = self._layout
-
-        def make(_: int) -> av.AudioFrame:
-            frame = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = pts
-            frame.time_base = tb
-            frame.opaque = level
-            return frame
-
-        self._push(make)
+            as_float = samples.astype(np.float64)  # exact: 5760 * 2**30 < 2**53
+            sum_sq = int(as_float @ as_float)
+            self._meter.add_sum_squares(sum_sq, n)
+            level = dbov_from_sums(sum_sq, n)
+        self.last_level_dbov = level
+        if self._subscribers:
+            chunk = AudioChunk(samples, self._pts, self.sample_rate, level, self.channels)
+            self._push(lambda _: chunk)
         self._pts += n
         self.frames_sent += 1
 
