@@ -251,6 +251,8 @@ class OpusEncoder:
                 self.close()
                 raise OpusError(f"opus_encoder_ctl({request}, {value}) failed ({code})")
         self._out = ctypes.create_string_buffer(MAX_PACKET)
+        self._pcm = np.zeros(MAX_FRAME_SAMPLES * channels, dtype=np.int16)
+        self._pcm_address = self._pcm.ctypes.data
         #: frames encoded so far
         self.frames = 0
 
@@ -261,19 +263,20 @@ class OpusEncoder:
             raise OpusError("encoder closed")
         if samples.dtype != np.int16:
             raise ValueError(f"samples must be int16, got {samples.dtype}")
-        if samples.ndim == 1 and self.channels == 2:
-            samples = np.repeat(samples, 2)
-        elif samples.ndim == 2 and samples.shape[1] != self.channels:
+        if (samples.ndim == 2 and samples.shape[1] != self.channels) or samples.ndim > 2:
             raise ValueError(f"expected {self.channels} channels, got shape {samples.shape}")
-        n = samples.shape[0] if samples.ndim == 2 else samples.shape[0] // self.channels
-        if n not in ENCODER_FRAME_SAMPLES or samples.size != n * self.channels:
+        n = samples.shape[0]
+        if n not in ENCODER_FRAME_SAMPLES:
             raise ValueError(f"not an Opus frame size: {samples.shape} samples")
-        samples = np.ascontiguousarray(samples)
-        size = self._lib.opus_encode(self._handle, samples.ctypes.data, n, self._out, MAX_PACKET)
+        # into the input buffer whose address was taken once (a mono frame fills every channel)
+        self._pcm[: n * self.channels].reshape(n, self.channels)[...] = (
+            samples if samples.ndim == 2 else samples[:, None]
+        )
+        size = self._lib.opus_encode(self._handle, self._pcm_address, n, self._out, MAX_PACKET)
         if size < 0:
             raise OpusError(f"opus_encode failed ({size})")
         self.frames += 1
-        return self._out.raw[:size]
+        return ctypes.string_at(self._out, size)
 
     def close(self) -> None:
         """Free the libopus state (idempotent)."""
