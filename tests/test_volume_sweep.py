@@ -16,10 +16,10 @@ import statistics
 import time
 
 import pytest
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 
 from callkit import CallMediaType
-from callkit.media import ToneSource
+from callkit.media import ToneSource, _compat
 
 pytestmark = pytest.mark.loopback
 
@@ -40,15 +40,19 @@ async def test_volume_and_rtp_audio_level_follow_the_tone(make_engine, monkeypat
     alice, ra = await make_engine("alice", audio_source=tone, volume_interval=0.15)
     bob, rb = await make_engine("bob", volume_interval=0.15)  # sends silence
 
-    # record the audio-level header of every RTP packet bob's receivers get
+    # record the audio-level header of every RTP packet bob's receivers get: callkit's audio
+    # receivers take plain RTP on the lean path (_compat 13), which skips header extensions,
+    # so the spy parses each packet with the receiver's negotiated extension map
     headers: list[tuple[float, object, object]] = []
-    original = RTCRtpReceiver._handle_rtp_packet
+    original = _compat._LeanAudioRtp.__call__
 
-    async def spy(self, packet, arrival_time_ms):
-        headers.append((time.monotonic(), self, packet.extensions.audio_level))
-        await original(self, packet, arrival_time_ms)
+    def spy(self, data):
+        extensions = self._receiver.transport._rtp_header_extensions_map
+        level = RtpPacket.parse(data, extensions).extensions.audio_level
+        headers.append((time.monotonic(), self._receiver, level))
+        return original(self, data)
 
-    monkeypatch.setattr(RTCRtpReceiver, "_handle_rtp_packet", spy)
+    monkeypatch.setattr(_compat._LeanAudioRtp, "__call__", spy)
 
     await alice.call("bob", CallMediaType.AUDIO)
     await rb.wait_for("onCallReceived")
