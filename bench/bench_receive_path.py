@@ -8,9 +8,13 @@ audio is metered by callkit's ``RemoteAudio`` (what volume needs), with no sink 
   hand-off back to the loop, the track queue, and ``RemoteAudio`` reading ``recv()`` and
   converting each ``AudioFrame`` to int16 (callkit before issue 14's receive path);
 * ``callkit path``: :class:`callkit.media.receiver.AudioReceiver` (jitter buffer, libopus
-  through ctypes into int16, ``RemoteAudio.feed``), all in the event loop.
+  through ctypes into int16, ``RemoteAudio.feed``), all in the event loop, the packets still
+  read through aioice's queue and aiortc's DTLS reader task, parser and receiver coroutine;
+* ``callkit direct``: the same, the packets taken from the socket by the direct SRTP path and
+  the lean audio RTP handler (``icehooks.deliver_directly``, ``_compat.lean_audio_rtp``), as
+  callkit's peer sessions do.
 
-The two runs alternate (A B A B) and the table gives CPU per stream (% of a core), frames
+The runs alternate (A B C A B C) and the table gives CPU per stream (% of a core), frames
 delivered per stream per second (50 = all), and the ratio. First, the per-frame cost of the
 two decode paths alone, in one thread with no network (10 s of real Opus packets of a tone):
 PyAV decode + ``AudioFrame`` → int16 + meter vs ``AudioReceiver`` (libopus → int16 + meter);
@@ -45,9 +49,12 @@ from callkit.media.receiver import AudioReceiver
 from callkit.media.tracks import RemoteAudio, _audio_to_int16
 from callkit.media.volume import LevelMeter
 
+MODES = ("aiortc path", "callkit path", "callkit direct")
 
-async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tuple[float, float]:
+
+async def run(streams: int, mode: str, warmup: float, seconds: float) -> tuple[float, float]:
     """(CPU per stream in % of a core, frames delivered per stream per second)."""
+    in_loop = mode != "aiortc path"
     pcs: list[RTCPeerConnection] = []
     remotes: list[RemoteAudio] = []
     paths: list[AudioReceiver] = []
@@ -75,6 +82,9 @@ async def run(streams: int, in_loop: bool, warmup: float, seconds: float) -> tup
             else:
                 _compat.use_jitter_buffer(receiver, AudioJitterBuffer())
             icehooks.attach(b, host_addresses=LOOPBACK)
+            if mode == "callkit direct":
+                icehooks.deliver_directly(b)
+                _compat.lean_audio_rtp(receiver)
             await b.setLocalDescription(await b.createAnswer())
             await a.setRemoteDescription(b.localDescription)
         deadline = time.monotonic() + 60
@@ -158,20 +168,21 @@ async def main(streams: int, rounds: int, warmup: float, seconds: float) -> None
         f"per frame, one thread: PyAV decode + AudioFrame -> int16 + meter {old_us:.1f} us, "
         f"AudioReceiver {new_us:.1f} us, ratio {new_us / old_us:.2f}"
     )
-    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
-        for in_loop in (False, True):
-            results[in_loop].append(await run(streams, in_loop, warmup, seconds))
+        for mode in MODES:
+            results[mode].append(await run(streams, mode, warmup, seconds))
             await asyncio.sleep(0.5)
-    old = statistics.median(c for c, _ in results[False])
-    new = statistics.median(c for c, _ in results[True])
+    cpu = {m: statistics.median(c for c, _ in results[m]) for m in MODES}
     print(f"{streams} one-way streams, median of {rounds} alternating rounds")
-    print(f"{'':14} {'cpu/stream':>10} {'frames/s/stream':>16}")
-    for name, key in (("aiortc path", False), ("callkit path", True)):
-        cpu = statistics.median(c for c, _ in results[key])
-        fps = statistics.median(f for _, f in results[key])
-        print(f"{name:14} {cpu:>9.2f}% {fps:>16.1f}")
-    print(f"ratio callkit/aiortc cpu {new / old:.2f}")
+    print(f"{'':14} {'cpu/stream':>10} {'frames/s/stream':>16} {'cpu / aiortc':>12}")
+    for mode in MODES:
+        fps = statistics.median(f for _, f in results[mode])
+        ratio = cpu[mode] / cpu["aiortc path"]
+        print(f"{mode:14} {cpu[mode]:>9.2f}% {fps:>16.1f} {ratio:>12.2f}")
+    print(
+        f"ratio callkit direct / callkit path cpu {cpu['callkit direct'] / cpu['callkit path']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 import pytest
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 
 from callkit.media import _compat, icehooks
 
 from .helpers import connect
-
-pytestmark = pytest.mark.loopback
 
 
 async def _session(engine: Any, other: str) -> Any:
@@ -52,6 +52,7 @@ async def _decoded_during(sessions: list[Any], seconds: float) -> list[int]:
     return [s.audio_receiver.decoded - b for s, b in zip(sessions, before, strict=True)]
 
 
+@pytest.mark.loopback
 async def test_bogus_datagrams_are_dropped_and_the_call_goes_on(make_engine) -> None:
     """An empty datagram (aiortc's own reader dies on it: the call's media stops for good),
     forged SRTP and SRTCP, and junk that is neither STUN nor SRTP: the transport stays
@@ -114,6 +115,7 @@ print(sent)
 """
 
 
+@pytest.mark.loopback
 async def test_an_srtp_flood_on_one_call_does_not_starve_another(make_engine) -> None:
     """Another process floods one call's ICE socket with forged SRTP (4,000 datagrams a
     second, 80 times its real audio rate, for 3 s). The other call on the same event loop
@@ -155,3 +157,89 @@ async def test_an_srtp_flood_on_one_call_does_not_starve_another(make_engine) ->
     assert direct.errors == 0
     await a1.hangup()
     await a2.hangup()
+
+
+class _Transport:
+    state = "connected"
+
+
+class _Recorder:
+    """Stands for callkit's AudioReceiver in a receiver's jitter-buffer slot."""
+
+    def __init__(self) -> None:
+        self.packets: list[Any] = []
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        self.packets.append(packet)
+        return False, None
+
+
+def _lean_receiver() -> tuple[Any, Any, _Recorder]:
+    receiver = RTCRtpReceiver("audio", _Transport())  # type: ignore[arg-type]
+    codecs = _compat.receiver_codecs(receiver)
+    assert codecs == {}
+    receiver._RTCRtpReceiver__codecs.update(
+        {
+            111: RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111),
+            0: RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, payloadType=0),
+        }
+    )
+    recorder = _Recorder()
+    _compat.use_jitter_buffer(receiver, recorder)
+    return receiver, _compat.lean_audio_rtp(receiver), recorder
+
+
+def _rtp(
+    *, pt: int = 111, csrc: int = 0, ext_words: int = 0, pad: int = 0, payload: bytes = b"op"
+) -> bytes:
+    b0 = 0x80 | (0x10 if ext_words is not None and ext_words > 0 else 0) | csrc
+    b0 |= 0x20 if pad else 0
+    head = bytes([b0, 0x80 | pt]) + (4660).to_bytes(2, "big") + (99999).to_bytes(4, "big")
+    head += (0xCAFEBABE).to_bytes(4, "big") + b"\x00\x00\x00\x07" * csrc
+    if ext_words:
+        head += b"\xbe\xde" + ext_words.to_bytes(2, "big") + b"\x10\x2a\x00\x00" * ext_words
+    tail = (b"\x00" * (pad - 1) + bytes([pad])) if pad else b""
+    return head + payload + tail
+
+
+def test_lean_rtp_reads_headers_as_aiortc_does_and_leaves_the_rest_to_it() -> None:
+    """Attack on the lean parser (what an authenticated but hostile peer could send): CSRCs,
+    header extensions and padding give the payload aiortc's parser gives; a truncated
+    extension, padding longer than the packet, another version or another codec are not
+    taken (aiortc's path, which drops what it cannot parse); a disabled receiver's packets
+    are dropped. Every packet taken is counted in aiortc's statistics."""
+    receiver, lean, recorder = _lean_receiver()
+    for data in (
+        _rtp(),
+        _rtp(csrc=3),
+        _rtp(ext_words=2),
+        _rtp(csrc=1, ext_words=1, pad=4),
+        _rtp(payload=b""),
+    ):
+        assert lean(data) is True
+        ours, theirs = recorder.packets[-1], RtpPacket.parse(data)
+        assert (ours._data, ours.sequence_number, ours.timestamp, ours.ssrc, ours.marker) == (
+            theirs.payload,
+            theirs.sequence_number,
+            theirs.timestamp,
+            theirs.ssrc,
+            theirs.marker,
+        )
+    taken = len(recorder.packets)
+    header = bytes([0x90]) + _rtp()[1:12]  # with the extension bit
+    for data in (
+        header + b"\xbe\xde",  # truncated extension header
+        header + b"\xbe\xde\xff\xff" + b"x" * 8,  # extension longer than the packet
+        bytes([0xA0]) + _rtp()[1:-1] + b"\xff",  # padding longer than the packet
+        bytes([0xA0]) + _rtp()[1:-1] + b"\x00",  # padding of length 0
+        bytes([0x40]) + _rtp()[1:],  # version 1
+        _rtp(pt=0),  # PCMU: aiortc's decoder path
+        _rtp(pt=96),  # not a payload type of the receiver
+    ):
+        assert lean(data) is False, data
+    assert len(recorder.packets) == taken
+    receiver._enabled = False
+    assert lean(_rtp()) is True and len(recorder.packets) == taken
+    streams = receiver._RTCRtpReceiver__remote_streams
+    assert streams[0xCAFEBABE].packets_received == taken
+    assert [s.source for s in receiver.getSynchronizationSources()] == [0xCAFEBABE]

@@ -908,7 +908,9 @@ class _LeanAudioRtp:
             if end < start + 4:
                 return False
             start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
-        if b0 & 0x20:  # padding
+        if b0 & 0x20:  # padding: its length is the last byte (0 is invalid, as for aiortc)
+            if not data[-1]:
+                return False
             end -= data[-1]
         if start > end:
             return False
