@@ -243,3 +243,40 @@ def test_lean_rtp_reads_headers_as_aiortc_does_and_leaves_the_rest_to_it() -> No
     streams = receiver._RTCRtpReceiver__remote_streams
     assert streams[0xCAFEBABE].packets_received == taken
     assert [s.source for s in receiver.getSynchronizationSources()] == [0xCAFEBABE]
+
+
+async def test_a_handler_that_suspends_is_finished_in_a_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The direct path steps aiortc's handler coroutines in place; one that really waits (a
+    first TURN ChannelBind on the way of a retransmission) is finished by ``_finish`` as an
+    ``await`` would: the value it waited for comes in, an exception after it is logged, not
+    raised, and cancelling the task cancels what the handler waits for."""
+    loop = asyncio.get_running_loop()
+    got: list[Any] = []
+
+    async def handler(fut: asyncio.Future[int], fail: bool) -> None:
+        got.append(await fut)
+        await asyncio.sleep(0)
+        if fail:
+            raise ValueError("boom")
+
+    for fail in (False, True):
+        fut: asyncio.Future[int] = loop.create_future()
+        coro = handler(fut, fail)
+        yielded = coro.send(None)  # as _DirectSrtp.srtp does
+        assert yielded is fut
+        task = loop.create_task(_compat._finish(coro, yielded))
+        await asyncio.sleep(0)
+        fut.set_result(7 + fail)
+        await asyncio.wait_for(task, 1.0)
+    assert got == [7, 8]
+    assert "boom" in caplog.text
+    fut = loop.create_future()
+    coro = handler(fut, False)
+    task = loop.create_task(_compat._finish(coro, coro.send(None)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fut.cancelled()
