@@ -32,6 +32,7 @@ from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
+from callkit import CallMediaType
 from callkit.media import _compat, icehooks
 from callkit.media._compat import TARGETS, version_mismatches
 from callkit.media.encoding import EncoderPool, SenderEncoder
@@ -40,7 +41,8 @@ from callkit.media.netsim import NetworkConditions, NetworkShaper
 from callkit.media.receiver import AudioReceiver
 from callkit.media.rtcstats import install_rtcp_hooks, rtcp_log
 from callkit.media.sources import TestPatternSource, ToneSource
-from callkit.media.tracks import LocalAudio
+from callkit.media.tracks import LocalAudio, LocalVideo
+from callkit.media.videoreceiver import VideoReceiver
 from callkit.media.volume import (
     FrameLevel,
     compute_audio_level_dbov,
@@ -865,6 +867,67 @@ async def test_lean_audio_rtp_replacement_takes_effect(make_engine) -> None:
     assert age.total_seconds() < 0.5
     with pytest.raises(RuntimeError, match="__active_ssrc"):
         _compat.lean_audio_rtp(object())
+
+
+# ------------------------------------------------------------ 15. video decode in the loop
+
+
+async def test_video_receiver_replacement_takes_effect() -> None:
+    """A real aiortc video receiver hands its packets to callkit's VideoReceiver: frames are
+    decoded there (in the loop, at 320x240), and aiortc's own decoder thread and track queue
+    get none. Fails if aiortc stops calling the jitter buffer it was given."""
+    video = LocalVideo(TestPatternSource(320, 240, fps=15))
+    pc1 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc2 = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    got: list[Any] = []
+    try:
+        pc1.addTrack(video.subscribe())
+        icehooks.attach(pc1, host_addresses=["127.0.0.1"])
+        await pc1.setLocalDescription(await pc1.createOffer())
+        await pc2.setRemoteDescription(pc1.localDescription)
+        receiver = pc2.getReceivers()[0]
+        path = VideoReceiver(receiver, sink=got.append)
+        _compat.use_video_receiver(receiver, path)
+        assert _compat.jitter_buffer(receiver) is path
+        icehooks.attach(pc2, host_addresses=["127.0.0.1"])
+        await pc2.setLocalDescription(await pc2.createAnswer())
+        await pc1.setRemoteDescription(pc2.localDescription)
+        deadline = time.monotonic() + 15
+        while len(got) < 10:
+            assert time.monotonic() < deadline, f"{len(got)} video frames in 15 s"
+            await asyncio.sleep(0.05)
+        assert path.decoded_inline >= 10 and path.decoded_offloaded == 0
+        assert {(f.width, f.height) for f in got} == {(320, 240)}
+        assert _compat.decoder_backlog(receiver) == 0
+        assert receiver.track._queue.qsize() == 0  # aiortc's track: nothing decoded for it
+    finally:
+        await pc1.close()
+        await pc2.close()
+        await video.stop()
+    with pytest.raises(RuntimeError, match="video RTCRtpReceiver"):
+        _compat.use_video_receiver(object(), path)
+    path.close()
+
+
+@pytest.mark.loopback
+async def test_callkit_video_receivers_decode_without_aiortc_s_thread(make_engine) -> None:
+    alice, ra = await make_engine("alice", video_source=TestPatternSource(320, 240, fps=15))
+    bob, rb = await make_engine("bob", video_source=TestPatternSource(320, 240, fps=15))
+    await connect(alice, ra, bob, rb, media=CallMediaType.VIDEO)
+    for engine, other in ((alice, "bob"), (bob, "alice")):
+        deadline = time.monotonic() + 15
+        while other not in engine.peers and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        session = engine.peers[other]
+        video = [t.receiver for t in session.pc.getTransceivers() if t.kind == "video"]
+        path = _compat.jitter_buffer(video[0])
+        assert isinstance(path, VideoReceiver) and path is session.video_receiver
+        while path.decoded < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert path.decoded_inline >= 10 and _compat.decoder_backlog(video[0]) == 0
+        remote = session.remote_video
+        assert remote is not None and remote.frames_received >= path.decoded - 1
+        assert remote.last_size == (320, 240)
     await alice.hangup()
 
 

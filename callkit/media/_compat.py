@@ -55,7 +55,13 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
     extension map, the SR counters) and ``RTCDtlsTransport._send_rtp`` stepped in place (a send
     that suspends, e.g. a first one through TURN awaiting its ChannelBind, finishes in a task):
     encoded audio is pushed into a sender from the source's clock tick instead of each
-    sender's task awaiting ``track.recv()`` (:func:`push_rtp`, :class:`RtpWriter`).
+    sender's task awaiting ``track.recv()`` (:func:`push_rtp`, :class:`RtpWriter`);
+15. ``RTCRtpReceiver.__jitter_buffer`` (video): callkit's video receivers get
+    :class:`callkit.media.videoreceiver.VideoReceiver` (aiortc's video jitter buffer, timestamp
+    mapper and decoders, the decode in the loop when it is short, else in a worker thread of
+    its own) instead of aiortc's decoder thread per receiver (:func:`use_video_receiver`,
+    :func:`video_jitter_buffer`, :func:`timestamp_mapper`, :func:`video_decoder`, and the
+    private read ``RTCRtpReceiver.__decoder_queue``: :func:`decoder_backlog`).
 
 Every ``patch_*`` wraps once (the wrapper is marked) and is idempotent; calling it again only
 replaces the callkit hook the wrapper calls.
@@ -97,11 +103,13 @@ import aiortc.clock
 import aiortc.rtp
 import pylibsrtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import StreamStatistics, TimestampMapper
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender, random_sequence_number
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 from aiortc.utils import random32, uint16_add, uint32_add
@@ -114,6 +122,7 @@ __all__ = [
     "RELAY_SETTLE",
     "TARGETS",
     "RtpWriter",
+    "decoder_backlog",
     "deliver_srtp_directly",
     "delivers_srtp_directly",
     "gathering_connection",
@@ -139,9 +148,13 @@ __all__ = [
     "rtp_writer",
     "sender_ssrc",
     "shared_encoder",
+    "timestamp_mapper",
     "use_jitter_buffer",
     "use_shared_encoder",
+    "use_video_receiver",
     "version_mismatches",
+    "video_decoder",
+    "video_jitter_buffer",
 ]
 
 log = logging.getLogger(__name__)
@@ -1156,3 +1169,46 @@ def rtp_writer(sender: RTCRtpSender) -> RtpWriter | None:
     """The writer pushed into ``sender`` while its RTP task runs (see :func:`push_rtp`)."""
     hooks = _push_hooks.get(sender)
     return None if hooks is None else hooks["writer"]
+
+
+# ------------------------------------------------------------------- 15. video decode in the loop
+# aiortc's video receiver hands each frame its jitter buffer reassembles to a decoder thread of
+# its own (``decoder_worker``: a ``queue.Queue`` in, ``run_coroutine_threadsafe`` onto the
+# track's queue out). The jitter buffer is the private slot of 6.: a replacement whose ``add``
+# never returns a frame leaves aiortc's thread idle, and callkit's ``VideoReceiver`` does the
+# rest with aiortc's own parts: its video ``JitterBuffer(capacity=512, is_video=True)`` (as
+# ``RTCRtpReceiver.__init__`` makes it), its ``TimestampMapper`` (as ``_handle_rtp_packet``
+# maps each frame's timestamp before decoding) and its decoders (``get_decoder``).
+
+
+def video_jitter_buffer() -> JitterBuffer:
+    """A video jitter buffer made as aiortc's ``RTCRtpReceiver`` makes its own."""
+    return JitterBuffer(capacity=512, is_video=True)
+
+
+def timestamp_mapper() -> Any:
+    """aiortc's ``TimestampMapper``: RTP timestamps from 0, across wraps (``.map(ts)``)."""
+    return TimestampMapper()
+
+
+def video_decoder(codec: Any) -> Any:
+    """aiortc's decoder for ``codec`` (``decode(JitterFrame) -> list[VideoFrame]``)."""
+    return get_decoder(codec)
+
+
+def use_video_receiver(receiver: Any, path: Any) -> None:
+    """Make an aiortc video ``receiver`` hand its RTP packets to ``path`` (aiortc's jitter
+    buffer interface) instead of reassembling and decoding them itself; before its first
+    packet. aiortc's decoder thread then never gets a frame."""
+    if getattr(receiver, "_RTCRtpReceiver__kind", None) != "video":
+        raise RuntimeError("use_video_receiver needs an aiortc video RTCRtpReceiver")
+    use_jitter_buffer(receiver, path)
+
+
+def decoder_backlog(receiver: Any) -> int:
+    """Frames waiting for aiortc's own decoder thread of ``receiver`` (its private
+    ``__decoder_queue``): 0 while callkit decodes."""
+    backlog = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+    if backlog is None:
+        raise RuntimeError("aiortc's RTCRtpReceiver has no _RTCRtpReceiver__decoder_queue any more")
+    return int(backlog.qsize())

@@ -38,6 +38,7 @@ from .qualitymonitor import PeerSample
 from .receiver import AudioReceiver
 from .rtcstats import rtcp_log, snapshot_from_report
 from .tracks import LocalAudio, LocalVideo, RemoteAudio, RemoteVideo
+from .videoreceiver import VideoReceiver
 
 log = logging.getLogger("callkit.media.peer")
 
@@ -147,6 +148,7 @@ class PeerSession:
         self.remote_audio: RemoteAudio | None = None
         self.remote_video: RemoteVideo | None = None
         self._audio_receiver: AudioReceiver | None = None
+        self._video_receiver: VideoReceiver | None = None
         self.failed = False
         self.connected = asyncio.Event()
         self.negotiations = 0
@@ -208,6 +210,9 @@ class PeerSession:
         if video_t is not None:
             video_t.direction = self._video_direction()
             self._share_encoder(video_t.sender, self._video_encoders)
+            if not isinstance(_compat.jitter_buffer(video_t.receiver), VideoReceiver):
+                self._video_receiver = VideoReceiver(video_t.receiver, sink=self._feed_video)
+                _compat.use_video_receiver(video_t.receiver, self._video_receiver)
             if self._video_track is not None and video_t.sender.track is not self._video_track:
                 video_t.sender.replaceTrack(self._video_track)
 
@@ -418,6 +423,16 @@ class PeerSession:
         if self.remote_audio is not None:
             self.remote_audio.feed(samples, sample_rate, concealed)
 
+    def _feed_video(self, frame: Any) -> None:
+        if self.remote_video is not None:
+            self.remote_video.feed(frame)
+
+    @property
+    def video_receiver(self) -> VideoReceiver | None:
+        """The receive path of the remote video (counters of frames decoded in the loop and
+        in its worker thread); None before the first negotiation with video."""
+        return self._video_receiver
+
     @property
     def audio_receiver(self) -> AudioReceiver | None:
         """The receive path of the remote audio (counters of decoded and concealed frames);
@@ -500,6 +515,8 @@ class PeerSession:
         await self.pc.close()
         if self._audio_receiver is not None:
             self._audio_receiver.close()
+        if self._video_receiver is not None:
+            self._video_receiver.close()
         for remote in (self.remote_audio, self.remote_video):
             if remote is not None:
                 await remote.stop()

@@ -819,6 +819,16 @@ class RemoteVideo(_RemoteConsumer):
         self.last_size: tuple[int, int] | None = None
         """(width, height) of the last frame, None before the first."""
 
+    def feed(self, frame: av.VideoFrame) -> None:
+        """Take one decoded frame pushed by the receive path (callkit's
+        :class:`~callkit.media.videoreceiver.VideoReceiver`); the track's own frames are not
+        needed then. Hook exceptions are logged, never raised."""
+        self._count(asyncio.get_running_loop().time())
+        try:
+            self._handle(frame)
+        except Exception:
+            log.exception("video consumer: frame handling failed")
+
     def _handle(self, frame: av.VideoFrame) -> None:
         self.last_size = (frame.width, frame.height)
         if self.on_frame is not None:
