@@ -174,3 +174,35 @@ async def test_without_a_sink_nothing_is_decoded_and_a_later_sink_gets_a_keyfram
     assert plis[0] and sum(plis) <= 2  # asked at once; again at most every PLI_INTERVAL
     # deltas before the keyframe are dropped (their references were never decoded)
     assert _indices(got) == list(range(12, 19)) and path.failed == 0
+
+
+async def test_the_receivers_of_one_loop_share_one_decoding_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many video receivers on one loop (a big group call, or a peer per receiver each
+    within its own budget) cannot take more of the loop together than LOOP_INLINE_BUDGET:
+    once it is spent, every receiver decodes in its worker thread."""
+    monkeypatch.setattr(videoreceiver, "INLINE_BUDGET", 1.0)  # each alone: no limit
+    monkeypatch.setattr(videoreceiver, "LOOP_INLINE_BUDGET", 0.004)
+    monkeypatch.setattr(videoreceiver, "_loop_budgets", type(videoreceiver._loop_budgets)())
+    stream = _stream(640, 480, 11)
+    paths = [VideoReceiver(_Receiver(), sink=lambda f: None) for _ in range(4)]
+    try:
+        started = time.thread_time()
+        for path in paths:
+            for p in stream:
+                path.add(p)
+        in_loop = time.thread_time() - started
+        inline = sum(path.decoded_inline for path in paths)
+        assert 1 <= inline < 20, inline  # 40 frames; a few decodes' worth in the loop
+        assert sum(path.offloading for path in paths) >= 2
+        longest = max(path.longest_inline for path in paths)
+        assert in_loop < 0.004 + 2 * longest + 0.05
+        deadline = time.monotonic() + 10  # the workers finish (a burst over their queue of
+        while sum(path.decoded + path.dropped for path in paths) < 40:  # 8 drops frames)
+            assert time.monotonic() < deadline, [path.decoded for path in paths]
+            await asyncio.sleep(0.01)
+        assert sum(path.failed for path in paths) == 0
+    finally:
+        for path in paths:
+            path.close()

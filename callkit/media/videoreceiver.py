@@ -16,7 +16,9 @@ there in the event loop when that is known to be short and cheap:
 - the stream is VP8 no larger than :data:`INLINE_MAX_PIXELS` (read from the last keyframe's
   header), and
 - this receiver has not spent more than :data:`INLINE_BUDGET` s of loop time on decoding in
-  the last second (a token bucket refilled at that rate; each decode's CPU time is taken).
+  the last second, nor all the loop's receivers together more than :data:`LOOP_INLINE_BUDGET`
+  s (token buckets refilled at those rates; each decode's CPU time is taken), so many video
+  receivers on one loop cannot take more of it than one or two do.
 
 Anything else (another codec, a larger picture, a peer sending more than the budget buys)
 goes to a worker thread of this receiver's own, started on first need, in order: while the
@@ -36,6 +38,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +49,7 @@ from . import _compat
 __all__ = [
     "INLINE_BUDGET",
     "INLINE_MAX_PIXELS",
+    "LOOP_INLINE_BUDGET",
     "OFFLOAD_QUEUE",
     "PLI_INTERVAL",
     "VideoReceiver",
@@ -59,6 +63,8 @@ log = logging.getLogger(__name__)
 INLINE_MAX_PIXELS = 640 * 480
 #: loop time (s) one receiver may spend decoding per second, and at once (a token bucket)
 INLINE_BUDGET = 0.05
+#: loop time (s) all the video receivers of one event loop may spend decoding per second
+LOOP_INLINE_BUDGET = 0.1
 #: frames the worker thread may have waiting; more are dropped until the next keyframe
 OFFLOAD_QUEUE = 8
 #: shortest time (s) between two keyframe requests (PLI) while waiting for a keyframe
@@ -109,6 +115,35 @@ class _Worker:
                 return
 
 
+class _TokenBucket:
+    """Seconds of decoding allowed: refilled at ``rate`` per second, holding at most ``rate``."""
+
+    __slots__ = ("at", "rate", "tokens")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = self.tokens = rate
+        self.at = time.monotonic()
+
+    def available(self, now: float) -> bool:
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        return self.tokens > 0
+
+
+_loop_budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TokenBucket] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_budget() -> _TokenBucket:
+    """The running loop's shared decoding budget (see :data:`LOOP_INLINE_BUDGET`)."""
+    loop = asyncio.get_running_loop()
+    bucket = _loop_budgets.get(loop)
+    if bucket is None:
+        bucket = _loop_budgets[loop] = _TokenBucket(LOOP_INLINE_BUDGET)
+    return bucket
+
+
 class VideoReceiver:
     """aiortc's video jitter buffer, then a decoder run in the loop when cheap, else in a
     worker thread; decoded frames go to :attr:`sink`.
@@ -126,8 +161,7 @@ class VideoReceiver:
         self._decoder_name: str | None = None
         self._size: tuple[int, int] | None = None  # from the last VP8 keyframe
         self._worker: _Worker | None = None
-        self._tokens = INLINE_BUDGET
-        self._tokens_at = time.monotonic()
+        self._budget = _TokenBucket(INLINE_BUDGET)
         self._need_keyframe = False
         self._pli_at: float | None = None
         self._pli_due = False
@@ -205,7 +239,8 @@ class VideoReceiver:
             started = time.thread_time()  # CPU: being preempted is not the decode's cost
             frames, failed = self._decode(codec, frame)
             took = time.thread_time() - started
-            self._tokens -= took
+            self._budget.tokens -= took
+            _loop_budget().tokens -= took
             self.longest_inline = max(self.longest_inline, took)
             self._deliver(frames, failed, inline=True)
             return
@@ -223,9 +258,7 @@ class VideoReceiver:
         if not vp8 or size is None or size[0] * size[1] > INLINE_MAX_PIXELS:
             return False
         now = time.monotonic()
-        self._tokens = min(INLINE_BUDGET, self._tokens + (now - self._tokens_at) * INLINE_BUDGET)
-        self._tokens_at = now
-        return self._tokens > 0
+        return self._budget.available(now) & _loop_budget().available(now)
 
     def _decode(self, codec: Any, frame: Any) -> tuple[list[Any], bool]:
         """Decode one frame (in the loop or the worker, never both at once)."""
