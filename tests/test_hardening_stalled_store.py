@@ -14,21 +14,33 @@ import pytest
 from callkit.client import SignalingClient
 from callkit.signaling import ServerConfig, SignalingServer
 from callkit.signaling import protocol as p
+from callkit.signaling.callstate import CallStateError
+from callkit.signaling.codes import ErrorCode
 from callkit.signaling.requestqueue import RequestQueue
-from callkit.signaling.store import MemoryStore, Tx
+from callkit.signaling.store import Applied, MemoryStore, Tx
 
 from .conftest import SDK_APP_ID, SECRET, sig
 from .test_server import login
 
 
 class StallingStore(MemoryStore):
-    """The in-process store, except that the next ``stall`` applies first wait ``seconds``."""
+    """The in-process store, except that the next ``stall`` applies first wait ``seconds``
+    and the next ``unreachable`` timer firings fail as if Redis were down."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stall = 0
         self.seconds = 0.0
         self.applies = 0
+        self.unreachable = 0
+        self.firings = 0
+
+    async def fire_timers(self, now: float) -> Applied[None]:
+        self.firings += 1
+        if self.unreachable > 0:
+            self.unreachable -= 1
+            raise CallStateError(ErrorCode.STORE_UNAVAILABLE, "the store is unreachable")
+        return await super().fire_timers(now)
 
     async def apply(self, op: Callable[[Tx], Any], **keys: Any) -> Any:
         self.applies += 1
@@ -182,3 +194,27 @@ async def test_the_request_queue_bound_and_order() -> None:
         RequestQueue(handle, 0)
     with pytest.raises(ValueError, match="max_requests_in_flight must be >= 1, got 0"):
         ServerConfig(max_requests_in_flight=0)
+
+
+async def test_timers_the_store_cannot_fire_are_retried_not_counted_as_bugs() -> None:
+    """A ring timeout due while the store is unreachable fires once it is back; the failed
+    attempts are no internal errors (nothing logged at ERROR) and do not spin."""
+    server = await stalling_server()
+    alice = await login(server.url or "", "alice")
+    bob = await login(server.url or "", "bob")
+    try:
+        store = store_of(server)
+        store.unreachable = 3
+        reply = await alice.request("call", callees=["bob"], mediaType=1, timeout=0.3)
+        assert reply["type"] == "ok"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while server.registry.calls and loop.time() - t0 < 5:
+            await asyncio.sleep(0.05)
+        assert server.registry.calls == {}  # bob never answered: the timeout fired
+        assert store.unreachable == 0 and 4 <= store.firings <= 10
+        assert server.stats.internal_errors == 0
+    finally:
+        await alice.close()
+        await bob.close()
+        await server.stop()

@@ -72,6 +72,8 @@ CLOSE_RESUMED = 4001
 CLOSE_TOO_SLOW = 4008
 #: how long a close frame may take to go out before the connection is aborted
 CLOSE_TIMEOUT = 1.0
+#: seconds before due timers are tried again when the shared store could not fire them
+TIMER_RETRY = 0.2
 
 
 @dataclass
@@ -514,6 +516,9 @@ class SignalingServer:
                 continue
             try:
                 await self._fire_timers()
+            except CallStateError as exc:  # the shared store is unreachable: not a bug
+                log.warning("timers not fired, retrying: %s", exc.message)
+                await asyncio.sleep(TIMER_RETRY)  # (a store that fails at once must not spin)
             except Exception:  # never let the timer die
                 self.stats.internal_errors += 1
                 log.exception("timer handling failed")
