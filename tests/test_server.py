@@ -38,7 +38,9 @@ class RawClient:
         return await self.reply(rid)
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=timeout)
+        # wait_for, not receive(timeout=): aiohttp restarts that timeout at every ping it
+        # answers, so a reply that never comes would hang the test instead of failing it
+        msg = await asyncio.wait_for(self.ws.receive(), timeout)
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
         return json.loads(msg.data)
 
