@@ -368,3 +368,27 @@ async def test_an_operation_is_two_round_trips_and_timers_are_read_once_per_poll
     await asyncio.sleep(0.3)
     await a.store.fire_timers(a.store.now())
     await until(lambda: b.events("b1")[-1:] == ["onCallCancelled"], "the ring timeout on B")
+
+
+async def test_frames_for_this_node_reach_its_sockets_while_its_subscription_is_down(
+    nodes: list[Node],
+) -> None:
+    """A PUBLISH that reaches no subscriber is lost (pub/sub keeps nothing): while a node's
+    own subscription is reconnecting (Redis restarted), the frames its own commits make for
+    its own sockets (replies, a local callee's invitation) would vanish. The commit tells
+    which channels nobody heard; this node's frames are then handed over directly, once (the
+    other tests' exact event lists show none is handed over twice while it is subscribed)."""
+    a, b, _ = nodes
+    await a.login("alice", "a1")
+    await a.login("bob", "a2")
+    await b.login("carol", "b1")
+    await stop_tasks([a.store._tasks[0]])  # node A's frames task (RedisStateStore.start)
+    call = await a.call("a1", "alice", ["bob", "carol"])
+    assert a.events("a2") == ["onCallReceived"]  # handed over at the commit
+    assert a.store.frames_delivered_locally == 1
+    await until(lambda: b.events("b1") == ["onCallReceived"], "carol's invitation on node B")
+    assert b.store.frames_delivered_locally == 0
+    await a.answer("a2", "bob", call.call_id)
+    assert a.events("a2")[:2] == ["onCallReceived", "onCallBegin"]
+    assert a.events("a2").count("onCallBegin") == 1
+    assert a.store.frames_delivered_locally == 2

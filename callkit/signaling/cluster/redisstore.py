@@ -203,18 +203,24 @@ return cjson.encode({out, redis.call('zrangebyscore', p .. ':nodes', ARGV[3], '+
 
 #: Lua: compare-and-set. ARGV[1]: [[key, sha1 of the value read, or false if absent], ...];
 #: if every key still holds that, run ARGV[2]'s commands ([[command, args...], ...]) and
-#: return 1, else change nothing and return 0 (the caller loads again and retries).
+#: return {1, channels...}: the channels a PUBLISH reached no subscriber on (a node whose
+#: subscription is reconnecting, or a dead one); else change nothing and return {0} (the
+#: caller loads again and retries).
 _COMMIT = """
 for _, e in ipairs(cjson.decode(ARGV[1])) do
   local v = redis.call('get', e[1])
   if e[2] == false then
-    if v then return 0 end
+    if v then return {0} end
   elseif (not v) or redis.sha1hex(v) ~= e[2] then
-    return 0
+    return {0}
   end
 end
-for _, command in ipairs(cjson.decode(ARGV[2])) do redis.call(unpack(command)) end
-return 1
+local unheard = {1}
+for _, command in ipairs(cjson.decode(ARGV[2])) do
+  local got = redis.call(unpack(command))
+  if command[1] == 'publish' and got == 0 then unheard[#unheard + 1] = command[2] end
+end
+return unheard
 """
 
 
@@ -267,6 +273,9 @@ class RedisStateStore(StateStore):
         self.conflicts = 0
         #: dead nodes this node took over
         self.takeovers: list[str] = []
+        #: commits whose frames for this node's own sockets reached no subscriber (its
+        #: subscription was reconnecting) and were handed to the sink directly
+        self.frames_delivered_locally = 0
         self._epoch: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: the two scripts, run by SHA-1 (EVALSHA; loaded again by redis-py after NOSCRIPT)
@@ -522,8 +531,15 @@ class RedisStateStore(StateStore):
         # commit only if nothing read changed and the new rooms are free (compare-and-set)
         expected = [[key, _sha1(value)] for key, value in seen.items()]
         expected += [[k.room(r), False] for r in new_rooms]
-        if not await self._commit(keys=[], args=[_dumps(expected), _dumps(w.ops)], client=client):
+        done = await self._commit(keys=[], args=[_dumps(expected), _dumps(w.ops)], client=client)
+        if not done or int(done[0]) != 1:
             raise WatchError("a document changed meanwhile")
+        own = k.node_channel(self.node)
+        if any((c.decode() if isinstance(c, bytes) else c) == own for c in done[1:]):
+            # this node's own subscription is down (Redis restarted, the link reconnecting):
+            # its sockets' frames reached nobody, so they are handed over here, in order
+            self.frames_delivered_locally += 1
+            self._sink([f for f in tx.frames if f.node == self.node])
         if armed:
             known = self._timer_known
             self._timer_known = min(armed) if known is None else min(known, *armed)
