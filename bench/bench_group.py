@@ -209,7 +209,8 @@ ENCODE_CPU = {"audio": 0.0, "video": 0.0}
 
 
 def _count_encodes() -> None:
-    """Count every run of aiortc's Opus and VP8 encoders in this process (raw or shared)."""
+    """Count every run of aiortc's Opus and VP8 encoders in this process (raw or shared),
+    and of callkit's libopus encoder (the pushed audio of callkit's senders)."""
     from aiortc.codecs.opus import OpusEncoder
     from aiortc.codecs.vpx import Vp8Encoder
 
@@ -229,6 +230,20 @@ def _count_encodes() -> None:
             return out
 
         cls.encode = encode  # type: ignore[method-assign]
+
+    from callkit.media.opus import OpusEncoder as LibOpusEncoder  # callkit's pushed audio
+
+    orig_libopus = LibOpusEncoder.encode
+
+    def encode_libopus(self: Any, samples: Any) -> bytes:
+        ENCODES["audio"] += 1
+        t0 = time.thread_time()
+        out = orig_libopus(self, samples)
+        ENCODE_CPU["audio"] += time.thread_time() - t0
+        ENCODES["audio_bytes"] += len(out)
+        return out
+
+    LibOpusEncoder.encode = encode_libopus  # type: ignore[method-assign]
 
 
 def _thread_cpu() -> dict[str, float]:
