@@ -381,3 +381,41 @@ async def test_a_suspending_send_keeps_packet_order() -> None:
             await session.close()
         await peer.close()
         await local.stop()
+
+
+@pytest.mark.loopback
+async def test_renegotiated_settings_switch_encoders_without_a_jump() -> None:
+    """A peer whose new description asks for stereo and in-band FEC moves its sender to
+    another shared encoder at the next tick: its packets turn stereo with LBRR, sequence
+    numbers and timestamps go on without a jump, and the encoder nobody uses any more is
+    dropped (a peer toggling its settings cannot make the pool grow)."""
+    local = LocalAudio(ToneSource(440, -20))
+    pool = EncoderPool()
+    peer = RawReceiver()
+    sessions: list[PeerSession] = []
+    try:
+        sessions = await _sessions(local, pool, [peer])
+        await _until(lambda: len(peer.packets) >= 10, "10 packets")
+        assert not _stereo_packet(peer.packets[-1][4])
+        sender = _sender(sessions[0])
+        handle = _compat.shared_encoder(sender)
+        writer = _compat.rtp_writer(sender)
+        assert writer is not None
+        both = frozenset({writer.codec.payloadType})
+        for round_ in range(6):  # toggle: stereo + FEC, then back to what the answer said
+            n = len(peer.packets)
+            handle.set_remote_fec(both, both if round_ % 2 == 0 else frozenset())
+            await _until(lambda n=n: len(peer.packets) >= n + 5, "5 more packets")
+            (encoder,) = pool.encoders
+            assert encoder.inband_fec  # the raw peer's answer asked for none: ours does here
+            assert encoder.opus_channels == (2 if round_ % 2 == 0 else 1)
+            assert _stereo_packet(peer.packets[-1][4]) == (round_ % 2 == 0)
+        seqs = [p[1] for p in peer.packets]
+        timestamps = [p[2] for p in peer.packets]
+        assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs))
+        assert all((b - a) % 2**32 == FRAME for a, b in itertools.pairwise(timestamps))
+    finally:
+        for session in sessions:
+            await session.close()
+        await peer.close()
+        await local.stop()

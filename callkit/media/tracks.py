@@ -405,7 +405,10 @@ class _AudioConverter:
         self._fifo = np.zeros(0, dtype=np.int16)
 
     def _read_mono(self, n: int) -> np.ndarray:
-        x = np.asarray(self.source.read(n))
+        x = self.source.read(n)
+        if type(x) is np.ndarray and x.dtype == np.int16 and x.shape == (n, 1):
+            return x.reshape(n)  # the usual mono int16 source: nothing to convert
+        x = np.asarray(x)
         if x.dtype.kind == "f":
             x = np.clip(np.rint(x * 32767.0), -32768, 32767)
         if x.ndim == 2 and x.shape[1] > 1:
