@@ -30,7 +30,14 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
-from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    is_rtcp,
+    pack_remb_fci,
+)
 
 from callkit import CallMediaType
 from callkit.media import _compat, icehooks
@@ -973,6 +980,23 @@ async def test_pushed_rtp_replacement_takes_effect(monkeypatch: pytest.MonkeyPat
             await asyncio.sleep(0.05)
         writer = _compat.rtp_writer(sender)
         assert writer is not None and writer.packets >= 40 and reads == 0
+        # the bytes written are aiortc's own serialization of the packet kept for NACK
+        sent_rtp: list[bytes] = []
+        send_rtp = sender.transport._send_rtp
+
+        async def keep(data: bytes) -> None:
+            sent_rtp.append(data)
+            await send_rtp(data)
+
+        sender.transport._send_rtp = keep
+        while len(sent_rtp) < 5:
+            await asyncio.sleep(0.02)
+        history = sender._RTCRtpSender__rtp_history
+        extensions = sender._RTCRtpSender__rtp_header_extensions_map
+        for data in sent_rtp[:3]:
+            if not is_rtcp(data):
+                seq = int.from_bytes(data[2:4], "big")
+                assert history[seq % RTP_HISTORY_SIZE].serialize(extensions) == data
         stats = await sender.getStats()
         sent = next(s for s in stats.values() if s.type == "outbound-rtp")
         assert sent.packetsSent == writer.packets

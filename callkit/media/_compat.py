@@ -111,7 +111,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import parse_stun_turn_uri as _parse_stun_turn_uri
 from aiortc.rtcrtpreceiver import StreamStatistics, TimestampMapper
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender, random_sequence_number
-from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket
 from aiortc.utils import random32, uint16_add, uint32_add
 from av import AudioFrame
 from av.frame import Frame
@@ -997,6 +997,10 @@ class RtpWriter:
         self._history: dict[int, RtpPacket] = getattr(sender, _SENDER + "rtp_history")
         self._extensions = getattr(sender, _SENDER + "rtp_header_extensions_map")
         self._mid = getattr(sender, _SENDER + "mid")
+        # the header extensions of an audio packet depend on its level only, unless the map
+        # writes abs-send-time (aiortc negotiates it for video only): then aiortc serializes
+        _, with_time = self._extensions.set(HeaderExtensions(abs_send_time=1))
+        self._header_tails: dict[int | None, bytes] | None = None if with_time else {}
         self._wake = asyncio.Event()
         self._backlog: collections.deque[bytes] | None = None  # while a send is suspended
         self._draining: asyncio.Task[None] | None = None
@@ -1030,7 +1034,7 @@ class RtpWriter:
             if audio_level is not None:
                 packet.extensions.audio_level = (False, -audio_level)
             self._history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
-            self._send(transport, packet.serialize(self._extensions))
+            self._send(transport, self._serialize(packet, audio_level))
             octets += len(payload)
             self._sequence_number = uint16_add(self._sequence_number, 1)
         if payloads:
@@ -1045,6 +1049,31 @@ class RtpWriter:
                 _SENDER + "packet_count",
                 getattr(sender, _SENDER + "packet_count") + len(payloads),
             )
+
+    def _serialize(self, packet: RtpPacket, audio_level: int | None) -> bytes:
+        """``packet.serialize(extensions map)``, with the extension bytes made once per level."""
+        tails = self._header_tails
+        if tails is None:
+            return packet.serialize(self._extensions)
+        tail = tails.get(audio_level)
+        if tail is None:
+            profile, value = self._extensions.set(packet.extensions)
+            tail = tails[audio_level] = (
+                struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
+            )
+        first = 0x90 if tail else 0x80  # version 2, no padding, extension bit, no CSRC
+        return (
+            struct.pack(
+                "!BBHLL",
+                first,
+                (packet.marker << 7) | packet.payload_type,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+            )
+            + tail
+            + packet.payload
+        )
 
     def _send(self, transport: Any, data: bytes) -> None:
         """``transport._send_rtp(data)`` stepped in place (SRTP protect and ``sendto`` never
