@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
-from aiortc.rtp import is_rtcp
+from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, is_rtcp
 
 from callkit.media import _compat, icehooks
 from callkit.media.encoding import EncoderPool
@@ -414,6 +414,53 @@ async def test_renegotiated_settings_switch_encoders_without_a_jump() -> None:
         timestamps = [p[2] for p in peer.packets]
         assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs))
         assert all((b - a) % 2**32 == FRAME for a, b in itertools.pairwise(timestamps))
+    finally:
+        for session in sessions:
+            await session.close()
+        await peer.close()
+        await local.stop()
+
+
+@pytest.mark.loopback
+async def test_a_nack_flood_gets_a_bounded_number_of_retransmissions() -> None:
+    """Attack on the shared loop: a peer sends 200 RTCP NACKs, each naming the last 17
+    packets. aiortc would retransmit every one it still has (about 3,400 packets at once);
+    a pushed sender retransmits at most MAX_RETRANSMITS_PER_S per second and ignores the
+    rest, and its stream goes on."""
+    local = LocalAudio(ToneSource(440, -20))
+    peer = RawReceiver()
+    sessions: list[PeerSession] = []
+    try:
+        sessions = await _sessions(local, EncoderPool(), [peer])
+        await _until(lambda: len(peer.packets) >= 30, "30 packets")
+        sender = _sender(sessions[0])
+        seen = {p[1] for p in peer.packets}
+        retransmitted = 0
+        send_rtp = sender.transport._send_rtp
+
+        async def counting(data: bytes) -> None:
+            nonlocal retransmitted
+            if not is_rtcp(data):
+                seq = int.from_bytes(data[2:4], "big")
+                retransmitted += seq in seen
+                seen.add(seq)
+            await send_rtp(data)
+
+        sender.transport._send_rtp = counting
+        receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "audio")
+        ssrc = _compat.sender_ssrc(sender)
+        last = peer.packets[-1][1]
+        started, n = time.monotonic(), len(peer.packets)
+        for _ in range(200):
+            nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1234, media_ssrc=ssrc)
+            nack.lost = [(last - 16 + i) % 65536 for i in range(17)]  # ascending
+            await receiver._send_rtcp(nack)
+        await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+        bound = _compat.MAX_RETRANSMITS_PER_S * (1 + elapsed)
+        assert 0 < retransmitted <= bound, (retransmitted, bound)
+        assert _compat.rtp_writer(sender) is not None  # the stream goes on
+        await _until(lambda: len(peer.packets) >= n + 20, "the stream after the flood")
     finally:
         for session in sessions:
             await session.close()

@@ -55,7 +55,8 @@ fails when it stops taking effect. The callkit logic stays with its owner (``ice
     extension map, the SR counters) and ``RTCDtlsTransport._send_rtp`` stepped in place (a send
     that suspends, e.g. a first one through TURN awaiting its ChannelBind, finishes in a task):
     encoded audio is pushed into a sender from the source's clock tick instead of each
-    sender's task awaiting ``track.recv()`` (:func:`push_rtp`, :class:`RtpWriter`);
+    sender's task awaiting ``track.recv()`` (:func:`push_rtp`, :class:`RtpWriter`); its
+    ``_retransmit`` (NACK) is bounded to :data:`MAX_RETRANSMITS_PER_S`;
 15. ``RTCRtpReceiver.__jitter_buffer`` (video): callkit's video receivers get
     :class:`callkit.media.videoreceiver.VideoReceiver` (aiortc's video jitter buffer, timestamp
     mapper and decoders, the decode in the loop when it is short, else in a worker thread of
@@ -119,6 +120,7 @@ from av.frame import Frame
 __all__ = [
     "AIORTC_COMPUTE_AUDIO_LEVEL_DBOV",
     "MAX_QUEUED",
+    "MAX_RETRANSMITS_PER_S",
     "RELAY_SETTLE",
     "TARGETS",
     "RtpWriter",
@@ -971,13 +973,20 @@ def lean_audio_rtp(receiver: Any) -> _LeanAudioRtp:
 # must first bind a channel, and then later packets wait behind it). ``push_rtp``
 # replaces ``_run_rtp`` per sender by a task that mostly sleeps: while the sender's track can
 # push, the source calls :meth:`RtpWriter.write` from its own tick; otherwise frames are read
-# and packetized as aiortc does. The RTCP task, ``stop()``, ``_retransmit`` and the stats are
+# and packetized as aiortc does (``_retransmit`` is aiortc's behind a rate bound, see
+# MAX_RETRANSMITS_PER_S). The RTCP task, ``stop()`` and the stats are
 # aiortc's own, reading the same private state.
 
 _SENDER = "_RTCRtpSender__"
 #: per sender given to :func:`push_rtp`: its ``attach`` hook and current writer
 _push_hooks: weakref.WeakKeyDictionary[RTCRtpSender, dict[str, Any]] = weakref.WeakKeyDictionary()
 
+
+#: retransmissions a pushed sender makes per second at most (the rest of the NACKs are
+#: ignored): aiortc retransmits every sequence number an RTCP NACK lists that its 128-packet
+#: history still holds, so a peer flooding NACKs would make the shared loop send without
+#: limit; audio at 50 packets/s never needs more (aiortc does not even negotiate NACK for it)
+MAX_RETRANSMITS_PER_S = 50
 
 #: packets one writer keeps, in order, while a send is suspended (a first send through a TURN
 #: relay awaits its ChannelBind); more are dropped
@@ -1131,8 +1140,9 @@ PushAttach = Callable[[RtpWriter, Any], "Callable[[], None] | None"]
 def push_rtp(sender: RTCRtpSender, attach: PushAttach) -> None:
     """Replace ``sender``'s RTP task (before ``send()``): while ``attach(writer, track)`` makes
     its track push, the task sleeps until the track is replaced or ends, or the writer fails;
-    other tracks are read frame by frame through ``sender._next_encoded_frame``."""
-    for name in ("_run_rtp", "_next_encoded_frame", "replaceTrack"):
+    other tracks are read frame by frame through ``sender._next_encoded_frame``. Its NACK
+    retransmissions are bounded (:data:`MAX_RETRANSMITS_PER_S`)."""
+    for name in ("_run_rtp", "_next_encoded_frame", "replaceTrack", "_retransmit"):
         if not hasattr(sender, name):
             raise RuntimeError(f"aiortc's RTCRtpSender has no {name} any more")
     for name in ("rtp_history", "rtp_header_extensions_map", "mid", "rtp_started", "rtp_exited"):
@@ -1190,8 +1200,24 @@ def push_rtp(sender: RTCRtpSender, attach: PushAttach) -> None:
         getattr(sender, _SENDER + "rtp_exited").set()
 
     setattr(_run_rtp, _MARK, True)
+    orig_retransmit = sender._retransmit
+    budget = [float(MAX_RETRANSMITS_PER_S), time.monotonic()]  # tokens, last refill
+
+    async def _retransmit(sequence_number: int) -> None:
+        now = time.monotonic()
+        tokens = min(MAX_RETRANSMITS_PER_S, budget[0] + (now - budget[1]) * MAX_RETRANSMITS_PER_S)
+        budget[1] = now
+        if tokens < 1:
+            budget[0] = tokens
+            hooks["refused_retransmits"] += 1
+            return
+        budget[0] = tokens - 1
+        await orig_retransmit(sequence_number)
+
+    hooks["refused_retransmits"] = 0
     sender._run_rtp = _run_rtp  # type: ignore[method-assign]
     sender.replaceTrack = replaceTrack  # type: ignore[method-assign]
+    sender._retransmit = _retransmit  # type: ignore[method-assign]
 
 
 def rtp_writer(sender: RTCRtpSender) -> RtpWriter | None:
