@@ -7,9 +7,15 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
 from callkit import PAYLOAD_KEYS, CallEngine, CallMediaType, CallParams
+from callkit.media import icehooks
+from callkit.media.opus import offer_inband_fec
 from callkit.media.peer import PeerSession
 from callkit.media.receiver import AudioReceiver
+from callkit.media.volume import rms_dbfs
 from callkit.recorder import EventRecorder
 from callkit.testing import LOOPBACK, SDK_APP_ID, user_sig
 
@@ -86,3 +92,69 @@ async def audio_path(
     path = session.audio_receiver
     assert path is not None and path.sink is not None, f"no audio receive path from {peer}"
     return session, path
+
+
+class RawAudioPeer:
+    """A raw aiortc answerer for one callkit audio sender: records the RTP packets it gets
+    (``packets``: ssrc, sequence number, timestamp, audio-level header, payload; at most
+    5,000) and the level of each frame it decodes (``levels``, dBFS; at most 2,000).
+    ``stereo`` adds ``stereo=1`` to its Opus ``fmtp`` (RFC 7587: it asks for stereo);
+    ``ask_fec`` adds ``useinbandfec=1`` (aiortc itself never asks for in-band FEC)."""
+
+    def __init__(self, *, stereo: bool = False, ask_fec: bool = False) -> None:
+        self.stereo = stereo
+        self.ask_fec = ask_fec
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        icehooks.attach(self.pc, host_addresses=LOOPBACK)
+        self.packets: list[tuple[int, int, int, Any, bytes]] = []
+        self.levels: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """The Opus payloads received, in order."""
+        return [p[4] for p in self.packets]
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self.task = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while len(self.levels) < 2000:
+                frame = await track.recv()
+                self.levels.append(rms_dbfs(frame.to_ndarray()))
+        except MediaStreamError:
+            pass
+
+    async def answer(self, offer: dict[str, Any]) -> dict[str, str]:
+        """Take ``offer`` (``sdp``, ``type``) and return the answer, as signaling carries it."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(**offer))
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "audio")
+        handle = receiver._handle_rtp_packet
+
+        async def keep(packet: Any, arrival_time_ms: int) -> None:
+            if len(self.packets) < 5000:
+                level = packet.extensions.audio_level
+                self.packets.append(
+                    (packet.ssrc, packet.sequence_number, packet.timestamp, level, packet.payload)
+                )
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = keep
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        sdp = self.pc.localDescription.sdp
+        assert "useinbandfec" not in sdp  # aiortc itself never asks for FEC
+        if self.stereo:
+            lines = sdp.split("\r\n")
+            i = next(i for i, line in enumerate(lines) if "opus/48000" in line)
+            pt = lines[i].split(":")[1].split()[0]
+            lines.insert(i + 1, f"a=fmtp:{pt} stereo=1")
+            sdp = "\r\n".join(lines)
+        return {"sdp": offer_inband_fec(sdp) if self.ask_fec else sdp, "type": "answer"}
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.pc.close()

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, is_rtcp
 
-from callkit.media import _compat, icehooks
+from callkit.media import _compat
 from callkit.media.encoding import EncoderPool
 from callkit.media.opus import OpusDecoder, OpusEncoder, OpusError
 from callkit.media.peer import PeerSession
@@ -26,6 +25,7 @@ from callkit.media.tracks import AudioChunk, LocalAudio, _SubscriberTrack
 from callkit.media.volume import rms_dbfs
 
 from .conftest import LOOPBACK
+from .helpers import RawAudioPeer
 
 FRAME = 960
 
@@ -99,63 +99,8 @@ def test_opus_encoder_rejects_bad_input_clearly() -> None:
 # ---------------------------------------------------------------------- raw aiortc receivers
 
 
-class RawReceiver:
-    """A raw aiortc answerer: records the RTP packets it receives and the decoded levels.
-    ``stereo`` adds ``stereo=1`` to its Opus ``fmtp`` (it asks for stereo, RFC 7587)."""
-
-    def __init__(self, stereo: bool = False) -> None:
-        self.stereo = stereo
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        icehooks.attach(self.pc, host_addresses=LOOPBACK)
-        self.packets: list[tuple[int, int, int, Any, bytes]] = []  # ssrc seq ts level payload
-        self.levels: list[float] = []
-        self.task: asyncio.Task[None] | None = None
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self.task = asyncio.ensure_future(self._read(track))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        try:
-            while len(self.levels) < 2000:
-                frame = await track.recv()
-                self.levels.append(rms_dbfs(frame.to_ndarray()))
-        except MediaStreamError:
-            pass
-
-    async def answer(self, offer: dict[str, Any]) -> dict[str, str]:
-        await self.pc.setRemoteDescription(RTCSessionDescription(**offer))
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "audio")
-        handle = receiver._handle_rtp_packet
-
-        async def keep(packet: Any, arrival_time_ms: int) -> None:
-            if len(self.packets) < 5000:
-                level = packet.extensions.audio_level
-                self.packets.append(
-                    (packet.ssrc, packet.sequence_number, packet.timestamp, level, packet.payload)
-                )
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = keep
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        sdp = self.pc.localDescription.sdp
-        if self.stereo:
-            lines = sdp.split("\r\n")
-            i = next(i for i, line in enumerate(lines) if "opus/48000" in line)
-            pt = lines[i].split(":")[1].split()[0]
-            lines.insert(i + 1, f"a=fmtp:{pt} stereo=1")
-            sdp = "\r\n".join(lines)
-        return {"sdp": sdp, "type": "answer"}
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        await self.pc.close()
-
-
 async def _sessions(
-    local: LocalAudio, pool: EncoderPool, peers: list[RawReceiver]
+    local: LocalAudio, pool: EncoderPool, peers: list[RawAudioPeer]
 ) -> list[PeerSession]:
     sessions = []
     for i, peer in enumerate(peers):
@@ -217,7 +162,7 @@ async def test_pushed_audio_reaches_raw_aiortc_peers(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(OpusEncoder, "encode", counting_encode)
     local = LocalAudio(ToneSource(440, -20))
     pool = EncoderPool()
-    peers = [RawReceiver(), RawReceiver(), RawReceiver(stereo=True)]
+    peers = [RawAudioPeer(), RawAudioPeer(), RawAudioPeer(stereo=True)]
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(local, pool, peers)
@@ -259,7 +204,7 @@ async def test_a_sender_whose_transport_fails_stops_alone() -> None:
     peers keep getting every frame from the one shared encode."""
     local = LocalAudio(ToneSource(440, -20))
     pool = EncoderPool()
-    peers = [RawReceiver(), RawReceiver(), RawReceiver()]
+    peers = [RawAudioPeer(), RawAudioPeer(), RawAudioPeer()]
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(local, pool, peers)
@@ -302,7 +247,7 @@ async def test_push_follows_mute_pause_replace_and_close() -> None:
     frames from it; closing the connection ends the sender and its track."""
     quiet, loud = LocalAudio(ToneSource(440, -40)), LocalAudio(ToneSource(440, -10))
     pool = EncoderPool()
-    peer = RawReceiver()
+    peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(quiet, pool, [peer])
@@ -353,7 +298,7 @@ async def test_a_suspending_send_keeps_packet_order() -> None:
     """A send that suspends (a first packet through TURN waits for its ChannelBind) finishes
     in a task and the packets pushed meanwhile leave after it, in order, none lost."""
     local = LocalAudio(ToneSource(440, -20))
-    peer = RawReceiver()
+    peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(local, EncoderPool(), [peer])
@@ -391,7 +336,7 @@ async def test_renegotiated_settings_switch_encoders_without_a_jump() -> None:
     dropped (a peer toggling its settings cannot make the pool grow)."""
     local = LocalAudio(ToneSource(440, -20))
     pool = EncoderPool()
-    peer = RawReceiver()
+    peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(local, pool, [peer])
@@ -428,7 +373,7 @@ async def test_a_nack_flood_gets_a_bounded_number_of_retransmissions() -> None:
     a pushed sender retransmits at most MAX_RETRANSMITS_PER_S per second and ignores the
     rest, and its stream goes on."""
     local = LocalAudio(ToneSource(440, -20))
-    peer = RawReceiver()
+    peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
         sessions = await _sessions(local, EncoderPool(), [peer])

@@ -13,12 +13,11 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCRtpCodecParameters
 
-from callkit.media import NetworkConditions, _compat, icehooks
+from callkit.media import NetworkConditions, _compat
 from callkit.media.encoding import EncoderPool, SenderEncoder
-from callkit.media.opus import libopus, offer_inband_fec
+from callkit.media.opus import libopus
 from callkit.media.peer import PeerSession, remote_fec_payload_types
 from callkit.media.receiver import AudioReceiver
 from callkit.media.sources import AudioSource
@@ -26,7 +25,7 @@ from callkit.media.tracks import LocalAudio
 from callkit.media.volume import rms_dbfs
 
 from .conftest import LOOPBACK
-from .helpers import audio_path, connect
+from .helpers import RawAudioPeer, audio_path, connect
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 FRAME = 960
@@ -232,55 +231,13 @@ async def test_engines_recover_lost_frames_from_fec(make_engine) -> None:
     assert abs(recovered - clean) < 6 and abs(clean - LEVEL) < 2, (recovered, clean)
 
 
-class RawPeer:
-    """A raw aiortc answerer (no callkit SDP changes): keeps the Opus payloads it receives
-    and the level of the audio it decodes."""
-
-    def __init__(self, ask_fec: bool) -> None:
-        self.ask_fec = ask_fec
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        icehooks.attach(self.pc, host_addresses=LOOPBACK)
-        self.payloads: list[bytes] = []
-        self.levels: list[float] = []
-        self.task: asyncio.Task[None] | None = None
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self.task = asyncio.ensure_future(self._read(track))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        try:
-            while len(self.levels) < 1000:
-                frame = await track.recv()
-                self.levels.append(rms_dbfs(frame.to_ndarray()))
-        except MediaStreamError:
-            pass
-
-    async def answer(self, offer: dict[str, Any]) -> dict[str, str]:
-        await self.pc.setRemoteDescription(RTCSessionDescription(**offer))
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "audio")
-        handle = receiver._handle_rtp_packet
-
-        async def keep(packet: Any, arrival_time_ms: int) -> None:
-            if len(self.payloads) < 1000:
-                self.payloads.append(packet.payload)
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = keep
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        sdp = self.pc.localDescription.sdp
-        assert "useinbandfec" not in sdp  # aiortc itself never asks for FEC
-        return {"sdp": offer_inband_fec(sdp) if self.ask_fec else sdp, "type": "answer"}
-
-
 @pytest.mark.loopback
 async def test_raw_peer_without_fec_gets_plain_packets_at_the_same_level() -> None:
     """One callkit source, two raw aiortc peers: the one whose answer asks for FEC gets LBRR
     in its packets, the other plain packets (a separate encoder); both hear the same level."""
     local = LocalAudio(SpeechLike())
     pool = EncoderPool()
-    peers = [RawPeer(ask_fec=True), RawPeer(ask_fec=False)]
+    peers = [RawAudioPeer(ask_fec=True), RawAudioPeer(ask_fec=False)]
     sessions = []
     try:
         for i, peer in enumerate(peers):
