@@ -12,9 +12,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from callkit import PAYLOAD_KEYS, CallEngine, CallMediaType, CallParams
 from callkit.media import icehooks
+from callkit.media.encoding import EncoderPool
 from callkit.media.opus import offer_inband_fec
 from callkit.media.peer import PeerSession
 from callkit.media.receiver import AudioReceiver
+from callkit.media.tracks import LocalAudio
 from callkit.media.volume import rms_dbfs
 from callkit.recorder import EventRecorder
 from callkit.testing import LOOPBACK, SDK_APP_ID, user_sig
@@ -158,3 +160,31 @@ class RawAudioPeer:
         if self.task is not None:
             self.task.cancel()
         await self.pc.close()
+
+
+async def raw_audio_sessions(
+    local: LocalAudio, pool: EncoderPool, peers: list[RawAudioPeer]
+) -> list[PeerSession]:
+    """One offering callkit :class:`PeerSession` per raw peer, sending ``local`` through the
+    shared encoders of ``pool``; each peer answers its offer."""
+    sessions = []
+    for i, peer in enumerate(peers):
+        offers: list[dict[str, Any]] = []
+
+        async def signal(kind: str, data: dict[str, Any], offers: list[Any] = offers) -> None:
+            if kind == "offer":
+                offers.append(data)
+
+        session = PeerSession(
+            f"raw{i}",
+            offerer=True,
+            signal=signal,
+            local_audio=local,
+            local_video=None,
+            host_addresses=LOOPBACK,
+            audio_encoders=pool,
+        )
+        sessions.append(session)
+        await session.start()
+        await session.handle_signal("answer", await peer.answer(offers[0]))
+    return sessions

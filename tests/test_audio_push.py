@@ -24,8 +24,7 @@ from callkit.media.sources import ToneSource
 from callkit.media.tracks import AudioChunk, LocalAudio, _SubscriberTrack
 from callkit.media.volume import rms_dbfs
 
-from .conftest import LOOPBACK
-from .helpers import RawAudioPeer
+from .helpers import RawAudioPeer, raw_audio_sessions
 
 FRAME = 960
 
@@ -99,32 +98,6 @@ def test_opus_encoder_rejects_bad_input_clearly() -> None:
 # ---------------------------------------------------------------------- raw aiortc receivers
 
 
-async def _sessions(
-    local: LocalAudio, pool: EncoderPool, peers: list[RawAudioPeer]
-) -> list[PeerSession]:
-    sessions = []
-    for i, peer in enumerate(peers):
-        offers: list[dict[str, Any]] = []
-
-        async def signal(kind: str, data: dict[str, Any], offers: list[Any] = offers) -> None:
-            if kind == "offer":
-                offers.append(data)
-
-        session = PeerSession(
-            f"raw{i}",
-            offerer=True,
-            signal=signal,
-            local_audio=local,
-            local_video=None,
-            host_addresses=LOOPBACK,
-            audio_encoders=pool,
-        )
-        sessions.append(session)
-        await session.start()
-        await session.handle_signal("answer", await peer.answer(offers[0]))
-    return sessions
-
-
 async def _until(check: Any, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -165,7 +138,7 @@ async def test_pushed_audio_reaches_raw_aiortc_peers(monkeypatch: pytest.MonkeyP
     peers = [RawAudioPeer(), RawAudioPeer(), RawAudioPeer(stereo=True)]
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(local, pool, peers)
+        sessions = await raw_audio_sessions(local, pool, peers)
         await _until(lambda: all(len(p.levels) >= 60 for p in peers), "60 frames at each peer")
         assert made["frames"] == made["recv"] == 0
         ticks = local.frames_sent
@@ -207,7 +180,7 @@ async def test_a_sender_whose_transport_fails_stops_alone() -> None:
     peers = [RawAudioPeer(), RawAudioPeer(), RawAudioPeer()]
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(local, pool, peers)
+        sessions = await raw_audio_sessions(local, pool, peers)
         await _until(lambda: all(len(p.packets) >= 20 for p in peers), "20 packets each")
         broken = _sender(sessions[0])
         send_rtp = broken.transport._send_rtp
@@ -250,7 +223,7 @@ async def test_push_follows_mute_pause_replace_and_close() -> None:
     peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(quiet, pool, [peer])
+        sessions = await raw_audio_sessions(quiet, pool, [peer])
         (session,) = sessions
         sender = _sender(session)
         await _until(lambda: len(peer.packets) >= 15, "15 packets")
@@ -301,7 +274,7 @@ async def test_a_suspending_send_keeps_packet_order() -> None:
     peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(local, EncoderPool(), [peer])
+        sessions = await raw_audio_sessions(local, EncoderPool(), [peer])
         await _until(lambda: len(peer.packets) >= 10, "10 packets")
         sender = _sender(sessions[0])
         send_rtp = sender.transport._send_rtp
@@ -339,7 +312,7 @@ async def test_renegotiated_settings_switch_encoders_without_a_jump() -> None:
     peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(local, pool, [peer])
+        sessions = await raw_audio_sessions(local, pool, [peer])
         await _until(lambda: len(peer.packets) >= 10, "10 packets")
         assert not _stereo_packet(peer.packets[-1][4])
         sender = _sender(sessions[0])
@@ -376,7 +349,7 @@ async def test_a_nack_flood_gets_a_bounded_number_of_retransmissions() -> None:
     peer = RawAudioPeer()
     sessions: list[PeerSession] = []
     try:
-        sessions = await _sessions(local, EncoderPool(), [peer])
+        sessions = await raw_audio_sessions(local, EncoderPool(), [peer])
         await _until(lambda: len(peer.packets) >= 30, "30 packets")
         sender = _sender(sessions[0])
         seen = {p[1] for p in peer.packets}

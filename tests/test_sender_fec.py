@@ -8,7 +8,6 @@ import asyncio
 import fractions
 import itertools
 import time
-from typing import Any
 
 import av
 import numpy as np
@@ -18,14 +17,13 @@ from aiortc import RTCRtpCodecParameters
 from callkit.media import NetworkConditions, _compat
 from callkit.media.encoding import EncoderPool, SenderEncoder
 from callkit.media.opus import libopus
-from callkit.media.peer import PeerSession, remote_fec_payload_types
+from callkit.media.peer import remote_fec_payload_types
 from callkit.media.receiver import AudioReceiver
 from callkit.media.sources import AudioSource
 from callkit.media.tracks import LocalAudio
 from callkit.media.volume import rms_dbfs
 
-from .conftest import LOOPBACK
-from .helpers import RawAudioPeer, audio_path, connect
+from .helpers import RawAudioPeer, audio_path, connect, raw_audio_sessions
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 FRAME = 960
@@ -240,25 +238,7 @@ async def test_raw_peer_without_fec_gets_plain_packets_at_the_same_level() -> No
     peers = [RawAudioPeer(ask_fec=True), RawAudioPeer(ask_fec=False)]
     sessions = []
     try:
-        for i, peer in enumerate(peers):
-            offers: list[dict[str, Any]] = []
-
-            async def signal(kind: str, data: dict[str, Any], offers: list[Any] = offers) -> None:
-                if kind == "offer":
-                    offers.append(data)
-
-            session = PeerSession(
-                f"raw{i}",
-                offerer=True,
-                signal=signal,
-                local_audio=local,
-                local_video=None,
-                host_addresses=LOOPBACK,
-                audio_encoders=pool,
-            )
-            sessions.append(session)
-            await session.start()
-            await session.handle_signal("answer", await peer.answer(offers[0]))
+        sessions = await raw_audio_sessions(local, pool, peers)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and any(
             len(p.payloads) < 100 or len(p.levels) < 100 for p in peers
