@@ -88,6 +88,9 @@ async def test_double_accept_and_accept_after_cancel(make_engine) -> None:
     await ra.wait_for("onCallBegin")
     await alice.hangup()
     await rb.wait_for("onCallEnd")
+    # over Redis nodes hangup()'s reply can come before alice's own onCallEnd (the event goes
+    # through pub/sub): until it does, her engine still holds the call and refuses a new one
+    await ra.wait_for("onCallEnd")
 
     await alice.call("bob", CallMediaType.AUDIO)
     await rb.wait_for("onCallReceived", count=2)
